@@ -1,0 +1,175 @@
+"""Backgrounds: a colour estimated from the data, and a learned horizontally scrolling strip."""
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ._typing import Float, Shaped, Tensor, check_range, typed
+from .encoders import GridEncoder, MLPHead
+
+__all__ = [
+    "BACKGROUNDS",
+    "ColorBackground",
+    "StripBackground",
+    "estimate_background_color",
+    "scroll_strip",
+    "slide_strip_window",
+]
+
+BACKGROUNDS: tuple[str, ...] = ("color", "strip", "strip_st")
+
+
+@typed
+def estimate_background_color(
+    frames: Shaped[Tensor, "N 3 H W"], bits: int = 5
+) -> Float[Tensor, " 3"]:
+    """Mode colour of the frames: the most frequent colour bin, averaged over its pixels.
+
+    Colours are quantised to ``bits`` bits per channel (32^3 bins by default), which absorbs
+    compression noise the way the original's 5-centre k-means does, but deterministically and
+    without a cluster that straddles the background and a large sprite. Accepts uint8 in
+    [0, 255] or floats in [0, 1]; returns RGB in [0, 1].
+
+    Example:
+        >>> f = torch.zeros(1, 3, 4, 4); f[0, :, 0, 0] = 1.0
+        >>> estimate_background_color(f).tolist()
+        [0.0, 0.0, 0.0]
+    """
+    if frames.dtype == torch.uint8:
+        values = frames.float() / 255.0
+    elif frames.is_floating_point():
+        check_range(frames, "frames", 0.0, 1.0)
+        values = frames.float()
+    else:
+        raise TypeError(f"frames must be uint8 or floating point, got {frames.dtype}")
+    if values.numel() == 0:
+        raise ValueError("frames must hold at least one pixel, got an empty tensor")
+    pixels = rearrange(values, "N C H W -> (N H W) C")
+    levels = 2**bits
+    quantised = (pixels * (levels - 1)).round().long()
+    key = (quantised[:, 0] * levels + quantised[:, 1]) * levels + quantised[:, 2]
+    mode = torch.bincount(key, minlength=levels**3).argmax()
+    return pixels[key == mode].mean(dim=0)
+
+
+@typed
+def scroll_strip(
+    strip: Float[Tensor, "3 H Ws"], weights: Float[Tensor, "B O"]
+) -> Float[Tensor, "B 3 H W"]:
+    """Blend of the strip's W-wide windows at integer offsets o.
+
+    out_b = sum_o w_bo strip[:, :, o:o+W].
+
+    W = Ws - O + 1. Computed as one cross-correlation of the strip rows with the weights.
+    """
+    channels, height, strip_width = strip.shape
+    width = strip_width - weights.shape[1] + 1
+    if width < 1:
+        raise ValueError(
+            f"strip of width {strip_width} is too narrow for {weights.shape[1]} offsets"
+        )
+    rows = rearrange(strip, "C H Ws -> (C H) 1 Ws")
+    out = F.conv1d(rows, weights[:, None, :])  # (C H) B W
+    return rearrange(out, "(C H) B W -> B C H W", C=channels, H=height)
+
+
+@typed
+def slide_strip_window(
+    strip: Float[Tensor, "3 H Ws"], position: Float[Tensor, " B"], width: int
+) -> Float[Tensor, "B 3 H W"]:
+    """Bilinear window of ``width`` pixels centred at normalised x = -position along the strip.
+
+    theta = [[f, 0, -position], [0, 1, 0]] with f = W / Ws; position in (-(1 - f), 1 - f) keeps
+    the window inside the strip (the original's spatial-transformer background, f = 1/4).
+    """
+    batch = position.shape[0]
+    height, strip_width = strip.shape[1], strip.shape[2]
+    f = width / strip_width
+    zero, one = torch.zeros_like(position), torch.ones_like(position)
+    theta = torch.stack(
+        [torch.stack([one * f, zero, -position], -1), torch.stack([zero, one, zero], -1)], dim=1
+    )
+    grid = F.affine_grid(theta, [batch, 3, height, width], align_corners=False)
+    return F.grid_sample(strip.expand(batch, -1, -1, -1), grid, mode="bilinear",
+                         padding_mode="border", align_corners=False)
+
+
+class ColorBackground(nn.Module):
+    """A constant colour canvas (the original's default), fixed or learned.
+
+    Args:
+        height, width: canvas size.
+        color: initial RGB in [0, 1] (usually :func:`estimate_background_color` of the data).
+        learnable: train the colour (through a logit) instead of keeping it fixed.
+    """
+
+    def __init__(self, height: int, width: int, color: Tensor | None = None,
+                 learnable: bool = False) -> None:
+        super().__init__()
+        self.height, self.width, self.learnable = height, width, learnable
+        initial = torch.full((3,), 0.5) if color is None else color.detach().float().clone()
+        logit = torch.logit(initial.clamp(1e-3, 1 - 1e-3))
+        if learnable:
+            self.logit = nn.Parameter(logit)
+        else:
+            self.register_buffer("logit", logit)
+
+    @property
+    def color(self) -> Tensor:
+        """Current RGB colour in (0, 1)."""
+        return torch.sigmoid(self.logit)
+
+    def set_color(self, color: Tensor) -> None:
+        """Set the colour (e.g. from :func:`estimate_background_color`)."""
+        with torch.no_grad():
+            self.logit.copy_(torch.logit(color.float().clamp(1e-3, 1 - 1e-3)))
+
+    @typed
+    def forward(self, frames: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
+        return self.color.to(frames.dtype)[None, :, None, None].expand(frames.shape[0], 3,
+                                                                       self.height, self.width)
+
+
+class StripBackground(nn.Module):
+    """A learned strip 4W wide that scrolls horizontally behind the sprites.
+
+    The strip is decoded from a 4-dim latent (LayerNorm -> Linear(4, 32) -> GroupNorm(8) ->
+    ReLU -> Linear(32, 3 H 4W) -> sigmoid). An encoder of the frame predicts where the window
+    sits: a softmax over the 3W + 1 integer offsets (``mode="softmax"``) or a bilinear window at a
+    continuous position (``mode="spatial_transformer"``).
+    """
+
+    def __init__(self, height: int, width: int, dim: int, mode: str = "softmax",
+                 color: Tensor | None = None) -> None:
+        super().__init__()
+        if mode not in ("softmax", "spatial_transformer"):
+            raise ValueError(f"strip mode must be 'softmax' or 'spatial_transformer', got {mode!r}")
+        self.height, self.width, self.mode = height, width, mode
+        self.latent = nn.Parameter(torch.randn(1, 4))
+        self.decoder = nn.Sequential(
+            nn.Linear(4, 32), nn.GroupNorm(8, 32), nn.ReLU(), nn.Linear(32, 3 * height * 4 * width),
+            nn.Sigmoid(),
+        )
+        if color is not None:  # start from the data's colour rather than grey noise
+            with torch.no_grad():
+                bias = torch.logit(color.float().clamp(1e-3, 1 - 1e-3))
+                self.decoder[3].bias.copy_(bias.repeat_interleave(height * 4 * width))
+        self.encoder = GridEncoder(3, dim, (height, width), (1, 1))
+        outputs = 3 * width + 1 if mode == "softmax" else 1
+        final = nn.Softmax(dim=-1) if mode == "softmax" else nn.Tanh()
+        self.position = MLPHead(dim, outputs, final)
+
+    def strip(self) -> Float[Tensor, "3 H Ws"]:
+        """The decoded strip [3, H, 4W]."""
+        latent = F.layer_norm(self.latent, (4,))
+        return self.decoder(latent).reshape(3, self.height, 4 * self.width)
+
+    @typed
+    def forward(self, frames: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
+        code = self.encoder(frames)[:, 0, 0, 0]
+        strip = self.strip().to(frames.dtype)
+        if self.mode == "softmax":
+            return scroll_strip(strip, self.position(code))
+        limit = 1 - self.width / strip.shape[-1]
+        return slide_strip_window(strip, self.position(code)[:, 0] * limit, self.width)

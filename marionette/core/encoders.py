@@ -1,0 +1,137 @@
+"""Convolutional encoders: border-compensated convolutions, down blocks, grid encoders, MLP heads.
+
+The original uses NVIDIA's partial convolution with an all-ones mask. With such a mask it is a
+zero-padding convolution whose response is rescaled by (kernel area) / (number of in-canvas taps)
+before the bias is added: :func:`compensated_conv2d` computes exactly that, without masks.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ._typing import Float, Tensor, typed
+
+__all__ = [
+    "CompensatedConv2d",
+    "DownBlock",
+    "GridEncoder",
+    "MLPHead",
+    "compensated_conv2d",
+]
+
+
+@typed
+def compensated_conv2d(
+    x: Float[Tensor, "B Cin H W"],
+    weight: Float[Tensor, "Cout Cin k k"],
+    bias: Float[Tensor, " Cout"] | None,
+    stride: int = 1,
+    padding: int = 1,
+) -> Float[Tensor, "B Cout Ho Wo"]:
+    """Zero-padding convolution rescaled by k^2 / (number of in-canvas taps), plus bias.
+
+    y = conv(x, w) * k^2 / n_valid + b, where n_valid counts the kernel taps that fall inside
+    the canvas at each output position: 9/6 on edges and 9/4 in corners for a 3x3 kernel, and 9
+    on a 1x1 input. This equals the original's partial convolution with an all-ones mask.
+    """
+    k = weight.shape[-1]
+    out = F.conv2d(x, weight, None, stride, padding)
+    ones = x.new_ones(1, 1, x.shape[-2], x.shape[-1])
+    valid = F.conv2d(ones, x.new_ones(1, 1, k, k), None, stride, padding)
+    out = out * (k * k / valid)
+    return out if bias is None else out + bias[:, None, None]
+
+
+class CompensatedConv2d(nn.Conv2d):
+    """Module form of :func:`compensated_conv2d` (a square kernel with zero padding)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__(in_channels, out_channels, 3, stride=stride, padding=1)
+
+    def forward(self, x: Float[Tensor, "B Cin H W"]) -> Float[Tensor, "B Cout Ho Wo"]:
+        return compensated_conv2d(x, self.weight, self.bias, self.stride[0], self.padding[0])
+
+
+class DownBlock(nn.Sequential):
+    """Two compensated 3x3 convolutions, the second with stride 2, each followed by
+    GroupNorm(8) and LeakyReLU(0.01).
+
+    Halves the spatial size (rounding up).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            CompensatedConv2d(in_channels, out_channels),
+            nn.GroupNorm(8, out_channels),
+            nn.LeakyReLU(0.01),
+            CompensatedConv2d(out_channels, out_channels, stride=2),
+            nn.GroupNorm(8, out_channels),
+            nn.LeakyReLU(0.01),
+        )
+
+
+def _check_width(dim: int, name: str) -> None:
+    if dim < 8 or dim % 8:
+        raise ValueError(f"{name} must be a positive multiple of 8 (GroupNorm uses 8 groups), "
+                         f"got {dim}")
+
+
+class GridEncoder(nn.Module):
+    """Encode an image into ``num_heads`` layer-normalised code grids of size ``grid``.
+
+    floor(log2(min(H / gh, W / gw))) down blocks (the first maps the input channels to ``dim``),
+    then adaptive average pooling to the target grid if the halvings did not land on it exactly
+    (canvases whose cell size is not a power of two), then one 3x3 compensated convolution per
+    head, and a LayerNorm over the code without affine parameters.
+
+    Args:
+        in_channels: input channels.
+        dim: code width D (a multiple of 8).
+        size: input (H, W).
+        grid: output grid (gh, gw).
+        num_heads: number of output grids (one per depth layer).
+    """
+
+    def __init__(
+        self, in_channels: int, dim: int, size: tuple[int, int], grid: tuple[int, int],
+        num_heads: int = 1,
+    ) -> None:
+        super().__init__()
+        _check_width(dim, "code width")
+        ratio = min(size[0] / grid[0], size[1] / grid[1])
+        if ratio < 2:
+            raise ValueError(f"encoder input {size} must be at least twice the grid {grid}")
+        num_blocks = int(math.floor(math.log2(ratio)))
+        self.grid = grid
+        self.blocks = nn.Sequential(
+            *[DownBlock(in_channels if i == 0 else dim, dim) for i in range(num_blocks)]
+        )
+        self.heads = nn.ModuleList(CompensatedConv2d(dim, dim) for _ in range(num_heads))
+        self.dim = dim
+
+    @typed
+    def forward(self, x: Float[Tensor, "B Cin H W"]) -> Float[Tensor, "B heads gh gw D"]:
+        features = self.blocks(x)
+        if tuple(features.shape[-2:]) != self.grid:
+            features = F.adaptive_avg_pool2d(features, self.grid)
+        codes = torch.stack([head(features) for head in self.heads], dim=1)
+        codes = rearrange(codes, "B heads D gh gw -> B heads gh gw D")
+        return F.layer_norm(codes, (self.dim,))
+
+
+class MLPHead(nn.Sequential):
+    """Linear(D, D) -> GroupNorm(8) -> LeakyReLU(0.01) -> Linear(D, out) -> ``final``."""
+
+    def __init__(self, dim: int, out_features: int, final: nn.Module) -> None:
+        _check_width(dim, "head width")
+        super().__init__(
+            nn.Linear(dim, dim), nn.GroupNorm(8, dim), nn.LeakyReLU(0.01),
+            nn.Linear(dim, out_features), final,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)

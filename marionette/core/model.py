@@ -1,0 +1,379 @@
+"""The MarioNette model: anchor codes select dictionary sprites that are shifted, placed and
+composited in depth layers to reconstruct the input frames."""
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from ._typing import Bool, Float, Int64, Tensor, check_finite, check_range, typed
+from .background import BACKGROUNDS, ColorBackground, StripBackground
+from .compositing import GATING_MODES, flatten_layers, plane_order
+from .dictionary import SpriteDictionary
+from .encoders import GridEncoder, MLPHead
+from .geometry import Grid, footprint_boxes, global_centers
+from .placement import extract_windows
+from .render import Decomposition, render_windows
+from .selection import (
+    gather_sprites,
+    hard_presence,
+    hard_weights,
+    mix_sprites,
+    selection_logits,
+    straight_through,
+)
+from .shifts import discrete_offsets
+
+__all__ = ["Encoding", "MarioNette", "MarioNetteOutput", "ModelConfig"]
+
+TRANSFORM_ENCODERS: tuple[str, ...] = ("conv", "anchor")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a :class:`MarioNette`. Defaults are the original's.
+
+    Attributes:
+        height, width: canvas size H x W in pixels (the original's ``--canvas_size`` sets both).
+        layer_size: anchor rows Lh; the cell size is P = height / layer_size and must divide
+            the width too (sprites are S = 2P pixels).
+        num_layers: depth layers NL.
+        num_classes: dictionary size K.
+        dim_z: code width D (a multiple of 8).
+        no_spatial_transformer: discrete softmax over P + 1 offsets per axis instead of the
+            bilinear spatial transformer.
+        straight_through_probs: round presence in the forward pass, identity gradient.
+        background: ``"color"`` (a colour estimated from the data), ``"strip"`` (a learned
+            horizontally scrolling strip, softmax over offsets) or ``"strip_st"`` (the strip
+            with a spatial-transformer window).
+        learn_background: train the background colour instead of keeping the estimate.
+        shuffle_groups: shuffle the 4 parity groups of each layer on every training forward.
+        shuffle_all: shuffle the depth of all planes, across layers too.
+        gating: ``"premultiplied"`` (presence scales alpha) or ``"original"`` (presence scales
+            colour and alpha); see :func:`marionette.core.gate_presence`.
+        transform_encoder: ``"conv"`` (the original: a CNN over [image window, soft sprite] per
+            slot predicts the offset) or ``"anchor"`` (an MLP on the anchor code predicts it; no
+            per-slot CNN, many times cheaper).
+        xform_dim: channels of the ``"conv"`` transform encoder (0: same as ``dim_z``).
+        presence_bias: initial bias of the presence logit (0: presence starts near 1/2).
+    """
+
+    height: int = 128
+    width: int = 128
+    layer_size: int = 8
+    num_layers: int = 2
+    num_classes: int = 150
+    dim_z: int = 128
+    no_spatial_transformer: bool = False
+    straight_through_probs: bool = False
+    background: str = "color"
+    learn_background: bool = False
+    shuffle_groups: bool = True
+    shuffle_all: bool = False
+    gating: str = "premultiplied"
+    transform_encoder: str = "conv"
+    xform_dim: int = 0
+    presence_bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = f.type
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise TypeError(f"{f.name} must be {expected.__name__}, got {value!r}")
+        Grid.from_layer_size(self.height, self.width, self.layer_size)  # raises on a bad canvas
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.dim_z < 8 or self.dim_z % 8:
+            raise ValueError(f"dim_z must be a positive multiple of 8, got {self.dim_z}")
+        if self.xform_dim < 0 or self.xform_dim % 8:
+            raise ValueError(f"xform_dim must be 0 or a multiple of 8, got {self.xform_dim}")
+        choices = (("background", BACKGROUNDS), ("gating", GATING_MODES),
+                   ("transform_encoder", TRANSFORM_ENCODERS))
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @property
+    def grid(self) -> Grid:
+        """Canvas and anchor-grid geometry."""
+        return Grid.from_layer_size(self.height, self.width, self.layer_size)
+
+    def to_dict(self) -> dict:
+        """Plain-data form (for JSON)."""
+        return asdict(self)
+
+
+@typed
+@dataclass(frozen=True)
+class Encoding:
+    """Per-slot quantities inferred from frames, before rendering (B and T flattened).
+
+    Attributes:
+        codes: layer-normalised anchor codes.
+        queries: projected, layer-normalised codes scored against the dictionary.
+        presence: presence probability per slot.
+        weights: softmax selection weights over the K sprites.
+        windows: soft (weighted) sprite per slot.
+        offsets: local offset (x, y) in units of P (the expected offset in discrete mode).
+        offset_weights: (x, y) distributions over the P + 1 integer offsets (discrete mode).
+        sprites, dict_codes: the decoded dictionary and its codes.
+        background: canvas under the sprites.
+    """
+
+    codes: Float[Tensor, "BT NL Lh Lw D"]
+    queries: Float[Tensor, "BT NL Lh Lw D"]
+    presence: Float[Tensor, "BT NL Lh Lw"]
+    weights: Float[Tensor, "BT NL Lh Lw K"]
+    windows: Float[Tensor, "BT NL Lh Lw 4 S S"]
+    offsets: Float[Tensor, "BT NL Lh Lw 2"]
+    offset_weights: tuple[Float[Tensor, "BT NL Lh Lw Q"], Float[Tensor, "BT NL Lh Lw Q"]] | None
+    sprites: Float[Tensor, "K 4 S S"]
+    dict_codes: Float[Tensor, "K D"]
+    background: Float[Tensor, "BT 3 H W"]
+
+
+@typed
+@dataclass(frozen=True)
+class MarioNetteOutput:
+    """Everything one forward pass produces, with named dimensions.
+
+    Positions are global pixels in (x, y) order; ``offsets`` are local, (x, y), in units of P.
+
+    Attributes:
+        reconstruction: composited frames.
+        background: the canvas under the sprites.
+        planes: placed RGBA planes per (layer, parity group); layer index is depth (0 at back).
+        plane_order: back-to-front order of the planes used for this reconstruction.
+        weights: selection weights over the dictionary (one-hot when ``hard``).
+        presence: presence per slot (0 / 1 when ``hard``).
+        offsets: local offset (x, y) of each slot in units of P.
+        centers: global sprite centre (x, y) of each slot in pixels.
+        alpha: placed (shifted, un-gated) alpha of each slot, in its window.
+        codes: anchor codes (the object representation before projection).
+        queries: projected codes that select sprites.
+        sprites: the dictionary.
+        cell: cell size P in pixels.
+        hard: whether this is the discrete (arg-max sprite, rounded presence) rendering.
+        gating: how presence gated the sprites.
+    """
+
+    reconstruction: Float[Tensor, "B T 3 H W"]
+    background: Float[Tensor, "B T 3 H W"]
+    planes: Float[Tensor, "B T NL G 4 H W"]
+    plane_order: Int64[Tensor, " N"]
+    weights: Float[Tensor, "B T NL Lh Lw K"]
+    presence: Float[Tensor, "B T NL Lh Lw"]
+    offsets: Float[Tensor, "B T NL Lh Lw 2"]
+    centers: Float[Tensor, "B T NL Lh Lw 2"]
+    alpha: Float[Tensor, "B T NL Lh Lw S S"]
+    codes: Float[Tensor, "B T NL Lh Lw D"]
+    queries: Float[Tensor, "B T NL Lh Lw D"]
+    sprites: Float[Tensor, "K 4 S S"]
+    cell: int
+    hard: bool
+    gating: str
+
+    @property
+    def grid(self) -> Grid:
+        """Canvas and anchor-grid geometry."""
+        return Grid(self.reconstruction.shape[-2], self.reconstruction.shape[-1], self.cell)
+
+    @property
+    def sprite_ids(self) -> Int64[Tensor, "B T NL Lh Lw"]:
+        """Arg-max dictionary index per slot."""
+        return self.weights.argmax(dim=-1)
+
+    def layers(self) -> Float[Tensor, "B T NL 4 H W"]:
+        """One straight-alpha RGBA image per depth layer."""
+        return flatten_layers(self.planes, self.plane_order)
+
+    def boxes(self, threshold: float = 0.5) -> tuple[Float[Tensor, "B T NL Lh Lw 4"],
+                                                     Bool[Tensor, "B T NL Lh Lw"]]:
+        """Global alpha-footprint boxes (x0, y0, x1, y1) in pixels and whether each is visible."""
+        return footprint_boxes(self.alpha, self.grid, threshold)
+
+    def decomposition(self) -> Decomposition:
+        """The editable decomposition (sprite ids, presence, offsets, background, depth order)."""
+        return Decomposition(
+            sprites=self.sprites, sprite_ids=self.sprite_ids, presence=self.presence,
+            offsets=self.offsets, background=self.background, plane_order=self.plane_order,
+            cell=self.cell, gating=self.gating,
+        )
+
+
+class MarioNette(nn.Module):
+    """Self-supervised sprite decomposition (Smirnov et al., NeurIPS 2021).
+
+    An image encoder gives one code per (layer, anchor). Each code yields a presence probability
+    and, through a projection scored against the dictionary codes, selection weights over the K
+    sprites. A transform encoder predicts each slot's sub-cell offset. Sprites are shifted, gated
+    by presence, placed on the anchor grid and composited back to front over the background.
+
+    Args:
+        config: architecture.
+        background_color: initial background colour (RGB in [0, 1]) for ``"color"`` backgrounds,
+            usually :func:`marionette.core.estimate_background_color` of the training frames.
+
+    Example:
+        >>> model = MarioNette(ModelConfig(height=32, width=48, layer_size=4, num_classes=6,
+        ...                                dim_z=16))
+        >>> out = model(torch.rand(2, 3, 3, 32, 48))
+        >>> tuple(out.reconstruction.shape), tuple(out.centers.shape)
+        ((2, 3, 3, 32, 48), (2, 3, 2, 4, 6, 2))
+    """
+
+    def __init__(self, config: ModelConfig, background_color: Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        grid = config.grid
+        self.grid = grid
+        d = config.dim_z
+        self.dictionary = SpriteDictionary(config.num_classes, grid.sprite, d)
+        self.image_encoder = GridEncoder(3, d, (grid.height, grid.width), (grid.rows, grid.cols),
+                                         config.num_layers)
+        self.presence_head = MLPHead(d, 1, nn.Sigmoid())
+        with torch.no_grad():
+            self.presence_head[3].bias.fill_(config.presence_bias)
+        self.project = nn.Linear(d, d)
+        if config.transform_encoder == "conv":
+            xform_dim = config.xform_dim or d
+            self.transform_encoder = GridEncoder(7, xform_dim, (grid.sprite, grid.sprite), (1, 1))
+        else:
+            xform_dim = d
+            self.transform_encoder = None
+        if config.no_spatial_transformer:
+            self.offset_heads = nn.ModuleList(
+                MLPHead(xform_dim, grid.cell + 1, nn.Softmax(dim=-1)) for _ in range(2)
+            )
+        else:
+            self.shift_head = MLPHead(xform_dim, 2, nn.Tanh())
+        if config.background == "color":
+            self.background = ColorBackground(grid.height, grid.width, background_color,
+                                              learnable=config.learn_background)
+        else:
+            mode = "softmax" if config.background == "strip" else "spatial_transformer"
+            self.background = StripBackground(grid.height, grid.width, d, mode, background_color)
+
+    @typed
+    def encode(self, frames: Float[Tensor, "B T 3 H W"]) -> Encoding:
+        """Infer codes, presence, selection weights, soft sprites and offsets of every slot."""
+        self._check_frames(frames)
+        grid, config = self.grid, self.config
+        images = rearrange(frames, "B T C H W -> (B T) C H W")
+        sprites, dict_codes = self.dictionary()
+        codes = self.image_encoder(images)
+        presence = self.presence_head(codes)[..., 0]
+        queries = F.layer_norm(self.project(codes), (config.dim_z,))
+        weights = torch.softmax(selection_logits(queries, dict_codes), dim=-1)
+        windows = mix_sprites(weights, sprites)
+        if self.transform_encoder is not None:
+            image_windows = repeat(extract_windows(images, grid),
+                                   "BT Lh Lw C Sy Sx -> BT NL Lh Lw C Sy Sx", NL=config.num_layers)
+            stacked = torch.cat([image_windows, windows], dim=-3)
+            xform = self.transform_encoder(
+                rearrange(stacked, "BT NL Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx"))
+            xform = xform.reshape(*presence.shape, -1)
+        else:
+            xform = codes
+        if config.no_spatial_transformer:
+            offset_weights = (self.offset_heads[0](xform), self.offset_heads[1](xform))
+            offsets = discrete_offsets(*offset_weights)
+        else:
+            offset_weights = None
+            offsets = self.shift_head(xform) / 2
+        return Encoding(codes, queries, presence, weights, windows, offsets, offset_weights,
+                        sprites, dict_codes, self.background(images))
+
+    @typed
+    def render(
+        self, encoding: Encoding, batch: int, *, hard: bool = False,
+        plane_order: Int64[Tensor, " N"] | None = None,
+    ) -> MarioNetteOutput:
+        """Render an encoding softly (training) or hard (arg-max sprite, rounded presence, one-hot
+        discrete offsets). The hard rendering reuses the encoders' outputs: it needs no second pass.
+
+        Args:
+            encoding: from :meth:`encode`.
+            batch: B (the encoding flattens B and T).
+            hard: discrete rendering.
+            plane_order: back-to-front plane order; by default random parity groups while
+                training (as configured) and the fixed layer-major order in eval mode.
+        """
+        config, e = self.config, encoding
+        if plane_order is None:
+            plane_order = plane_order_for(config, self.training)
+        offset_weights = e.offset_weights
+        if hard:
+            ids = e.weights.argmax(dim=-1)
+            weights, presence = hard_weights(e.weights), hard_presence(e.presence)
+            windows = gather_sprites(ids, e.sprites)
+            if offset_weights is not None:
+                offset_weights = tuple(hard_weights(w) for w in offset_weights)
+        else:
+            weights, presence, windows = e.weights, e.presence, e.windows
+            if config.straight_through_probs:
+                presence = straight_through(hard_presence(presence), presence)
+        offsets = e.offsets if offset_weights is None else discrete_offsets(*offset_weights)
+
+        def split(x: Tensor) -> Tensor:
+            return rearrange(x, "(B T) ... -> B T ...", B=batch)
+
+        rendering = render_windows(
+            split(windows), split(presence), split(e.background), plane_order, self.grid,
+            offsets=split(offsets) if offset_weights is None else None,
+            offset_weights=None if offset_weights is None else (split(offset_weights[0]),
+                                                                split(offset_weights[1])),
+            gating=config.gating,
+        )
+        return MarioNetteOutput(
+            reconstruction=rendering.reconstruction, background=split(e.background),
+            planes=rendering.planes, plane_order=plane_order, weights=split(weights),
+            presence=split(presence), offsets=split(offsets),
+            centers=global_centers(split(offsets), self.grid), alpha=rendering.alpha,
+            codes=split(e.codes), queries=split(e.queries), sprites=e.sprites,
+            cell=self.grid.cell, hard=hard, gating=config.gating,
+        )
+
+    @typed
+    def forward(
+        self, frames: Float[Tensor, "B T 3 H W"], *, hard: bool = False,
+        plane_order: Int64[Tensor, " N"] | None = None,
+    ) -> MarioNetteOutput:
+        """Reconstruct ``frames`` in [0, 1] (see :meth:`render` for ``hard``, ``plane_order``)."""
+        return self.render(self.encode(frames), frames.shape[0], hard=hard,
+                           plane_order=plane_order)
+
+    @torch.no_grad()
+    def decompose(self, frames: Float[Tensor, "B T 3 H W"]) -> Decomposition:
+        """Hard decomposition of ``frames`` with the fixed depth order, without gradients.
+
+        :func:`marionette.core.render` of the result reproduces the hard reconstruction.
+        """
+        order = plane_order_for(self.config, training=False)
+        return self(frames, hard=True, plane_order=order).decomposition()
+
+    def _check_frames(self, frames: Tensor) -> None:
+        grid = self.grid
+        if frames.shape[-2:] != (grid.height, grid.width):
+            raise ValueError(
+                f"frames must be {grid.height} x {grid.width} (H x W) for this model, got "
+                f"{frames.shape[-2]} x {frames.shape[-1]}; resize them or build the model with "
+                f"height={frames.shape[-2]}, width={frames.shape[-1]}"
+            )
+        check_finite(frames, "frames")
+        check_range(frames, "frames", 0.0, 1.0)
+
+
+def plane_order_for(config: ModelConfig, training: bool) -> Tensor:
+    """The plane order a model with ``config`` uses: random as configured while training, else
+    the fixed layer-major order."""
+    return plane_order(
+        config.num_layers,
+        shuffle_groups=training and config.shuffle_groups,
+        shuffle_all=training and config.shuffle_all,
+    )

@@ -1,0 +1,64 @@
+"""Placement of per-anchor sprite windows onto full-canvas planes, one plane per parity group."""
+
+import torch.nn.functional as F
+from einops import rearrange
+
+from ._typing import Float, Tensor, typed
+from .geometry import Grid
+
+__all__ = ["PARITY_GROUPS", "extract_windows", "place_sprites"]
+
+#: (row parity, column parity) of the anchors in each of the 4 planes of a layer, in the
+#: original's order: (even, even), (odd, odd), (odd row, even column), (even row, odd column).
+PARITY_GROUPS: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (1, 0), (0, 1))
+
+
+@typed
+def place_sprites(
+    windows: Float[Tensor, "*batch Lh Lw C S S"], grid: Grid
+) -> Float[Tensor, "*batch 4 C H W"]:
+    """Paste every anchor's S x S window at rows [iP - P/2, iP + 3P/2) and the same columns.
+
+    Anchors of one parity group sit 2P = S apart, so their windows tile the canvas edge to edge
+    without overlap: each group becomes one canvas-sized plane, built by tiling its windows and
+    shifting the tile by (rP - P/2, cP - P/2) (negative padding crops what leaves the canvas).
+    Neighbouring anchors always fall in different groups. Plane g holds group ``PARITY_GROUPS[g]``.
+    """
+    if windows.shape[-2:] != (grid.sprite, grid.sprite) or windows.shape[-5:-3] != (
+        grid.rows,
+        grid.cols,
+    ):
+        raise ValueError(
+            f"windows must have shape [..., {grid.rows}, {grid.cols}, C, {grid.sprite}, "
+            f"{grid.sprite}] for this grid, got {tuple(windows.shape)}"
+        )
+    p, s = grid.cell, grid.sprite
+    planes = []
+    for row_parity, col_parity in PARITY_GROUPS:
+        group = windows[..., row_parity::2, col_parity::2, :, :, :]
+        tiled = rearrange(group, "... Gh Gw C Sy Sx -> ... C (Gh Sy) (Gw Sx)")
+        top, left = row_parity * p - p // 2, col_parity * p - p // 2
+        bottom = grid.height - top - group.shape[-5] * s
+        right = grid.width - left - group.shape[-4] * s
+        planes.append(F.pad(tiled, (left, right, top, bottom)))
+    return rearrange(planes, "G ... C H W -> ... G C H W")
+
+
+@typed
+def extract_windows(
+    images: Float[Tensor, "*batch C H W"], grid: Grid
+) -> Float[Tensor, "*batch Lh Lw C S S"]:
+    """Cut every anchor's S x S window out of the images, zero outside the canvas.
+
+    Window (i, j) covers rows [iP - P/2, iP + 3P/2) and the same columns: the region that
+    :func:`place_sprites` writes the sprite of anchor (i, j) to.
+    """
+    if images.shape[-2:] != (grid.height, grid.width):
+        raise ValueError(
+            f"images must be {grid.height} x {grid.width} for this grid, got "
+            f"{tuple(images.shape[-2:])}"
+        )
+    half = grid.cell // 2
+    padded = F.pad(images, (half, half, half, half))
+    windows = padded.unfold(-2, grid.sprite, grid.cell).unfold(-2, grid.sprite, grid.cell)
+    return rearrange(windows, "... C Lh Lw Sy Sx -> ... Lh Lw C Sy Sx")

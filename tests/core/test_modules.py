@@ -1,0 +1,180 @@
+"""Encoders, dictionary, backgrounds and losses."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from marionette.core import (
+    ColorBackground,
+    GridEncoder,
+    SpriteDictionary,
+    StripBackground,
+    beta_prior_loss,
+    compensated_conv2d,
+    estimate_background_color,
+    presence_loss,
+    psnr,
+    reconstruction_loss,
+    scroll_strip,
+    slide_strip_window,
+)
+from marionette.core._reference import (
+    beta22_density,
+    estimate_background_reference,
+    partial_conv_reference,
+)
+from tests._checks import rand
+
+
+class TestCompensatedConv:
+    @given(h=st.integers(1, 9), w=st.integers(1, 9), stride=st.sampled_from([1, 2]),
+           seed=st.integers(0, 999))
+    def test_reference(self, h, w, stride, seed):
+        x = rand(2, 3, h, w, seed=seed, dtype=torch.float64)
+        weight = rand(5, 3, 3, 3, seed=seed + 1, dtype=torch.float64) - 0.5
+        bias = rand(5, seed=seed + 2, dtype=torch.float64)
+        torch.testing.assert_close(compensated_conv2d(x, weight, bias, stride, 1),
+                                   partial_conv_reference(x, weight, bias, stride, 1))
+
+    def test_border_scaling(self):
+        x = torch.ones(1, 1, 4, 4)
+        out = compensated_conv2d(x, torch.ones(1, 1, 3, 3), None)
+        assert out[0, 0, 0, 0] == 9.0 and out[0, 0, 0, 1] == 9.0 and out[0, 0, 1, 1] == 9.0
+        single = compensated_conv2d(torch.full((1, 1, 1, 1), 2.0), torch.ones(1, 1, 3, 3), None)
+        assert single.item() == 2.0 * 9  # one valid tap scaled by 9
+
+    @pytest.mark.gradcheck
+    def test_gradcheck(self):
+        x = rand(1, 2, 3, 3, dtype=torch.float64).requires_grad_()
+        weight = rand(2, 2, 3, 3, dtype=torch.float64, seed=1).requires_grad_()
+        bias = rand(2, dtype=torch.float64, seed=2).requires_grad_()
+        assert torch.autograd.gradcheck(lambda a, b, c: compensated_conv2d(a, b, c, 2),
+                                        (x, weight, bias), fast_mode=True)
+
+
+class TestGridEncoder:
+    @pytest.mark.parametrize("size, grid", [((32, 32), (4, 4)), ((32, 48), (4, 6)),
+                                            ((210, 160), (21, 16)), ((20, 20), (1, 1))])
+    def test_shapes_and_normalisation(self, size, grid):
+        encoder = GridEncoder(3, 16, size, grid, num_heads=2)
+        codes = encoder(rand(2, 3, *size))
+        assert codes.shape == (2, 2, *grid, 16)
+        torch.testing.assert_close(codes.mean(-1), torch.zeros(codes.shape[:-1]), atol=1e-5,
+                                   rtol=0)
+
+    def test_exception(self):
+        with pytest.raises(ValueError, match="multiple of 8"):
+            GridEncoder(3, 12, (32, 32), (4, 4))
+        with pytest.raises(ValueError, match="at least twice the grid"):
+            GridEncoder(3, 16, (4, 4), (4, 4))
+
+
+class TestDictionary:
+    def test_sprites(self):
+        dictionary = SpriteDictionary(7, 8, 16)
+        sprites, codes = dictionary()
+        assert sprites.shape == (7, 4, 8, 8) and codes.shape == (7, 16)
+        assert sprites.min() > 0 and sprites.max() < 1
+        torch.testing.assert_close(codes.mean(-1), torch.zeros(7), atol=1e-5, rtol=0)
+
+    def test_exception(self):
+        with pytest.raises(ValueError, match="num_classes"):
+            SpriteDictionary(0, 8, 16)
+
+
+class TestBackgroundColor:
+    def test_mode_matches_exact_mode(self):
+        frames = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0),
+                               dtype=torch.uint8)
+        frames[:, :, 2:14, 1:15] = torch.tensor([20, 40, 200], dtype=torch.uint8)[:, None, None]
+        torch.testing.assert_close(estimate_background_color(frames),
+                                   estimate_background_reference(frames))
+
+    def test_robust_to_a_large_sprite_and_noise(self):
+        g = torch.Generator().manual_seed(1)
+        frames = torch.full((5, 3, 20, 20), 0.1) + torch.rand(5, 3, 20, 20, generator=g) * 0.01
+        frames[:, :, :9, :] = torch.tensor([0.9, 0.2, 0.2])[:, None, None]  # 45 % of the pixels
+        torch.testing.assert_close(estimate_background_color(frames),
+                                   torch.full((3,), 0.105), atol=0.004, rtol=0)
+
+    def test_uint8_and_float_agree(self):
+        frames = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
+        torch.testing.assert_close(estimate_background_color(frames),
+                                   estimate_background_color(frames.float() / 255))
+
+    def test_exception(self):
+        with pytest.raises(ValueError, match="frames must lie in \\[0.0, 1.0\\]"):
+            estimate_background_color(torch.full((1, 3, 2, 2), 2.0))
+        with pytest.raises(TypeError, match="uint8 or floating point"):
+            estimate_background_color(torch.zeros(1, 3, 2, 2, dtype=torch.int32))
+
+    def test_module(self):
+        fixed = ColorBackground(4, 6, torch.tensor([0.2, 0.4, 0.6]))
+        out = fixed(rand(2, 3, 4, 6))
+        torch.testing.assert_close(out[1, :, 3, 5], torch.tensor([0.2, 0.4, 0.6]))
+        assert not list(fixed.parameters())
+        learned = ColorBackground(4, 6, torch.tensor([0.2, 0.4, 0.6]), learnable=True)
+        learned(rand(1, 3, 4, 6)).sum().backward()
+        assert learned.logit.grad is not None
+
+
+class TestStrip:
+    def test_scroll_reference(self):
+        strip = rand(3, 4, 10)
+        weights = torch.softmax(rand(2, 7, seed=1) * 3, -1)
+        out = scroll_strip(strip, weights)
+        expected = sum(weights[:, o, None, None, None] * strip[None, :, :, o:o + 4]
+                       for o in range(7))
+        torch.testing.assert_close(out, expected)
+
+    def test_one_hot_scroll_is_a_window(self):
+        strip = rand(3, 4, 10)
+        weights = torch.zeros(1, 7)
+        weights[0, 5] = 1
+        torch.testing.assert_close(scroll_strip(strip, weights)[0], strip[:, :, 5:9])
+
+    @pytest.mark.parametrize("offset", [0, 3, 12])
+    def test_sliding_window_at_integer_offsets(self, offset):
+        strip = rand(3, 5, 16, dtype=torch.float64)
+        f = 4 / 16
+        position = torch.tensor([1 - f - 2 * offset / 16], dtype=torch.float64)
+        torch.testing.assert_close(slide_strip_window(strip, position, 4)[0],
+                                   strip[:, :, offset:offset + 4])
+
+    @pytest.mark.parametrize("mode", ["softmax", "spatial_transformer"])
+    def test_module(self, mode):
+        strip = StripBackground(16, 24, 16, mode, color=torch.tensor([0.1, 0.5, 0.9]))
+        out = strip(rand(2, 3, 16, 24))
+        assert out.shape == (2, 3, 16, 24)
+        torch.testing.assert_close(strip.strip()[:, 0, 0], torch.tensor([0.1, 0.5, 0.9]),
+                                   atol=0.05, rtol=0)
+
+
+class TestLosses:
+    def test_beta_prior_density(self):
+        weights = rand(3, 5)
+        presence = rand(4, seed=1)
+        expected = 0.5 * (
+            sum(beta22_density(x) for x in weights.flatten().tolist()) / weights.numel()
+            + sum(beta22_density(x) for x in presence.tolist()) / presence.numel()
+        )
+        assert abs(float(beta_prior_loss(weights, presence)) - expected) < 1e-6
+
+    def test_beta_prior_pushes_to_binary(self):
+        p = torch.tensor([0.3, 0.7], requires_grad=True)
+        beta_prior_loss(torch.ones(1, 1), p).backward()
+        assert p.grad[0] > 0 and p.grad[1] < 0
+
+    def test_presence_loss(self):
+        presence = torch.zeros(2, 1, 2, 3, 3)
+        presence[:, :, 1] = 1.0
+        assert float(presence_loss(presence, [0.005])) == pytest.approx(0.0025)
+        assert float(presence_loss(presence, [0.0, 1.0])) == pytest.approx(0.5)
+        with pytest.raises(ValueError, match="w_probs must have 1 or num_layers=2 values"):
+            presence_loss(presence, [1.0, 2.0, 3.0])
+
+    def test_reconstruction_and_psnr(self):
+        a, b = torch.zeros(1, 1, 3, 4, 4), torch.full((1, 1, 3, 4, 4), 0.01)
+        assert float(reconstruction_loss(a, b)) == pytest.approx(1e-4)
+        assert float(psnr(a, b)) == pytest.approx(40.0, abs=1e-4)

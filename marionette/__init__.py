@@ -1,6 +1,23 @@
 """marionette: self-supervised sprite learning (MarioNette) with temporal object consistency."""
 
+from .api import load
+from .config import Config, DataConfig, TrainConfig
 from .core import Decomposition, MarioNette, MarioNetteOutput, ModelConfig, render
+from .presets import PRESETS, preset_config
+from .trainer import train
 
-__all__ = ["Decomposition", "MarioNette", "MarioNetteOutput", "ModelConfig", "render"]
+__all__ = [
+    "PRESETS",
+    "Config",
+    "DataConfig",
+    "Decomposition",
+    "MarioNette",
+    "MarioNetteOutput",
+    "ModelConfig",
+    "TrainConfig",
+    "load",
+    "preset_config",
+    "render",
+    "train",
+]
 __version__ = "0.1.0"

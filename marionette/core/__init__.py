@@ -15,7 +15,7 @@ from .compositing import (
     gate_presence,
     plane_order,
 )
-from .dictionary import SpriteDictionary, decode_sprites
+from .dictionary import SpriteDictionary, decode_sprites, foreground_patches
 from .encoders import CompensatedConv2d, GridEncoder, MLPHead, compensated_conv2d
 from .geometry import Grid, footprint_boxes, global_centers, window_origins
 from .losses import beta_prior_loss, presence_loss, psnr, reconstruction_loss
@@ -30,7 +30,7 @@ from .selection import (
     selection_logits,
     straight_through,
 )
-from .shifts import discrete_offsets, shift_bilinear, shift_discrete
+from .shifts import discrete_offsets, match_offsets, shift_bilinear, shift_discrete
 
 __all__ = [
     "PARITY_GROUPS",
@@ -59,11 +59,13 @@ __all__ = [
     "extract_windows",
     "flatten_layers",
     "footprint_boxes",
+    "foreground_patches",
     "gate_presence",
     "gather_sprites",
     "global_centers",
     "hard_presence",
     "hard_weights",
+    "match_offsets",
     "mix_sprites",
     "place_sprites",
     "plane_order",

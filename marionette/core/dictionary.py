@@ -1,12 +1,16 @@
 """The sprite dictionary: K learned latent codes decoded by an MLP into RGBA sprites."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._typing import Float, Tensor, typed
 
-__all__ = ["SpriteDictionary", "decode_sprites"]
+__all__ = ["DECODERS", "SpriteDictionary", "decode_sprites", "foreground_patches"]
+
+DECODERS: tuple[str, ...] = ("mlp", "pixels")
 
 
 @typed
@@ -23,27 +27,151 @@ def decode_sprites(
 
 
 class SpriteDictionary(nn.Module):
-    """K latent codes ~ N(0, 1), decoded by Linear(D, 8D) -> GroupNorm(8) -> ReLU ->
-    Linear(8D, C S S) -> sigmoid, as the original.
+    """K latent codes ~ N(0, 1) and the sprites they stand for.
+
+    With ``decoder="mlp"`` (the original) the sprites are decoded from the layer-normalised
+    codes by Linear(D, 8D) -> GroupNorm(8) -> ReLU -> Linear(8D, C S S) -> sigmoid, so all
+    sprites share the decoder's weights. With ``decoder="pixels"`` every sprite is its own
+    [C, S, S] grid of logits (sigmoid), learned independently; the codes still carry the
+    sprite's identity for selection.
 
     Args:
         num_sprites: dictionary size K.
         size: sprite side S.
         dim: latent width D (a multiple of 8).
         channels: sprite channels (4 = RGBA).
+        alpha_init: initial mean opacity in (0, 1); 0 keeps PyTorch's default initialisation
+            (opacity near 1/2, as the original).
+        decoder: ``"mlp"`` or ``"pixels"``.
     """
 
-    def __init__(self, num_sprites: int, size: int, dim: int, channels: int = 4) -> None:
+    def __init__(self, num_sprites: int, size: int, dim: int, channels: int = 4,
+                 alpha_init: float = 0.0, decoder: str = "mlp") -> None:
         super().__init__()
         if num_sprites < 1:
             raise ValueError(f"num_classes (dictionary size) must be >= 1, got {num_sprites}")
+        if decoder not in DECODERS:
+            raise ValueError(f"dictionary decoder must be one of {DECODERS}, got {decoder!r}")
         self.size, self.channels = size, channels
         self.latents = nn.Parameter(torch.randn(num_sprites, dim))
-        self.decoder = nn.Sequential(
-            nn.Linear(dim, 8 * dim), nn.GroupNorm(8, 8 * dim), nn.ReLU(),
-            nn.Linear(8 * dim, channels * size * size), nn.Sigmoid(),
-        )
+        alpha_logit = math.log(alpha_init / (1 - alpha_init)) if alpha_init else 0.0
+        if decoder == "mlp":
+            self.decoder = nn.Sequential(
+                nn.Linear(dim, 8 * dim), nn.GroupNorm(8, 8 * dim), nn.ReLU(),
+                nn.Linear(8 * dim, channels * size * size), nn.Sigmoid(),
+            )
+            if alpha_init:  # start from nearly transparent sprites instead of 50 % grey
+                with torch.no_grad():
+                    self.decoder[3].bias[(channels - 1) * size * size:] = alpha_logit
+            self.pixels = None
+        else:
+            self.decoder = None
+            logits = torch.randn(num_sprites, channels, size, size) * 0.5
+            logits[:, channels - 1] += alpha_logit
+            self.pixels = nn.Parameter(logits)
+
+    def fit(self, targets: Float[Tensor, "K C S S"], steps: int = 300, lr: float = 3e-3) -> float:
+        """Make the dictionary's sprites equal ``targets`` (values in (0, 1)).
+
+        Pixel sprites are set exactly; an MLP dictionary is fitted by ``steps`` of Adam on the
+        squared error (the codes stay distinct, so the sprites can be told apart). Returns the
+        remaining mean squared error.
+        """
+        if self.pixels is not None:
+            with torch.no_grad():
+                self.pixels.copy_(torch.logit(targets.clamp(1e-3, 1 - 1e-3)))
+            return 0.0
+        optimiser = torch.optim.Adam(self.parameters(), lr=lr)
+        for _ in range(steps):
+            sprites, _ = self()
+            error = F.mse_loss(sprites, targets)
+            optimiser.zero_grad()
+            error.backward()
+            optimiser.step()
+        return float(error.detach())
 
     @typed
     def forward(self) -> tuple[Float[Tensor, "K C S S"], Float[Tensor, "K D"]]:
-        return decode_sprites(self.latents, self.decoder, self.channels, self.size)
+        if self.pixels is None:
+            return decode_sprites(self.latents, self.decoder, self.channels, self.size)
+        return torch.sigmoid(self.pixels), F.layer_norm(self.latents, (self.latents.shape[-1],))
+
+
+def _blob(mask: Tensor, seed_y: int, seed_x: int, gap: int = 2) -> Tensor:
+    """The part of a binary mask [H, W] connected to (seed_y, seed_x), bridging gaps of up to
+    ``gap`` - 1 background pixels (pixel-art sprites are often not 4-connected)."""
+    blob = torch.zeros_like(mask)
+    blob[seed_y, seed_x] = mask[seed_y, seed_x]
+    size = 2 * gap + 1
+    for _ in range(mask.shape[0] + mask.shape[1]):
+        grown = F.max_pool2d(blob[None, None], size, stride=1, padding=gap)[0, 0] * mask
+        if torch.equal(grown, blob):
+            break
+        blob = grown
+    return blob
+
+
+@typed
+def foreground_patches(
+    frames: Float[Tensor, "N 3 H W"],
+    background: Float[Tensor, " 3"],
+    cell: int,
+    count: int,
+    generator: torch.Generator,
+    threshold: float = 0.1,
+    candidates_per_sprite: int = 8,
+) -> Float[Tensor, "K 4 S S"]:
+    """Sprite-sized windows of the data centred on foreground blobs, as initial sprites.
+
+    Foreground is where a pixel's largest channel differs from the background colour by more
+    than ``threshold``. Around a random foreground pixel, the blob connected to it (within the
+    central P x P box of an S x S window, small gaps bridged) gives the alpha and the window's
+    pixels the colour; the window is then re-centred on the blob's centroid. From
+    ``candidates_per_sprite * count`` such patches, ``count`` are chosen by k-means++ seeding
+    (each next patch drawn with probability proportional to its squared distance to the chosen
+    ones), so the dictionary starts with the different objects rather than the most common one.
+    If the frames hold no foreground, the patches are transparent.
+    """
+    s, half = 2 * cell, cell // 2
+    distance = (frames - background[:, None, None]).abs().amax(dim=1)
+    foreground = distance > threshold
+    padded = F.pad(frames - background[:, None, None], (s, s, s, s)) + background[:, None, None]
+    mask = F.pad(foreground.float(), (s, s, s, s))
+    points = foreground.nonzero()
+    if len(points) == 0:
+        transparent = torch.cat([background[:, None, None].expand(3, s, s),
+                                 torch.zeros(1, s, s)])
+        return transparent.clamp(0.02, 0.98).expand(count, -1, -1, -1).clone()
+    picks = points[torch.randint(len(points), (candidates_per_sprite * count,),
+                                 generator=generator)]
+    box = torch.zeros(s, s)
+    box[s // 2 - half: s // 2 + half, s // 2 - half: s // 2 + half] = 1.0
+    patches = []
+    for frame, y, x in picks.tolist():
+        for _ in range(2):  # isolate the blob, then centre the window on it
+            top, left = y + s - s // 2, x + s - s // 2
+            local = mask[frame, top:top + s, left:left + s] * box
+            blob = _blob(local, s // 2, s // 2)
+            ys, xs = blob.nonzero(as_tuple=True)
+            y = top - s + int(round(float(ys.float().mean()))) if len(ys) else y
+            x = left - s + int(round(float(xs.float().mean()))) if len(xs) else x
+        top, left = y + s - s // 2, x + s - s // 2
+        local = mask[frame, top:top + s, left:left + s] * box
+        centre = local[s // 2 - 1: s // 2 + 1, s // 2 - 1: s // 2 + 1].nonzero()
+        seed = (s // 2 - 1 + int(centre[0, 0]), s // 2 - 1 + int(centre[0, 1])) if len(
+            centre) else (s // 2, s // 2)
+        alpha = _blob(local, *seed)
+        colour = padded[frame, :, top:top + s, left:left + s]
+        rgb = torch.where(alpha[None] > 0, colour, background[:, None, None])
+        patches.append(torch.cat([rgb, 0.02 + 0.93 * alpha[None]]))
+    patches = torch.stack(patches).clamp(0.02, 0.98)
+    features = (patches[:, :3] * patches[:, 3:]).flatten(1)
+    chosen = [int(torch.randint(len(patches), (1,), generator=generator))]
+    nearest = (features - features[chosen[0]]).pow(2).sum(1)
+    while len(chosen) < count:
+        if nearest.sum() <= 0:  # fewer distinct patches than sprites
+            chosen.append(int(torch.randint(len(patches), (1,), generator=generator)))
+            continue
+        chosen.append(int(torch.multinomial(nearest, 1, generator=generator)))
+        nearest = torch.minimum(nearest, (features - features[chosen[-1]]).pow(2).sum(1))
+    return patches[chosen]

@@ -5,13 +5,13 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import einsum, rearrange, repeat
 from torch import nn
 
 from ._typing import Bool, Float, Int64, Tensor, check_finite, check_range, typed
 from .background import BACKGROUNDS, ColorBackground, StripBackground
 from .compositing import GATING_MODES, flatten_layers, plane_order
-from .dictionary import SpriteDictionary
+from .dictionary import DECODERS, SpriteDictionary
 from .encoders import GridEncoder, MLPHead
 from .geometry import Grid, footprint_boxes, global_centers
 from .placement import extract_windows
@@ -22,13 +22,14 @@ from .selection import (
     hard_weights,
     mix_sprites,
     selection_logits,
-    straight_through,
 )
-from .shifts import discrete_offsets
+from .selection import straight_through as straight_through_fn
+from .shifts import discrete_offsets, expected_displacement, match_gains, match_offsets
 
 __all__ = ["Encoding", "MarioNette", "MarioNetteOutput", "ModelConfig"]
 
-TRANSFORM_ENCODERS: tuple[str, ...] = ("conv", "anchor")
+TRANSFORM_ENCODERS: tuple[str, ...] = ("conv", "anchor", "match")
+SELECTIONS: tuple[str, ...] = ("learned", "match")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,16 @@ class ModelConfig:
             per-slot CNN, many times cheaper).
         xform_dim: channels of the ``"conv"`` transform encoder (0: same as ``dim_z``).
         presence_bias: initial bias of the presence logit (0: presence starts near 1/2).
+        alpha_init: initial mean sprite opacity in (0, 1); 0 keeps the default initialisation
+            (about 1/2, as the original).
+        dictionary: ``"mlp"`` (sprites decoded from codes by a shared MLP, the original) or
+            ``"pixels"`` (every sprite its own learned pixel grid).
+        selection: ``"learned"`` (the original: scaled dot product of projected anchor codes
+            with dictionary codes) or ``"match"`` (those logits plus, per sprite, how much
+            placing it at its best displacement would reduce the window's error; see
+            :func:`marionette.core.match_gains`). With ``transform_encoder="match"`` each
+            sprite then comes with its own matched offset.
+        match_temperature: softness, in per-pixel squared error, of the matching softmaxes.
     """
 
     height: int = 128
@@ -76,6 +87,10 @@ class ModelConfig:
     transform_encoder: str = "conv"
     xform_dim: int = 0
     presence_bias: float = 0.0
+    alpha_init: float = 0.0
+    dictionary: str = "mlp"
+    selection: str = "learned"
+    match_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -90,10 +105,18 @@ class ModelConfig:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.dim_z < 8 or self.dim_z % 8:
             raise ValueError(f"dim_z must be a positive multiple of 8, got {self.dim_z}")
+        if self.no_spatial_transformer and self.transform_encoder == "match":
+            raise ValueError("no_spatial_transformer selects learned discrete offsets; it cannot "
+                             "be combined with transform_encoder='match'")
+        if self.match_temperature <= 0:
+            raise ValueError(f"match_temperature must be > 0, got {self.match_temperature}")
+        if not 0.0 <= self.alpha_init < 1.0:
+            raise ValueError(f"alpha_init must lie in [0, 1), got {self.alpha_init}")
         if self.xform_dim < 0 or self.xform_dim % 8:
             raise ValueError(f"xform_dim must be 0 or a multiple of 8, got {self.xform_dim}")
         choices = (("background", BACKGROUNDS), ("gating", GATING_MODES),
-                   ("transform_encoder", TRANSFORM_ENCODERS))
+                   ("transform_encoder", TRANSFORM_ENCODERS), ("dictionary", DECODERS),
+                   ("selection", SELECTIONS))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -121,6 +144,8 @@ class Encoding:
         windows: soft (weighted) sprite per slot.
         offsets: local offset (x, y) in units of P (the expected offset in discrete mode).
         offset_weights: (x, y) distributions over the P + 1 integer offsets (discrete mode).
+        sprite_offsets: with matched selection and offsets, every sprite's own matched offset
+            per anchor (shared by the layers); ``offsets`` is their selection-weighted mean.
         sprites, dict_codes: the decoded dictionary and its codes.
         background: canvas under the sprites.
     """
@@ -132,6 +157,7 @@ class Encoding:
     windows: Float[Tensor, "BT NL Lh Lw 4 S S"]
     offsets: Float[Tensor, "BT NL Lh Lw 2"]
     offset_weights: tuple[Float[Tensor, "BT NL Lh Lw Q"], Float[Tensor, "BT NL Lh Lw Q"]] | None
+    sprite_offsets: Float[Tensor, "BT Lh Lw K 2"] | None
     sprites: Float[Tensor, "K 4 S S"]
     dict_codes: Float[Tensor, "K D"]
     background: Float[Tensor, "BT 3 H W"]
@@ -233,7 +259,9 @@ class MarioNette(nn.Module):
         grid = config.grid
         self.grid = grid
         d = config.dim_z
-        self.dictionary = SpriteDictionary(config.num_classes, grid.sprite, d)
+        self.dictionary = SpriteDictionary(config.num_classes, grid.sprite, d,
+                                           alpha_init=config.alpha_init,
+                                           decoder=config.dictionary)
         self.image_encoder = GridEncoder(3, d, (grid.height, grid.width), (grid.rows, grid.cols),
                                          config.num_layers)
         self.presence_head = MLPHead(d, 1, nn.Sigmoid())
@@ -246,7 +274,9 @@ class MarioNette(nn.Module):
         else:
             xform_dim = d
             self.transform_encoder = None
-        if config.no_spatial_transformer:
+        if config.transform_encoder == "match":
+            pass  # offsets come from matching: no learned offset head
+        elif config.no_spatial_transformer:
             self.offset_heads = nn.ModuleList(
                 MLPHead(xform_dim, grid.cell + 1, nn.Softmax(dim=-1)) for _ in range(2)
             )
@@ -269,30 +299,59 @@ class MarioNette(nn.Module):
         codes = self.image_encoder(images)
         presence = self.presence_head(codes)[..., 0]
         queries = F.layer_norm(self.project(codes), (config.dim_z,))
-        weights = torch.softmax(selection_logits(queries, dict_codes), dim=-1)
+        logits = selection_logits(queries, dict_codes)
+        background = self.background(images)
+        matched = config.selection == "match" or config.transform_encoder == "match"
+        if matched:
+            image_windows = extract_windows(images, grid)
+            background_windows = extract_windows(background, grid)
+        sprite_offsets = None
+        if config.selection == "match":
+            per_anchor = "BT Lh Lw C Sy Sx -> (BT Lh Lw) C Sy Sx"
+            gains = match_gains(rearrange(image_windows, per_anchor),
+                                rearrange(background_windows, per_anchor), sprites)
+            gains = rearrange(gains, "(BT Lh Lw) K Qy Qx -> BT Lh Lw K Qy Qx", Lh=grid.rows,
+                              Lw=grid.cols)
+            tau = config.match_temperature
+            logits = logits + torch.logsumexp(gains.flatten(-2) / tau, dim=-1)[:, None]
+            if config.transform_encoder == "match":
+                sprite_offsets = expected_displacement(gains, tau)
+        weights = torch.softmax(logits, dim=-1)
         windows = mix_sprites(weights, sprites)
-        if self.transform_encoder is not None:
-            image_windows = repeat(extract_windows(images, grid),
-                                   "BT Lh Lw C Sy Sx -> BT NL Lh Lw C Sy Sx", NL=config.num_layers)
-            stacked = torch.cat([image_windows, windows], dim=-3)
-            xform = self.transform_encoder(
-                rearrange(stacked, "BT NL Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx"))
-            xform = xform.reshape(*presence.shape, -1)
+        offset_weights = None
+        if sprite_offsets is not None:
+            offsets = einsum(weights, sprite_offsets, "BT NL Lh Lw K, BT Lh Lw K xy -> BT NL Lh Lw xy")
+        elif config.transform_encoder == "match":
+            per_slot = "BT Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx"
+            offsets = match_offsets(
+                repeat(image_windows, per_slot, NL=config.num_layers),
+                rearrange(windows, "BT NL Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx"),
+                repeat(background_windows, per_slot, NL=config.num_layers),
+                config.match_temperature,
+            ).reshape(*presence.shape, 2)
         else:
-            xform = codes
-        if config.no_spatial_transformer:
-            offset_weights = (self.offset_heads[0](xform), self.offset_heads[1](xform))
-            offsets = discrete_offsets(*offset_weights)
-        else:
-            offset_weights = None
-            offsets = self.shift_head(xform) / 2
+            if self.transform_encoder is not None:
+                image_windows = repeat(extract_windows(images, grid),
+                                       "BT Lh Lw C Sy Sx -> BT NL Lh Lw C Sy Sx",
+                                       NL=config.num_layers)
+                stacked = torch.cat([image_windows, windows], dim=-3)
+                xform = self.transform_encoder(
+                    rearrange(stacked, "BT NL Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx"))
+                xform = xform.reshape(*presence.shape, -1)
+            else:
+                xform = codes
+            if config.no_spatial_transformer:
+                offset_weights = (self.offset_heads[0](xform), self.offset_heads[1](xform))
+                offsets = discrete_offsets(*offset_weights)
+            else:
+                offsets = self.shift_head(xform) / 2
         return Encoding(codes, queries, presence, weights, windows, offsets, offset_weights,
-                        sprites, dict_codes, self.background(images))
+                        sprite_offsets, sprites, dict_codes, background)
 
     @typed
     def render(
         self, encoding: Encoding, batch: int, *, hard: bool = False,
-        plane_order: Int64[Tensor, " N"] | None = None,
+        straight_through: bool = False, plane_order: Int64[Tensor, " N"] | None = None,
     ) -> MarioNetteOutput:
         """Render an encoding softly (training) or hard (arg-max sprite, rounded presence, one-hot
         discrete offsets). The hard rendering reuses the encoders' outputs: it needs no second pass.
@@ -301,6 +360,9 @@ class MarioNette(nn.Module):
             encoding: from :meth:`encode`.
             batch: B (the encoding flattens B and T).
             hard: discrete rendering.
+            straight_through: with ``hard``, keep gradients: the forward values are the hard
+                ones, the gradients those of the soft weights and presence (straight-through
+                estimator), so a loss on the hard reconstruction can train the model.
             plane_order: back-to-front plane order; by default random parity groups while
                 training (as configured) and the fixed layer-major order in eval mode.
         """
@@ -308,7 +370,14 @@ class MarioNette(nn.Module):
         if plane_order is None:
             plane_order = plane_order_for(config, self.training)
         offset_weights = e.offset_weights
-        if hard:
+        if hard and straight_through:
+            weights = straight_through_fn(hard_weights(e.weights), e.weights)
+            presence = straight_through_fn(hard_presence(e.presence), e.presence)
+            windows = mix_sprites(weights, e.sprites)
+            if offset_weights is not None:
+                offset_weights = tuple(straight_through_fn(hard_weights(w), w)
+                                       for w in offset_weights)
+        elif hard:
             ids = e.weights.argmax(dim=-1)
             weights, presence = hard_weights(e.weights), hard_presence(e.presence)
             windows = gather_sprites(ids, e.sprites)
@@ -317,8 +386,14 @@ class MarioNette(nn.Module):
         else:
             weights, presence, windows = e.weights, e.presence, e.windows
             if config.straight_through_probs:
-                presence = straight_through(hard_presence(presence), presence)
-        offsets = e.offsets if offset_weights is None else discrete_offsets(*offset_weights)
+                presence = straight_through_fn(hard_presence(presence), presence)
+        if offset_weights is not None:
+            offsets = discrete_offsets(*offset_weights)
+        elif hard and e.sprite_offsets is not None:  # the chosen sprite's own matched offset
+            offsets = einsum(weights, e.sprite_offsets,
+                             "BT NL Lh Lw K, BT Lh Lw K xy -> BT NL Lh Lw xy")
+        else:
+            offsets = e.offsets
 
         def split(x: Tensor) -> Tensor:
             return rearrange(x, "(B T) ... -> B T ...", B=batch)

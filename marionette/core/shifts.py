@@ -6,7 +6,14 @@ from einops import einsum, rearrange
 
 from ._typing import Float, Tensor, typed
 
-__all__ = ["discrete_offsets", "shift_bilinear", "shift_discrete"]
+__all__ = [
+    "discrete_offsets",
+    "expected_displacement",
+    "match_gains",
+    "match_offsets",
+    "shift_bilinear",
+    "shift_discrete",
+]
 
 
 @typed
@@ -78,3 +85,82 @@ def discrete_offsets(
     return rearrange(
         [weights_x @ displacement, weights_y @ displacement], "xy ... -> ... xy"
     )
+
+
+def _gain_terms(image_windows: Tensor, background_windows: Tensor, sprites: Tensor):
+    """Signals and kernels whose correlations give the matching gain (see :func:`match_gains`)."""
+    s = sprites.shape[-1]
+    half = s // 4
+    pad = (half, half, half, half)
+    image = F.pad(image_windows, pad)
+    behind = F.pad(background_windows, pad)
+    signals = torch.cat([image, (2 * behind * image - behind * behind).sum(1, keepdim=True)], 1)
+    alpha, colour = sprites[..., 3:, :, :], sprites[..., :3, :, :]
+    kernels = torch.cat([alpha * colour, -0.5 * alpha], dim=-3)
+    energy = (alpha * colour * colour).sum(dim=(-3, -2, -1))
+    mass = alpha.sum(dim=(-3, -2, -1)).clamp(min=1.0)
+    return signals, kernels, energy, mass
+
+
+@typed
+def match_gains(
+    image_windows: Float[Tensor, "M 3 S S"],
+    background_windows: Float[Tensor, "M 3 S S"],
+    sprites: Float[Tensor, "K 4 S S"],
+) -> Float[Tensor, "M K Q Q"]:
+    """Per-pixel gain of placing each sprite at each integer displacement of each window.
+
+    Placing a sprite (alpha a, colour s) displaced by o pixels over background b changes the
+    squared error of the window's image I by
+        cost(o) = sum_u a(u - o) ||s(u - o)||^2 - 2 sum_u (a s)(u - o) . I(u)
+                  + sum_u a(u - o) (2 b(u) . I(u) - ||b(u)||^2),
+    a constant minus cross-correlations of I with a s and of 2 b.I - ||b||^2 with a. The gain is
+    -cost(o) / max(sum a, 1) for o in [-P/2, P/2]^2; entry [m, k, i, j] is displacement
+    (x, y) = (j - P/2, i - P/2). Correlations use FFTs of size S + P, which cannot wrap around;
+    outside the canvas both windows are zero, so sprite parts placed there neither gain nor cost.
+    """
+    s = sprites.shape[-1]
+    q = s // 2 + 1
+    signals, kernels, energy, mass = _gain_terms(image_windows, background_windows, sprites)
+    size = signals.shape[-2:]
+    spectrum = torch.einsum("mcxy,kcxy->mkxy", torch.fft.rfft2(signals.float()),
+                            torch.fft.rfft2(kernels.float(), s=size).conj())
+    correlation = torch.fft.irfft2(spectrum, s=size)[..., :q, :q].to(sprites.dtype)
+    return (2 * correlation - energy[None, :, None, None]) / mass[None, :, None, None]
+
+
+@typed
+def expected_displacement(gains: Float[Tensor, "*batch Q Q"], temperature: float) -> Float[
+    Tensor, "*batch 2"
+]:
+    """Softmax(gain / temperature)-weighted mean displacement (x, y) in units of P = Q - 1."""
+    q = gains.shape[-1]
+    shape = gains.shape[:-2]
+    weights = torch.softmax((gains / temperature).reshape(*shape, q * q), dim=-1)
+    weights = weights.reshape(*shape, q, q)
+    displacement = (torch.arange(q, device=gains.device, dtype=gains.dtype) - (q - 1) / 2)
+    offset_x = (weights.sum(dim=-2) * displacement).sum(dim=-1)
+    offset_y = (weights.sum(dim=-1) * displacement).sum(dim=-1)
+    return torch.stack([offset_x, offset_y], dim=-1) / (q - 1)
+
+
+@typed
+def match_offsets(
+    image_windows: Float[Tensor, "N 3 S S"],
+    sprites: Float[Tensor, "N 4 S S"],
+    background_windows: Float[Tensor, "N 3 S S"],
+    temperature: float = 0.05,
+) -> Float[Tensor, "N 2"]:
+    """Offset (x, y) in units of P that best aligns each slot's own sprite with its window.
+
+    The gain of :func:`match_gains` for one sprite per window, turned into an offset by
+    :func:`expected_displacement`.
+    """
+    s = sprites.shape[-1]
+    q = s // 2 + 1
+    signals, kernels, energy, mass = _gain_terms(image_windows, background_windows, sprites)
+    size = signals.shape[-2:]
+    spectrum = torch.fft.rfft2(signals.float()) * torch.fft.rfft2(kernels.float(), s=size).conj()
+    correlation = torch.fft.irfft2(spectrum, s=size).sum(dim=1)[:, :q, :q].to(sprites.dtype)
+    gains = (2 * correlation - energy[:, None, None]) / mass[:, None, None]
+    return expected_displacement(gains, temperature)

@@ -1,0 +1,249 @@
+"""The ``marionette`` command: train, decompose, generate data, evaluate, sweep."""
+
+import argparse
+import sys
+import typing
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+from .config import _FIELDS, _SECTIONS, Config
+
+__all__ = ["main"]
+
+#: The original's boolean flags take no value (``--shuffle_all``); ``--flag false`` also works.
+_CHOICES = {
+    "background": ("color", "strip", "strip_st"),
+    "gating": ("premultiplied", "original"),
+    "transform_encoder": ("conv", "anchor", "match"),
+    "dictionary": ("mlp", "pixels"),
+    "resize": ("keep", "crop", "resize", "pad"),
+    "precision": ("auto", "fp32", "bf16"),
+    "typecheck": ("first", "on", "off"),
+    "sprite_init": ("random", "data"),
+    "consistency_code": ("codes", "queries", "weights"),
+}
+
+
+#: Settings with flags of their own (``--data DIR``, ``--synthetic NAME``).
+_SOURCE_FLAGS = ("data", "synthetic")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, spelled with underscores (the original's) or dashes."""
+    group = parser.add_argument_group("settings (see marionette.config for their meaning)")
+    group.add_argument("--canvas_size", "--canvas-size", type=int, default=argparse.SUPPRESS,
+                       help="square canvas side (sets --height and --width)")
+    for section_cls in _SECTIONS.values():
+        for f in fields(section_cls):
+            if f.name in _SOURCE_FLAGS:
+                continue
+            names = [f"--{f.name}"]
+            if "_" in f.name:
+                names.append(f"--{f.name.replace('_', '-')}")
+            kwargs: dict = {"default": argparse.SUPPRESS, "dest": f.name}
+            if f.type is bool:
+                kwargs.update(nargs="?", const="true", metavar="BOOL")
+            elif typing.get_origin(f.type) is tuple:
+                kwargs.update(nargs="+", metavar="X")
+            elif f.name == "background":  # the original's --background means the learned strip
+                kwargs.update(nargs="?", const="strip", choices=_CHOICES[f.name])
+            elif f.name in _CHOICES:
+                kwargs.update(choices=_CHOICES[f.name])
+            group.add_argument(*names, **kwargs)
+    group.add_argument("--spatial_transformer_bg", "--spatial-transformer-bg",
+                       action="store_const", const="strip_st", dest="background",
+                       default=argparse.SUPPRESS,
+                       help="the original's flag: learned strip with a spatial-transformer window")
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    names = set(_FIELDS) | {"canvas_size"}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _base_config(args: argparse.Namespace) -> Config:
+    from .presets import preset_config
+
+    if args.config and args.preset:
+        raise SystemExit("error: give either --config or --preset, not both")
+    if args.config:
+        return Config.load(args.config)
+    if args.preset:
+        return preset_config(args.preset)
+    return Config()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .presets import preset_config
+    from .trainer import CONFIG_FILE, ConfigMismatch, TrainingDiverged, train
+
+    settings = _settings(args)
+    if args.data is not None:
+        settings["data"] = args.data
+    if args.synthetic is not None:
+        settings["synthetic"] = args.synthetic
+        settings["data"] = None
+    out = Path(args.out) if args.out else Path("runs") / (args.preset or args.synthetic or
+                                                         Path(args.data or "demo").name)
+    if args.resume and (out / CONFIG_FILE).exists() and not args.config and not args.preset:
+        config = Config.load(out / CONFIG_FILE).replace(**settings)
+    else:
+        config = _base_config(args).replace(**settings)
+    if args.data is None and args.synthetic is None and not (args.config or args.preset or
+                                                             args.resume):
+        config = preset_config("demo").replace(**settings)  # no data at all: the built-in demo
+    try:
+        result = train(config, out, resume=args.resume, progress=not args.no_progress,
+                       tensorboard=not args.no_tensorboard)
+    except (ConfigMismatch, TrainingDiverged) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    m = result.metrics
+    print(f"trained {result.step} steps into {out}: PSNR soft {m.get('psnr', float('nan')):.2f} "
+          f"dB, hard {m.get('psnr_hard', float('nan')):.2f} dB "
+          f"({m['train_seconds']:.0f} s this session)")
+    return 0
+
+
+def _decompose(args: argparse.Namespace) -> int:
+    from .api import load
+    from .data import FrameFolder
+    from .decompose import decompose_frames
+    from .trainer import build_data, resolve_device
+
+    model, config = load(args.run, args.checkpoint)
+    if args.data:
+        frames = FrameFolder(args.data, (config.model.height, config.model.width), args.resize
+                             or config.data.resize)
+    elif config.data.data is None:
+        frames = build_data(config, "test")  # held-out clips of the synthetic world
+    else:
+        frames = FrameFolder(config.data.data, (config.model.height, config.model.width),
+                             config.data.resize)
+    if args.frames:
+        from .data import InMemoryFrames
+
+        count = min(args.frames, len(frames))
+        frames = InMemoryFrames(frames.frames(range(count)), frames.clips[:count],
+                                frames.times[:count], frames.names[:count])
+    out = Path(args.out) if args.out else Path(args.run) / "decomposition"
+    progress = _progress_wrapper(not args.no_progress, "decompose")
+    summary = decompose_frames(model, frames, out, batch_size=args.batch_size,
+                               device=resolve_device(args.device), progress=progress)
+    print(f"decomposed {summary['frames']} frames into {out} "
+          f"({summary['sprites_per_frame']:.1f} sprites per frame, hard PSNR "
+          f"{summary['psnr_hard']:.2f} dB)")
+    print(f"sprite sheet: {summary['sprite_sheet']}")
+    print(f"summary:      {summary['summary']}")
+    return 0
+
+
+def _progress_wrapper(enabled: bool, description: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return lambda iterable: tqdm(iterable, desc=description, unit="batch")
+
+
+def _data_synthetic(args: argparse.Namespace) -> int:
+    from .data import generate, write_dataset
+    from .data.dataset import package_versions
+
+    overrides = {}
+    if args.clips:
+        overrides["num_images" if args.world == "tetrominoes" else "num_clips"] = args.clips
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    data = generate(args.world, args.split, **overrides)
+    frames = data.frames.data.permute(0, 2, 3, 1).numpy()
+    settings = {**data.settings, "world": args.world, "split": args.split,
+                "class_names": data.class_names, "versions": package_versions()}
+    out = write_dataset(args.out, frames, data.frames.names, data.frames.clips,
+                        data.frames.times, settings, data.groundtruth, data.masks,
+                        overwrite=args.overwrite)
+    print(f"wrote {len(frames)} frames of the {args.world!r} world to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``marionette`` command."""
+    parser = argparse.ArgumentParser(
+        prog="marionette",
+        description="Self-supervised sprite learning: train MarioNette, decompose frames into "
+                    "sprites, generate data, evaluate object representations.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a model (with no data argument: the built-in demo world)",
+        description="Train a model. Settings come from --preset or --config, then the flags. "
+                    "Training into an existing run directory with the same settings resumes it "
+                    "up to the same total --num_steps.")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--data", help="folder of numbered frames (0.png, 1.png, ...)")
+    source.add_argument("--synthetic", help="built-in synthetic world (demo, tiny, stars, large, "
+                                            "tetrominoes)")
+    train.add_argument("--out", help="run directory (default: runs/<preset or data name>)")
+    train.add_argument("--preset", help="demo, space_invaders, mario or tetrominoes")
+    train.add_argument("--config", help="a config.json to start from (e.g. of another run)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out with its stored settings (only run "
+                            "length, logging and hardware settings may change)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard events")
+    _add_setting_flags(train)
+    train.set_defaults(handler=_train)
+
+    decompose = commands.add_parser(
+        "decompose", help="write the explicit decomposition of frames (JSON, PNGs)",
+        description="Decompose frames with a trained run: per-frame JSON of the visible "
+                    "sprites, hard reconstructions, per-layer images, the sprite sheet and a "
+                    "summary picture.")
+    decompose.add_argument("--run", required=True, help="run directory")
+    decompose.add_argument("--data", help="frame folder (default: the run's held-out synthetic "
+                                          "clips, or its training folder)")
+    decompose.add_argument("--out", help="output folder (default: RUN/decomposition)")
+    decompose.add_argument("--checkpoint", help="a specific checkpoint file")
+    decompose.add_argument("--resize", choices=_CHOICES["resize"],
+                           help="resize policy for --data (default: the run's)")
+    decompose.add_argument("--frames", type=int, default=0, help="only the first N frames")
+    decompose.add_argument("--batch-size", type=int, default=16)
+    decompose.add_argument("--device", default="auto")
+    decompose.add_argument("--no-progress", action="store_true")
+    decompose.set_defaults(handler=_decompose)
+
+    data = commands.add_parser("data", help="generate datasets (synthetic worlds, Atari, Mario)")
+    generators = data.add_subparsers(dest="generator", required=True)
+    synthetic = generators.add_parser("synthetic", help="a built-in synthetic world with ground "
+                                                        "truth")
+    synthetic.add_argument("--world", default="demo",
+                           help="demo, tiny, stars, large or tetrominoes")
+    synthetic.add_argument("--out", required=True)
+    synthetic.add_argument("--split", default="train", choices=("train", "test"))
+    synthetic.add_argument("--clips", type=int, default=0, help="clips (images for tetrominoes)")
+    synthetic.add_argument("--seed", type=int)
+    synthetic.add_argument("--overwrite", action="store_true")
+    synthetic.set_defaults(handler=_data_synthetic)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``marionette`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

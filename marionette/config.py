@@ -1,0 +1,277 @@
+"""Run configuration: model, training and data settings, saved as readable JSON in a run.
+
+Every setting has one unique name (the original's flag names where they exist), so a setting can
+be read or changed by its flat name (``layer_size``, ``lr``, ``aow``) from the command line, a
+sweep grid or Python: ``config.replace(layer_size=16, lr=3e-4)``.
+"""
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ._io import write_json
+from .core.model import ModelConfig
+
+__all__ = ["Config", "DataConfig", "TrainConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, logging and checkpointing. Defaults are the original's where it had them.
+
+    Attributes:
+        bs: batch size (items of T frames).
+        lr: AdamW learning rate of the model.
+        lr_bg: AdamW learning rate of a learned background strip.
+        lr_dict: AdamW learning rate of the sprite dictionary (0: the same as ``lr``).
+        weight_decay: AdamW weight decay (PyTorch's default, as the original).
+        num_steps: total optimisation steps; a resumed run continues to this total.
+        w_beta: weight of the Beta(2, 2) prior on selection weights and presence.
+        w_probs: L1 presence weight, one value or one per layer.
+        sprite_init: ``"random"`` (the original: sprites decoded from random codes) or
+            ``"data"`` (the dictionary starts from sprite-sized windows of training frames around
+            foreground blobs, chosen for diversity; see
+            :func:`marionette.core.foreground_patches`).
+        presence_warmup: steps at the start with the presence penalty off.
+        hard_mix: weight of a straight-through hard reconstruction loss (arg-max sprite and
+            rounded presence in the forward pass, soft gradients), ramped in over
+            ``hard_warmup`` steps; 0 trains on the soft reconstruction only (the original).
+        hard_warmup: steps over which ``hard_mix`` ramps from 0 to its value.
+        reinit_unused: every this many steps, re-initialise dictionary sprites no slot selected
+            since the last check (0: never).
+        aow: weight of the object-consistency loss (0: off).
+        aow_warmup: steps over which the consistency weight ramps in linearly.
+        consistency_code: which vector is an object's code for the consistency loss:
+            ``"codes"`` (anchor code), ``"queries"`` (projected code) or ``"weights"``.
+        consistency_radius: candidate radius in pixels (0: one cell size P).
+        seed: seeds Python, NumPy and torch before anything random happens.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
+        threads: CPU threads for torch (0: torch's default).
+        log_every: steps between scalar logs and hard-PSNR measurements.
+        image_every: steps between TensorBoard image panels (0: never).
+        checkpoint_every: steps between checkpoints.
+        keep_checkpoints: how many recent checkpoints to keep (plus the final one).
+        eval_every: steps between object evaluations against ground truth (0: never).
+        typecheck: ``"first"`` (check shapes on the first step, then off), ``"on"``, ``"off"``.
+    """
+
+    bs: int = 8
+    lr: float = 1e-4
+    lr_bg: float = 1e-3
+    lr_dict: float = 0.0
+    weight_decay: float = 0.01
+    num_steps: int = 200_000
+    w_beta: float = 0.002
+    w_probs: tuple[float, ...] = (0.005,)
+    sprite_init: str = "random"
+    presence_warmup: int = 0
+    hard_mix: float = 0.0
+    hard_warmup: int = 0
+    reinit_unused: int = 0
+    aow: float = 0.0
+    aow_warmup: int = 0
+    consistency_code: str = "codes"
+    consistency_radius: float = 0.0
+    seed: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = 0
+    log_every: int = 100
+    image_every: int = 2000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    eval_every: int = 0
+    typecheck: str = "first"
+
+    def __post_init__(self) -> None:
+        positive = ("bs", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.lr_bg <= 0:
+            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, lr_bg={self.lr_bg}")
+        choices = {"precision": ("auto", "fp32", "bf16"), "typecheck": ("first", "on", "off"),
+                   "consistency_code": ("codes", "queries", "weights"),
+                   "sprite_init": ("random", "data")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training frames come from.
+
+    Attributes:
+        data: a frame folder; ``None`` uses the synthetic world ``synthetic``.
+        synthetic: name of a built-in world (see :data:`marionette.data.SYNTHETIC_WORLDS`).
+        synthetic_clips: clips to generate for training (0: the world's default).
+        frames_per_item: T, consecutive frames per training item (the consistency loss needs
+            T >= 2).
+        resize: how frames of another size reach the canvas: ``keep``, ``crop``, ``resize``,
+            ``pad``.
+    """
+
+    data: str | None = None
+    synthetic: str = "demo"
+    synthetic_clips: int = 0
+    frames_per_item: int = 1
+    resize: str = "keep"
+
+    def __post_init__(self) -> None:
+        if self.frames_per_item < 1:
+            raise ValueError(f"frames_per_item must be >= 1, got {self.frames_per_item}")
+
+
+_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _field_index() -> dict[str, str]:
+    index: dict[str, str] = {}
+    for section, cls in _SECTIONS.items():
+        for f in fields(cls):
+            if f.name in index:  # pragma: no cover - guarded by a test
+                raise RuntimeError(f"setting {f.name} appears in two sections")
+            index[f.name] = section
+    return index
+
+
+_FIELDS = _field_index()
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Convert ``value`` (from JSON or a command line string) to the field's type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(value, options[0], name)
+    if origin is tuple:
+        inner = typing.get_args(annotation)[0]
+        if isinstance(value, str):
+            value = [v for v in value.replace(";", ",").split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            value = [value]
+        return tuple(_coerce(v, inner, name) for v in value)
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return lowered in ("1", "true", "yes", "on")
+            if isinstance(value, bool):
+                return value
+            raise ValueError(value)
+        if annotation is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {getattr(annotation, '__name__', annotation)}, got "
+                         f"{value!r}") from None
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """A full run configuration: ``model``, ``train`` and ``data`` sections plus the preset name."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    preset: str | None = None
+
+    @staticmethod
+    def names() -> list[str]:
+        """Every setting's flat name."""
+        return list(_FIELDS)
+
+    def get(self, name: str) -> Any:
+        """A setting by flat name."""
+        if name not in _FIELDS:
+            raise KeyError(_unknown(name))
+        return getattr(getattr(self, _FIELDS[name]), name)
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with settings changed by flat name; values are converted to the field types.
+
+        ``canvas_size`` sets height and width together.
+        """
+        if "canvas_size" in changes:
+            size = changes.pop("canvas_size")
+            changes.setdefault("height", size)
+            changes.setdefault("width", size)
+        per_section: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+        for name, value in changes.items():
+            if name == "preset":
+                continue
+            if name not in _FIELDS:
+                raise KeyError(_unknown(name))
+            section = _FIELDS[name]
+            types_ = {f.name: f.type for f in fields(_SECTIONS[section])}
+            per_section[section][name] = _coerce(value, types_[name], name)
+        updated = {s: dataclasses.replace(getattr(self, s), **c) for s, c in per_section.items()}
+        return Config(**updated, preset=changes.get("preset", self.preset))
+
+    def to_dict(self) -> dict:
+        """Nested plain-data form."""
+        return {"preset": self.preset, **{s: dataclasses.asdict(getattr(self, s))
+                                          for s in _SECTIONS}}
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by flat name."""
+        return {name: self.get(name) for name in _FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        unknown = set(data) - {"preset", *_SECTIONS}
+        if unknown:
+            raise ValueError(f"unknown configuration sections {sorted(unknown)}")
+        flat: dict[str, Any] = {}
+        for section in _SECTIONS:
+            values = data.get(section, {})
+            for name, value in values.items():
+                if _FIELDS.get(name) != section:
+                    raise ValueError(f"unknown setting {section}.{name}")
+                flat[name] = value
+        return cls(preset=data.get("preset")).replace(**flat)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the configuration as JSON (atomically)."""
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Config":
+        """Read a configuration written by :meth:`save`."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error})") from error
+        return cls.from_dict(data)
+
+    def diff(self, other: "Config") -> dict[str, tuple[Any, Any]]:
+        """Settings that differ: name -> (self's value, other's value)."""
+        a, b = self.flat(), other.flat()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def _unknown(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(_FIELDS), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown setting {name!r}{hint}"

@@ -1,0 +1,46 @@
+"""Frames from folders, generators and games; stacks of consecutive frames; ground truth."""
+
+from .dataset import Dataset, load_dataset, package_versions, write_dataset
+from .frames import (
+    RESIZE_POLICIES,
+    FrameFolder,
+    FrameSource,
+    InMemoryFrames,
+    frame_sort_key,
+    load_image,
+)
+from .groundtruth import GT_COLUMNS, GroundTruth
+from .stacks import FrameStacks, stack_starts
+from .synthetic import (
+    SYNTHETIC_WORLDS,
+    GeneratedData,
+    SpriteWorldConfig,
+    TetrominoesConfig,
+    generate,
+    generate_sprite_world,
+    generate_tetrominoes,
+)
+
+__all__ = [
+    "GT_COLUMNS",
+    "RESIZE_POLICIES",
+    "SYNTHETIC_WORLDS",
+    "Dataset",
+    "FrameFolder",
+    "FrameSource",
+    "FrameStacks",
+    "GeneratedData",
+    "GroundTruth",
+    "InMemoryFrames",
+    "SpriteWorldConfig",
+    "TetrominoesConfig",
+    "frame_sort_key",
+    "generate",
+    "generate_sprite_world",
+    "generate_tetrominoes",
+    "load_dataset",
+    "load_image",
+    "package_versions",
+    "stack_starts",
+    "write_dataset",
+]

@@ -1,0 +1,118 @@
+"""Datasets on disk: a frame folder plus index, ground truth, masks and the generator's settings.
+
+Layout written by every generator (atomically: the folder appears only once complete)::
+
+    DIR/0.png, 1.png, ...     frames, RGB
+    DIR/index.csv             frame, clip, t
+    DIR/groundtruth.csv       frame, clip, t, class, x0, y0, x1, y1, moving, instance
+    DIR/masks.npz             (synthetic data) int16 instance id per pixel, -1 background
+    DIR/dataset.json          generator, settings, seeds, package versions, class names
+"""
+
+import csv
+import importlib.metadata
+import json
+import os
+import platform
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .._io import atomic_directory, atomic_write, write_json
+from .frames import INDEX_FILE, FrameFolder, FrameSource
+from .groundtruth import GROUNDTRUTH_FILE, GroundTruth
+
+__all__ = ["DATASET_FILE", "MASKS_FILE", "Dataset", "load_dataset", "package_versions",
+           "write_dataset"]
+
+DATASET_FILE = "dataset.json"
+MASKS_FILE = "masks.npz"
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions (plus Python), for provenance records."""
+    versions = {"python": platform.python_version()}
+    for name in ("marionette", "numpy", "pillow", *names):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path, compress_level=1)
+
+
+def write_dataset(
+    out: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    names: list[str],
+    clips: np.ndarray,
+    times: np.ndarray,
+    settings: dict,
+    groundtruth: GroundTruth | None = None,
+    masks: np.ndarray | None = None,
+    overwrite: bool = False,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> Path:
+    """Write a dataset folder atomically (see the module for the layout).
+
+    Args:
+        out: target folder; must not exist or be empty unless ``overwrite``.
+        frames: RGB uint8 [H, W, 3] arrays, in order (may be a generator).
+        names, clips, times: per-frame file name, clip id and time index.
+        settings: recorded in ``dataset.json`` (generator, seeds, versions, class names, ...).
+        groundtruth: object table; ``masks``: per-frame instance masks.
+        overwrite: replace an existing folder (only once the new one is complete).
+        progress: wraps the frame iterator (e.g. ``tqdm``).
+    """
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        iterator = zip(names, frames, strict=True)
+        for name, frame in progress(iterator) if progress else iterator:
+            _save_png(np.ascontiguousarray(frame), tmp / name)
+        with atomic_write(tmp / INDEX_FILE, "w") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["frame", "clip", "t"])
+            writer.writerows(zip(names, np.asarray(clips).tolist(), np.asarray(times).tolist(),
+                                 strict=True))
+        if groundtruth is not None:
+            groundtruth.write_csv(tmp / GROUNDTRUTH_FILE)
+        if masks is not None:
+            with atomic_write(tmp / MASKS_FILE) as handle:
+                np.savez_compressed(handle, masks=masks.astype(np.int16), names=np.array(names))
+        write_json(tmp / DATASET_FILE, {"frames": len(names), **settings})
+    return Path(out)
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset folder: frames plus whatever ground truth it carries."""
+
+    frames: FrameSource
+    groundtruth: GroundTruth | None
+    masks: np.ndarray | None
+    info: dict
+
+
+def load_dataset(folder: str | os.PathLike, size: tuple[int, int] | None = None,
+                 resize: str = "keep") -> Dataset:
+    """Load a dataset folder: frames, and ``groundtruth.csv``, ``masks.npz`` and
+    ``dataset.json`` when present. Masks are read without pickle."""
+    folder = Path(folder)
+    frames = FrameFolder(folder, size, resize)
+    gt_path = folder / GROUNDTRUTH_FILE
+    groundtruth = GroundTruth.read_csv(gt_path) if gt_path.exists() else None
+    masks = None
+    if (folder / MASKS_FILE).exists():
+        with np.load(folder / MASKS_FILE, allow_pickle=False) as archive:
+            stored = [str(n) for n in archive["names"]]
+            if stored != frames.names:
+                raise ValueError(f"{folder / MASKS_FILE} does not match the folder's frames")
+            masks = archive["masks"]
+    info_path = folder / DATASET_FILE
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    return Dataset(frames, groundtruth, masks, info)

@@ -13,8 +13,11 @@ from .trainer import CONFIG_FILE
 __all__ = ["load"]
 
 
-def load(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
-         device: str | torch.device = "cpu") -> tuple[MarioNette, Config]:
+def load(
+    run_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[MarioNette, Config]:
     """The trained model of a run directory (in eval mode) and its configuration.
 
     Args:

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic, code-free (``torch.load(weights_only=True)``), newest-first with fallback."""
+"""Checkpoints: atomic, code-free (``weights_only`` loading), newest first with fallback."""
 
 import os
 import re
@@ -9,8 +9,16 @@ import torch
 
 from ._io import atomic_write
 
-__all__ = ["CHECKPOINT_DIR", "FINAL", "CheckpointError", "latest_checkpoint", "list_checkpoints",
-           "load_checkpoint", "prune_checkpoints", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "FINAL",
+    "CheckpointError",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "save_checkpoint",
+]
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL = "final.pt"
@@ -62,8 +70,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return state
 
 
-def latest_checkpoint(run_dir: str | os.PathLike, map_location="cpu",
-                      include_final: bool = True) -> tuple[dict, Path] | None:
+def latest_checkpoint(
+    run_dir: str | os.PathLike, map_location="cpu", include_final: bool = True
+) -> tuple[dict, Path] | None:
     """The newest readable checkpoint of a run (final first), or ``None`` if there is none.
 
     A corrupt or truncated file is named in a warning and the previous one is tried.

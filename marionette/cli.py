@@ -32,8 +32,13 @@ _SOURCE_FLAGS = ("data", "synthetic")
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, spelled with underscores (the original's) or dashes."""
     group = parser.add_argument_group("settings (see marionette.config for their meaning)")
-    group.add_argument("--canvas_size", "--canvas-size", type=int, default=argparse.SUPPRESS,
-                       help="square canvas side (sets --height and --width)")
+    group.add_argument(
+        "--canvas_size",
+        "--canvas-size",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="square canvas side (sets --height and --width)",
+    )
     for section_cls in _SECTIONS.values():
         for f in fields(section_cls):
             if f.name in _SOURCE_FLAGS:
@@ -51,14 +56,19 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             elif f.name in _CHOICES:
                 kwargs.update(choices=_CHOICES[f.name])
             group.add_argument(*names, **kwargs)
-    group.add_argument("--spatial_transformer_bg", "--spatial-transformer-bg",
-                       action="store_const", const="strip_st", dest="background",
-                       default=argparse.SUPPRESS,
-                       help="the original's flag: learned strip with a spatial-transformer window")
+    group.add_argument(
+        "--spatial_transformer_bg",
+        "--spatial-transformer-bg",
+        action="store_const",
+        const="strip_st",
+        dest="background",
+        default=argparse.SUPPRESS,
+        help="the original's flag: learned strip with a spatial-transformer window",
+    )
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    names = set(_FIELDS) | {"canvas_size"}
+    names = (set(_FIELDS) | {"canvas_size"}) - set(_SOURCE_FLAGS)
     return {k: v for k, v in vars(args).items() if k in names}
 
 
@@ -84,27 +94,40 @@ def _train(args: argparse.Namespace) -> int:
     if args.synthetic is not None:
         settings["synthetic"] = args.synthetic
         settings["data"] = None
-    out = Path(args.out) if args.out else Path("runs") / (args.preset or args.synthetic or
-                                                         Path(args.data or "demo").name)
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / (args.preset or args.synthetic or Path(args.data or "demo").name)
+    )
     if args.resume and (out / CONFIG_FILE).exists() and not args.config and not args.preset:
         config = Config.load(out / CONFIG_FILE).replace(**settings)
     else:
         config = _base_config(args).replace(**settings)
-    if args.data is None and args.synthetic is None and not (args.config or args.preset or
-                                                             args.resume):
+    if (
+        args.data is None
+        and args.synthetic is None
+        and not (args.config or args.preset or args.resume)
+    ):
         config = preset_config("demo").replace(**settings)  # no data at all: the built-in demo
     try:
-        result = train(config, out, resume=args.resume, progress=not args.no_progress,
-                       tensorboard=not args.no_tensorboard)
+        result = train(
+            config,
+            out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            tensorboard=not args.no_tensorboard,
+        )
     except (ConfigMismatch, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     m = result.metrics
-    print(f"trained {result.step} steps into {out}: PSNR soft {m.get('psnr', float('nan')):.2f} "
-          f"dB, hard {m.get('psnr_hard', float('nan')):.2f} dB "
-          f"({m['train_seconds']:.0f} s this session)")
+    print(
+        f"trained {result.step} steps into {out}: PSNR soft {m.get('psnr', float('nan')):.2f} "
+        f"dB, hard {m.get('psnr_hard', float('nan')):.2f} dB "
+        f"({m['train_seconds']:.0f} s this session)"
+    )
     return 0
 
 
@@ -116,26 +139,40 @@ def _decompose(args: argparse.Namespace) -> int:
 
     model, config = load(args.run, args.checkpoint)
     if args.data:
-        frames = FrameFolder(args.data, (config.model.height, config.model.width), args.resize
-                             or config.data.resize)
+        frames = FrameFolder(
+            args.data, (config.model.height, config.model.width), args.resize or config.data.resize
+        )
     elif config.data.data is None:
         frames = build_data(config, "test")  # held-out clips of the synthetic world
     else:
-        frames = FrameFolder(config.data.data, (config.model.height, config.model.width),
-                             config.data.resize)
+        frames = FrameFolder(
+            config.data.data, (config.model.height, config.model.width), config.data.resize
+        )
     if args.frames:
         from .data import InMemoryFrames
 
         count = min(args.frames, len(frames))
-        frames = InMemoryFrames(frames.frames(range(count)), frames.clips[:count],
-                                frames.times[:count], frames.names[:count])
+        frames = InMemoryFrames(
+            frames.frames(range(count)),
+            frames.clips[:count],
+            frames.times[:count],
+            frames.names[:count],
+        )
     out = Path(args.out) if args.out else Path(args.run) / "decomposition"
     progress = _progress_wrapper(not args.no_progress, "decompose")
-    summary = decompose_frames(model, frames, out, batch_size=args.batch_size,
-                               device=resolve_device(args.device), progress=progress)
-    print(f"decomposed {summary['frames']} frames into {out} "
-          f"({summary['sprites_per_frame']:.1f} sprites per frame, hard PSNR "
-          f"{summary['psnr_hard']:.2f} dB)")
+    summary = decompose_frames(
+        model,
+        frames,
+        out,
+        batch_size=args.batch_size,
+        device=resolve_device(args.device),
+        progress=progress,
+    )
+    print(
+        f"decomposed {summary['frames']} frames into {out} "
+        f"({summary['sprites_per_frame']:.1f} sprites per frame, hard PSNR "
+        f"{summary['psnr_hard']:.2f} dB)"
+    )
     print(f"sprite sheet: {summary['sprite_sheet']}")
     print(f"summary:      {summary['summary']}")
     return 0
@@ -162,11 +199,24 @@ def _data_synthetic(args: argparse.Namespace) -> int:
         overrides["seed"] = args.seed
     data = generate(args.world, args.split, **overrides)
     frames = data.frames.data.permute(0, 2, 3, 1).numpy()
-    settings = {**data.settings, "world": args.world, "split": args.split,
-                "class_names": data.class_names, "versions": package_versions()}
-    out = write_dataset(args.out, frames, data.frames.names, data.frames.clips,
-                        data.frames.times, settings, data.groundtruth, data.masks,
-                        overwrite=args.overwrite)
+    settings = {
+        **data.settings,
+        "world": args.world,
+        "split": args.split,
+        "class_names": data.class_names,
+        "versions": package_versions(),
+    }
+    out = write_dataset(
+        args.out,
+        frames,
+        data.frames.names,
+        data.frames.clips,
+        data.frames.times,
+        settings,
+        data.groundtruth,
+        data.masks,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {len(frames)} frames of the {args.world!r} world to {out}")
     return 0
 
@@ -176,41 +226,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="marionette",
         description="Self-supervised sprite learning: train MarioNette, decompose frames into "
-                    "sprites, generate data, evaluate object representations.")
+        "sprites, generate data, evaluate object representations.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser(
-        "train", help="train a model (with no data argument: the built-in demo world)",
+        "train",
+        help="train a model (with no data argument: the built-in demo world)",
         description="Train a model. Settings come from --preset or --config, then the flags. "
-                    "Training into an existing run directory with the same settings resumes it "
-                    "up to the same total --num_steps.")
+        "Training into an existing run directory with the same settings resumes it "
+        "up to the same total --num_steps.",
+    )
     source = train.add_mutually_exclusive_group()
     source.add_argument("--data", help="folder of numbered frames (0.png, 1.png, ...)")
-    source.add_argument("--synthetic", help="built-in synthetic world (demo, tiny, stars, large, "
-                                            "tetrominoes)")
+    source.add_argument(
+        "--synthetic", help="built-in synthetic world (demo, tiny, stars, large, tetrominoes)"
+    )
     train.add_argument("--out", help="run directory (default: runs/<preset or data name>)")
     train.add_argument("--preset", help="demo, space_invaders, mario or tetrominoes")
     train.add_argument("--config", help="a config.json to start from (e.g. of another run)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out with its stored settings (only run "
-                            "length, logging and hardware settings may change)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out with its stored settings (only run "
+        "length, logging and hardware settings may change)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard events")
     _add_setting_flags(train)
     train.set_defaults(handler=_train)
 
     decompose = commands.add_parser(
-        "decompose", help="write the explicit decomposition of frames (JSON, PNGs)",
+        "decompose",
+        help="write the explicit decomposition of frames (JSON, PNGs)",
         description="Decompose frames with a trained run: per-frame JSON of the visible "
-                    "sprites, hard reconstructions, per-layer images, the sprite sheet and a "
-                    "summary picture.")
+        "sprites, hard reconstructions, per-layer images, the sprite sheet and a "
+        "summary picture.",
+    )
     decompose.add_argument("--run", required=True, help="run directory")
-    decompose.add_argument("--data", help="frame folder (default: the run's held-out synthetic "
-                                          "clips, or its training folder)")
+    decompose.add_argument(
+        "--data",
+        help="frame folder (default: the run's held-out synthetic clips, or its training folder)",
+    )
     decompose.add_argument("--out", help="output folder (default: RUN/decomposition)")
     decompose.add_argument("--checkpoint", help="a specific checkpoint file")
-    decompose.add_argument("--resize", choices=_CHOICES["resize"],
-                           help="resize policy for --data (default: the run's)")
+    decompose.add_argument(
+        "--resize", choices=_CHOICES["resize"], help="resize policy for --data (default: the run's)"
+    )
     decompose.add_argument("--frames", type=int, default=0, help="only the first N frames")
     decompose.add_argument("--batch-size", type=int, default=16)
     decompose.add_argument("--device", default="auto")
@@ -219,10 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="generate datasets (synthetic worlds, Atari, Mario)")
     generators = data.add_subparsers(dest="generator", required=True)
-    synthetic = generators.add_parser("synthetic", help="a built-in synthetic world with ground "
-                                                        "truth")
-    synthetic.add_argument("--world", default="demo",
-                           help="demo, tiny, stars, large or tetrominoes")
+    synthetic = generators.add_parser(
+        "synthetic", help="a built-in synthetic world with ground truth"
+    )
+    synthetic.add_argument(
+        "--world", default="demo", help="demo, tiny, stars, large or tetrominoes"
+    )
     synthetic.add_argument("--out", required=True)
     synthetic.add_argument("--split", default="train", choices=("train", "test"))
     synthetic.add_argument("--clips", type=int, default=0, help="clips (images for tetrominoes)")

@@ -96,9 +96,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.lr_bg <= 0:
             raise ValueError(f"learning rates must be > 0, got lr={self.lr}, lr_bg={self.lr_bg}")
-        choices = {"precision": ("auto", "fp32", "bf16"), "typecheck": ("first", "on", "off"),
-                   "consistency_code": ("codes", "queries", "weights"),
-                   "sprite_init": ("random", "data")}
+        choices = {
+            "precision": ("auto", "fp32", "bf16"),
+            "typecheck": ("first", "on", "off"),
+            "consistency_code": ("codes", "queries", "weights"),
+            "sprite_init": ("random", "data"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -179,8 +182,9 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         if annotation is str:
             return str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be {getattr(annotation, '__name__', annotation)}, got "
-                         f"{value!r}") from None
+        raise ValueError(
+            f"{name} must be {getattr(annotation, '__name__', annotation)}, got {value!r}"
+        ) from None
     return value
 
 
@@ -227,8 +231,10 @@ class Config:
 
     def to_dict(self) -> dict:
         """Nested plain-data form."""
-        return {"preset": self.preset, **{s: dataclasses.asdict(getattr(self, s))
-                                          for s in _SECTIONS}}
+        return {
+            "preset": self.preset,
+            **{s: dataclasses.asdict(getattr(self, s)) for s in _SECTIONS},
+        }
 
     def flat(self) -> dict[str, Any]:
         """Every setting by flat name."""

@@ -47,25 +47,35 @@ def _records(d: Decomposition, names: list[str]) -> list[dict]:
         present = (d.presence[b, 0] > 0.5).nonzero().tolist()
         for layer, row, col in present:
             group = PARITY_GROUPS.index((row % 2, col % 2))
-            sprites.append({
-                "layer": layer, "row": row, "col": col,
-                "sprite": int(d.sprite_ids[b, 0, layer, row, col]),
-                "presence": float(d.presence[b, 0, layer, row, col]),
-                "offset": [float(v) for v in d.offsets[b, 0, layer, row, col]],
-                "center": [float(v) for v in centers[b, 0, layer, row, col]],
-                "box": [float(v) for v in boxes[b, 0, layer, row, col]],
-                "visible": bool(visible[b, 0, layer, row, col]),
-                "depth": depth_of_plane[layer * 4 + group],
-            })
+            sprites.append(
+                {
+                    "layer": layer,
+                    "row": row,
+                    "col": col,
+                    "sprite": int(d.sprite_ids[b, 0, layer, row, col]),
+                    "presence": float(d.presence[b, 0, layer, row, col]),
+                    "offset": [float(v) for v in d.offsets[b, 0, layer, row, col]],
+                    "center": [float(v) for v in centers[b, 0, layer, row, col]],
+                    "box": [float(v) for v in boxes[b, 0, layer, row, col]],
+                    "visible": bool(visible[b, 0, layer, row, col]),
+                    "depth": depth_of_plane[layer * 4 + group],
+                }
+            )
         sprites.sort(key=lambda s: (s["depth"], s["row"], s["col"]))
         records.append({"frame": name, "sprites": sprites})
     return records
 
 
 @torch.no_grad()
-def decompose_frames(model: MarioNette, frames: FrameSource, out: str | os.PathLike,
-                     batch_size: int = 16, summary_frames: int = 6,
-                     device: torch.device | str = "cpu", progress=None) -> dict:
+def decompose_frames(
+    model: MarioNette,
+    frames: FrameSource,
+    out: str | os.PathLike,
+    batch_size: int = 16,
+    summary_frames: int = 6,
+    device: torch.device | str = "cpu",
+    progress=None,
+) -> dict:
     """Hard-decompose every frame and write the output folder described in the module.
 
     Returns a summary: number of frames, sprites per frame, PSNR of the hard reconstruction and
@@ -88,8 +98,9 @@ def decompose_frames(model: MarioNette, frames: FrameSource, out: str | os.PathL
         output = model(images, hard=True, plane_order=d.plane_order)
         names = [frames.names[i] for i in indices]
         records += _records(d, names)
-        usage += torch.bincount(d.sprite_ids[d.presence > 0.5].flatten().cpu(),
-                                minlength=len(usage))
+        usage += torch.bincount(
+            d.sprite_ids[d.presence > 0.5].flatten().cpu(), minlength=len(usage)
+        )
         squared_error += float(((output.reconstruction - images) ** 2).sum())
         pixels += images.numel()
         layers = flatten_layers(output.planes, d.plane_order)
@@ -97,8 +108,9 @@ def decompose_frames(model: MarioNette, frames: FrameSource, out: str | os.PathL
             stem = Path(name).stem
             save_png(to_uint8(output.reconstruction[i, 0]), out / "reconstructions" / f"{stem}.png")
             for layer in range(layers.shape[2]):
-                save_png(_rgba_uint8(layers[i, 0, layer]),
-                         out / "layers" / f"{stem}_layer{layer}.png")
+                save_png(
+                    _rgba_uint8(layers[i, 0, layer]), out / "layers" / f"{stem}_layer{layer}.png"
+                )
         if model.config.background != "color":
             backgrounds.append(d.background[:, 0].float().cpu())
         if first is None:
@@ -119,32 +131,40 @@ def decompose_frames(model: MarioNette, frames: FrameSource, out: str | os.PathL
             np.save(handle, torch.cat(backgrounds).numpy())
         background = {"kind": "per_frame", "file": "backgrounds.npy"}
     else:
-        background = {"kind": "color",
-                      "color": [float(v) for v in first.background[0, 0, :, 0, 0]]}
+        background = {"kind": "color", "color": [float(v) for v in first.background[0, 0, :, 0, 0]]}
     save_png(sprite_sheet(sprites, usage), out / "sprite_sheet.png")
-    save_png(panel(torch.cat(summary_inputs), torch.cat(summary_outputs),
-                   torch.cat(summary_layers)), out / "summary.png")
+    save_png(
+        panel(torch.cat(summary_inputs), torch.cat(summary_outputs), torch.cat(summary_layers)),
+        out / "summary.png",
+    )
     psnr_hard = -10 * np.log10(max(squared_error / max(pixels, 1), 1e-10))
     document = {
         "format": FORMAT_VERSION,
         "canvas": {"height": grid.height, "width": grid.width},
-        "cell": grid.cell, "sprite_size": grid.sprite,
+        "cell": grid.cell,
+        "sprite_size": grid.sprite,
         "grid": {"rows": grid.rows, "cols": grid.cols},
-        "num_layers": model.config.num_layers, "num_sprites": len(sprites),
+        "num_layers": model.config.num_layers,
+        "num_sprites": len(sprites),
         "gating": model.config.gating,
         "plane_order": first.plane_order.tolist(),
         "background": background,
         "coordinates": "pixels; (x, y) with x the column; boxes (x0, y0, x1, y1), x1/y1 "
-                       "exclusive; offsets in units of the cell size",
+        "exclusive; offsets in units of the cell size",
         "sprite_usage": usage.tolist(),
         "psnr_hard": psnr_hard,
         "frames": records,
     }
     write_json(out / "decomposition.json", document)
     counts = [len(r["sprites"]) for r in records]
-    return {"frames": len(records), "sprites_per_frame": float(np.mean(counts)) if counts else 0.0,
-            "psnr_hard": psnr_hard, "sprite_sheet": out / "sprite_sheet.png",
-            "summary": out / "summary.png", "json": out / "decomposition.json"}
+    return {
+        "frames": len(records),
+        "sprites_per_frame": float(np.mean(counts)) if counts else 0.0,
+        "psnr_hard": psnr_hard,
+        "sprite_sheet": out / "sprite_sheet.png",
+        "summary": out / "summary.png",
+        "json": out / "decomposition.json",
+    }
 
 
 def read_decomposition(folder: str | os.PathLike) -> tuple[Decomposition, list[str]]:
@@ -154,8 +174,10 @@ def read_decomposition(folder: str | os.PathLike) -> tuple[Decomposition, list[s
     folder = Path(folder)
     document = json.loads((folder / "decomposition.json").read_text())
     if document.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{folder}/decomposition.json has format {document.get('format')}, "
-                         f"expected {FORMAT_VERSION}")
+        raise ValueError(
+            f"{folder}/decomposition.json has format {document.get('format')}, "
+            f"expected {FORMAT_VERSION}"
+        )
     sprites = torch.from_numpy(np.load(folder / "sprites.npy", allow_pickle=False))
     n = len(document["frames"])
     rows, cols = document["grid"]["rows"], document["grid"]["cols"]
@@ -177,8 +199,13 @@ def read_decomposition(folder: str | os.PathLike) -> tuple[Decomposition, list[s
         stored = np.load(folder / background_info["file"], allow_pickle=False)
         background = torch.from_numpy(stored)[:, None]
     decomposition = Decomposition(
-        sprites=sprites, sprite_ids=ids, presence=presence, offsets=offsets,
-        background=background, plane_order=torch.tensor(document["plane_order"]),
-        cell=document["cell"], gating=document["gating"],
+        sprites=sprites,
+        sprite_ids=ids,
+        presence=presence,
+        offsets=offsets,
+        background=background,
+        plane_order=torch.tensor(document["plane_order"]),
+        cell=document["cell"],
+        gating=document["gating"],
     )
     return decomposition, [r["frame"] for r in document["frames"]]

@@ -35,8 +35,15 @@ class Monitor:
         tensorboard: write TensorBoard events (needs the ``tensorboard`` package).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, start: int, total: int, name: str,
-                 progress: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        start: int,
+        total: int,
+        name: str,
+        progress: bool = True,
+        tensorboard: bool = True,
+    ) -> None:
         self.run_dir, self.total, self.name = Path(run_dir), total, name
         self.start_step, self.start_time = start, time.monotonic()
         self.bar = None
@@ -44,8 +51,9 @@ class Monitor:
             try:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, unit="step",
-                                desc=name)
+                self.bar = tqdm(
+                    total=total, initial=start, dynamic_ncols=True, unit="step", desc=name
+                )
             except ImportError:
                 self.bar = None
         self.progress = progress
@@ -56,8 +64,11 @@ class Monitor:
 
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start)
             except ImportError:
-                warnings.warn("tensorboard is not installed: scalars go to metrics.csv only "
-                              "(pip install 'marionette[monitor]')", stacklevel=2)
+                warnings.warn(
+                    "tensorboard is not installed: scalars go to metrics.csv only "
+                    "(pip install 'marionette[monitor]')",
+                    stacklevel=2,
+                )
         try:
             import setproctitle
 
@@ -97,11 +108,16 @@ class Monitor:
                 self.writer.add_scalar(key, value, step)
         if self.progress and self.bar is None:
             text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-            print(f"[{self.name}] step {step}/{self.total} {text} eta "
-                  f"{format_duration(self.eta(step))}", file=sys.stderr, flush=True)
+            print(
+                f"[{self.name}] step {step}/{self.total} {text} eta "
+                f"{format_duration(self.eta(step))}",
+                file=sys.stderr,
+                flush=True,
+            )
         if self._title is not None:
-            self._title(f"marionette:{self.name} {step}/{self.total} "
-                        f"eta {format_duration(self.eta(step))}")
+            self._title(
+                f"marionette:{self.name} {step}/{self.total} eta {format_duration(self.eta(step))}"
+            )
 
     def _rewrite_csv_header(self) -> None:
         rows = []

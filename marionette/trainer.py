@@ -35,13 +35,29 @@ from .data.frames import adapt_frames
 from .monitor import Monitor
 from .viz import panel, sprite_sheet
 
-__all__ = ["ConfigMismatch", "TrainResult", "TrainingDiverged", "build_data", "build_model",
-           "train"]
+__all__ = [
+    "ConfigMismatch",
+    "TrainResult",
+    "TrainingDiverged",
+    "build_data",
+    "build_model",
+    "train",
+]
 
 CONFIG_FILE = "config.json"
 #: Settings that may change when a run is resumed (length, logging and hardware only).
-RESUMABLE = {"num_steps", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
-             "eval_every", "device", "precision", "threads", "typecheck"}
+RESUMABLE = {
+    "num_steps",
+    "log_every",
+    "image_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_every",
+    "device",
+    "precision",
+    "threads",
+    "typecheck",
+}
 
 
 class ConfigMismatch(ValueError):
@@ -69,8 +85,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available; "
-                         f"use --device cpu or auto")
+        raise ValueError(
+            f"device {name!r} was asked for but CUDA is not available; use --device cpu or auto"
+        )
     return device
 
 
@@ -88,8 +105,7 @@ def build_data(config: Config, split: str = "train") -> FrameSource:
         overrides.update(height=model.height, width=model.width)
     frames = generate(data.synthetic, split, **overrides).frames
     if (frames.height, frames.width) != size:
-        frames = adapt_frames(frames, size, data.resize,
-                              what=f"synthetic world {data.synthetic!r}")
+        frames = adapt_frames(frames, size, data.resize, what=f"synthetic world {data.synthetic!r}")
     return frames
 
 
@@ -105,9 +121,13 @@ def build_model(config: Config, frames: FrameSource | None = None) -> MarioNette
     color = estimate_background_color(sample)
     model = MarioNette(config.model, color)
     if config.train.sprite_init == "data":
-        patches = foreground_patches(sample.float() / 255, color,
-                                     model.grid.cell, config.model.num_classes,
-                                     torch.Generator().manual_seed(seed))
+        patches = foreground_patches(
+            sample.float() / 255,
+            color,
+            model.grid.cell,
+            config.model.num_classes,
+            torch.Generator().manual_seed(seed),
+        )
         model.dictionary.fit(patches)
     return model
 
@@ -139,8 +159,7 @@ def batch_indices(num_items: int, batch: int, seed: int, step: int) -> torch.Ten
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # NumPy randomness always uses explicit, seeded generators
 
 
 def ramp(step: int, warmup: int) -> float:
@@ -160,8 +179,9 @@ def _prepare_run(config: Config, run_dir: Path, resume: bool) -> Config:
         return stored
     blocking = {k: v for k, v in difference.items() if not (resume and k in RESUMABLE)}
     if blocking:
-        lines = "\n".join(f"  {k}: run has {a!r}, asked for {b!r}"
-                          for k, (a, b) in blocking.items())
+        lines = "\n".join(
+            f"  {k}: run has {a!r}, asked for {b!r}" for k, (a, b) in blocking.items()
+        )
         raise ConfigMismatch(
             f"{run_dir} holds a run with a different configuration:\n{lines}\n"
             f"Continue that run as it is with --resume (only run length, logging and hardware "
@@ -215,8 +235,9 @@ def _reinit_unused(model: MarioNette, usage: torch.Tensor, generator: torch.Gene
     if len(unused) == 0 or len(used) == 0:
         return 0
     probabilities = usage[used].float() / usage[used].sum()
-    donors = used[torch.multinomial(probabilities, len(unused), replacement=True,
-                                    generator=generator)]
+    donors = used[
+        torch.multinomial(probabilities, len(unused), replacement=True, generator=generator)
+    ]
     latents = model.dictionary.latents
     with torch.no_grad():
         noise = torch.randn(len(unused), latents.shape[1], generator=generator).to(latents)
@@ -224,8 +245,14 @@ def _reinit_unused(model: MarioNette, usage: torch.Tensor, generator: torch.Gene
     return len(unused)
 
 
-def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
-          progress: bool = True, tensorboard: bool = True) -> TrainResult:
+def train(
+    config: Config,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    tensorboard: bool = True,
+) -> TrainResult:
     """Train (or resume) a run. See :class:`marionette.config.TrainConfig` for the settings.
 
     Raises:
@@ -238,8 +265,9 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
     device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
-    precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda"
-                                                           else "fp32")
+    precision = (
+        t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    )
     _seed_everything(t.seed)
     source = build_data(config)
     stacks = FrameStacks(source, config.data.frames_per_item)
@@ -261,8 +289,9 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
             os.replace(path, path.with_name(f"step_{step:09d}.pt"))
     name = run_dir.resolve().name
     monitor = Monitor(run_dir, step, t.num_steps, name, progress, tensorboard)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    )
     usage = torch.zeros(config.model.num_classes, dtype=torch.long)
     reinit_generator = torch.Generator().manual_seed(t.seed + 7)
     last_good = None
@@ -271,9 +300,13 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
 
     def checkpoint(final: bool = False):
         nonlocal last_good
-        state = {"step": step, "model": model.state_dict(),
-                 "optimizers": [o.state_dict() for o in optimisers], "rng": torch.get_rng_state(),
-                 "config": config.to_dict()}
+        state = {
+            "step": step,
+            "model": model.state_dict(),
+            "optimizers": [o.state_dict() for o in optimisers],
+            "rng": torch.get_rng_state(),
+            "config": config.to_dict(),
+        }
         path = save_checkpoint(run_dir, state, FINAL if final else None)
         prune_checkpoints(run_dir, t.keep_checkpoints)
         last_good = path
@@ -296,11 +329,15 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
                     terms, encoding, out = _loss_terms(model, frames, config, step)
                 loss = terms["loss"]
                 if not torch.isfinite(loss):
-                    where = f"the last good checkpoint is {last_good}" if last_good else (
-                        "no checkpoint was written yet")
+                    where = (
+                        f"the last good checkpoint is {last_good}"
+                        if last_good
+                        else ("no checkpoint was written yet")
+                    )
                     raise TrainingDiverged(
-                        f"loss became {float(loss)} at step {step} ({_describe(terms)}); "
-                        f"{where}. Lower --lr or check the data for bad frames.")
+                        f"loss became {loss.item()} at step {step} ({_describe(terms)}); "
+                        f"{where}. Lower --lr or check the data for bad frames."
+                    )
                 for optimiser in optimisers:
                     optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -321,8 +358,13 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
                         message = _collapse_message(metrics, config)
                         warnings.warn(message, stacklevel=2)
                         monitor.write(message)
-                monitor.step(step, {"loss": loss.item(), **{k: metrics[k] for k in
-                                                            ("psnr", "psnr_hard") if k in metrics}})
+                monitor.step(
+                    step,
+                    {
+                        "loss": loss.item(),
+                        **{k: metrics[k] for k in ("psnr", "psnr_hard") if k in metrics},
+                    },
+                )
                 if t.image_every and step % t.image_every == 0:
                     monitor.images(step, _panels(model, encoding, out, frames))
                 if step % t.checkpoint_every == 0 and step < t.num_steps:
@@ -330,8 +372,10 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
     except KeyboardInterrupt:
         interrupted = True
         path = checkpoint()
-        monitor.write(f"interrupted at step {step}; checkpoint {path} written. Run the same "
-                      f"command again to resume.")
+        monitor.write(
+            f"interrupted at step {step}; checkpoint {path} written. Run the same "
+            f"command again to resume."
+        )
     finally:
         monitor.close()
         if previous_handler is not None:
@@ -349,7 +393,7 @@ def _raise_interrupt(signum, frame):  # pragma: no cover - exercised through a s
 
 
 def _describe(terms: dict) -> str:
-    return ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+    return ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
 
 
 @torch.no_grad()
@@ -372,8 +416,11 @@ def _collapsed(metrics: dict, step: int, t) -> bool:
     """Foreground collapse: presence near 0 while the reconstruction is no better than the
     background alone."""
     settle = max(500, t.presence_warmup + 200, t.num_steps // 20)
-    return (step >= settle and metrics["presence"] < 0.02
-            and metrics["psnr"] < metrics["psnr_background"] + 1.0)
+    return (
+        step >= settle
+        and metrics["presence"] < 0.02
+        and metrics["psnr"] < metrics["psnr_background"] + 1.0
+    )
 
 
 def _collapse_message(metrics: dict, config: Config) -> str:
@@ -394,9 +441,10 @@ def _panels(model, encoding, out, frames) -> dict:
     first = slice(0, min(4, b))
     images = {}
     for tag, result in (("soft", out), ("hard", hard)):
-        images[f"panel_{tag}"] = panel(frames[first, 0].float(),
-                                       result.reconstruction[first, 0].float(),
-                                       result.layers()[first, 0].float())
+        images[f"panel_{tag}"] = panel(
+            frames[first, 0].float(),
+            result.reconstruction[first, 0].float(),
+            result.layers()[first, 0].float(),
+        )
     images["dictionary"] = sprite_sheet(out.sprites.float(), _usage(hard).cpu())
     return images
-

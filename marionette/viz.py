@@ -41,8 +41,9 @@ def _border(image: torch.Tensor, width: int = 1) -> torch.Tensor:
     return torch.nn.functional.pad(image, (width, width, width, width), value=0.0)
 
 
-def panel(frames: torch.Tensor, reconstruction: torch.Tensor, layers: torch.Tensor,
-          scale: int = 2) -> np.ndarray:
+def panel(
+    frames: torch.Tensor, reconstruction: torch.Tensor, layers: torch.Tensor, scale: int = 2
+) -> np.ndarray:
     """One row per frame: input, reconstruction, 4 x |difference|, then each layer over a
     checkerboard; every tile with a 1 px black border.
 
@@ -61,8 +62,13 @@ def panel(frames: torch.Tensor, reconstruction: torch.Tensor, layers: torch.Tens
     return np.kron(image, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else image
 
 
-def sprite_sheet(sprites: torch.Tensor, usage: torch.Tensor | None = None, columns: int = 0,
-                 scale: int = 3, order_by_usage: bool = True) -> np.ndarray:
+def sprite_sheet(
+    sprites: torch.Tensor,
+    usage: torch.Tensor | None = None,
+    columns: int = 0,
+    scale: int = 3,
+    order_by_usage: bool = True,
+) -> np.ndarray:
     """The dictionary over a checkerboard, optionally ordered by use and labelled with counts.
 
     Args:
@@ -89,6 +95,9 @@ def sprite_sheet(sprites: torch.Tensor, usage: torch.Tensor | None = None, colum
         tile = Image.fromarray(tile).resize((cell, cell), Image.Resampling.NEAREST)
         sheet.paste(tile, (col * cell, row * (cell + label)))
         if usage is not None:
-            draw.text((col * cell + 2, row * (cell + label) + cell), f"#{index} {int(usage[index])}",
-                      fill=(0, 0, 0))
+            draw.text(
+                (col * cell + 2, row * (cell + label) + cell),
+                f"#{index} {int(usage[index])}",
+                fill=(0, 0, 0),
+            )
     return np.asarray(sheet)

@@ -16,8 +16,18 @@ def check_op(fn, *inputs, batch_dims: int = 1, **kwargs):
     assert first.dtype == next(x for x in inputs if isinstance(x, torch.Tensor)).dtype
     if batch_dims:
         n = inputs[0].shape[0]
-        singles = [fn(*(x[i:i + 1] if isinstance(x, torch.Tensor) and x.dim() > 0 and
-                       x.shape[0] == n else x for x in inputs), **kwargs) for i in range(n)]
+        singles = [
+            fn(
+                *(
+                    x[i : i + 1]
+                    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n
+                    else x
+                    for x in inputs
+                ),
+                **kwargs,
+            )
+            for i in range(n)
+        ]
         stacked = torch.cat([s[0] if isinstance(s, tuple) else s for s in singles])
         torch.testing.assert_close(first, stacked)
     return out

@@ -74,14 +74,14 @@ def shift_bilinear_reference(sprites: Tensor, offsets: Tensor) -> Tensor:
         for channels, (uu, vv), border in (((0, 3), (u_rgb, v_rgb), True), ((3, 4), (u, v), False)):
             x0, y0 = uu.floor().long(), vv.floor().long()
             fx, fy = (uu - x0).to(sprites.dtype), (vv - y0).to(sprites.dtype)
-            image = sprites[k, channels[0]:channels[1]]
+            image = sprites[k, channels[0] : channels[1]]
             value = (
                 _sample(image, y0, x0, border) * (1 - fx) * (1 - fy)
                 + _sample(image, y0, x0 + 1, border) * fx * (1 - fy)
                 + _sample(image, y0 + 1, x0, border) * (1 - fx) * fy
                 + _sample(image, y0 + 1, x0 + 1, border) * fx * fy
             )
-            out[k, channels[0]:channels[1]] = value
+            out[k, channels[0] : channels[1]] = value
     return out
 
 
@@ -104,8 +104,9 @@ def shift_discrete_reference(sprites: Tensor, weights_x: Tensor, weights_y: Tens
     return out
 
 
-def partial_conv_reference(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int,
-                           padding: int) -> Tensor:
+def partial_conv_reference(
+    x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int
+) -> Tensor:
     """NVIDIA partial convolution with an all-ones mask, computed with an explicit mask."""
     k = weight.shape[-1]
     mask = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype)

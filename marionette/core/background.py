@@ -91,8 +91,13 @@ def slide_strip_window(
         [torch.stack([one * f, zero, -position], -1), torch.stack([zero, one, zero], -1)], dim=1
     )
     grid = F.affine_grid(theta, [batch, 3, height, width], align_corners=False)
-    return F.grid_sample(strip.expand(batch, -1, -1, -1), grid, mode="bilinear",
-                         padding_mode="border", align_corners=False)
+    return F.grid_sample(
+        strip.expand(batch, -1, -1, -1),
+        grid,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
 
 
 class ColorBackground(nn.Module):
@@ -104,8 +109,9 @@ class ColorBackground(nn.Module):
         learnable: train the colour (through a logit) instead of keeping it fixed.
     """
 
-    def __init__(self, height: int, width: int, color: Tensor | None = None,
-                 learnable: bool = False) -> None:
+    def __init__(
+        self, height: int, width: int, color: Tensor | None = None, learnable: bool = False
+    ) -> None:
         super().__init__()
         self.height, self.width, self.learnable = height, width, learnable
         initial = torch.full((3,), 0.5) if color is None else color.detach().float().clone()
@@ -127,8 +133,9 @@ class ColorBackground(nn.Module):
 
     @typed
     def forward(self, frames: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
-        return self.color.to(frames.dtype)[None, :, None, None].expand(frames.shape[0], 3,
-                                                                       self.height, self.width)
+        return self.color.to(frames.dtype)[None, :, None, None].expand(
+            frames.shape[0], 3, self.height, self.width
+        )
 
 
 class StripBackground(nn.Module):
@@ -140,15 +147,19 @@ class StripBackground(nn.Module):
     continuous position (``mode="spatial_transformer"``).
     """
 
-    def __init__(self, height: int, width: int, dim: int, mode: str = "softmax",
-                 color: Tensor | None = None) -> None:
+    def __init__(
+        self, height: int, width: int, dim: int, mode: str = "softmax", color: Tensor | None = None
+    ) -> None:
         super().__init__()
         if mode not in ("softmax", "spatial_transformer"):
             raise ValueError(f"strip mode must be 'softmax' or 'spatial_transformer', got {mode!r}")
         self.height, self.width, self.mode = height, width, mode
         self.latent = nn.Parameter(torch.randn(1, 4))
         self.decoder = nn.Sequential(
-            nn.Linear(4, 32), nn.GroupNorm(8, 32), nn.ReLU(), nn.Linear(32, 3 * height * 4 * width),
+            nn.Linear(4, 32),
+            nn.GroupNorm(8, 32),
+            nn.ReLU(),
+            nn.Linear(32, 3 * height * 4 * width),
             nn.Sigmoid(),
         )
         if color is not None:  # start from the data's colour rather than grey noise

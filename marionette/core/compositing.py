@@ -39,8 +39,10 @@ def plane_order(
     total = num_layers * num_groups
     if shuffle_all:
         return torch.randperm(total, generator=generator)
-    groups = torch.randperm(num_groups, generator=generator) if shuffle_groups else torch.arange(
-        num_groups
+    groups = (
+        torch.randperm(num_groups, generator=generator)
+        if shuffle_groups
+        else torch.arange(num_groups)
     )
     return (torch.arange(num_layers)[:, None] * num_groups + groups[None, :]).reshape(-1)
 

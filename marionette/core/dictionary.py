@@ -45,8 +45,15 @@ class SpriteDictionary(nn.Module):
         decoder: ``"mlp"`` or ``"pixels"``.
     """
 
-    def __init__(self, num_sprites: int, size: int, dim: int, channels: int = 4,
-                 alpha_init: float = 0.0, decoder: str = "mlp") -> None:
+    def __init__(
+        self,
+        num_sprites: int,
+        size: int,
+        dim: int,
+        channels: int = 4,
+        alpha_init: float = 0.0,
+        decoder: str = "mlp",
+    ) -> None:
         super().__init__()
         if num_sprites < 1:
             raise ValueError(f"num_classes (dictionary size) must be >= 1, got {num_sprites}")
@@ -57,12 +64,15 @@ class SpriteDictionary(nn.Module):
         alpha_logit = math.log(alpha_init / (1 - alpha_init)) if alpha_init else 0.0
         if decoder == "mlp":
             self.decoder = nn.Sequential(
-                nn.Linear(dim, 8 * dim), nn.GroupNorm(8, 8 * dim), nn.ReLU(),
-                nn.Linear(8 * dim, channels * size * size), nn.Sigmoid(),
+                nn.Linear(dim, 8 * dim),
+                nn.GroupNorm(8, 8 * dim),
+                nn.ReLU(),
+                nn.Linear(8 * dim, channels * size * size),
+                nn.Sigmoid(),
             )
             if alpha_init:  # start from nearly transparent sprites instead of 50 % grey
                 with torch.no_grad():
-                    self.decoder[3].bias[(channels - 1) * size * size:] = alpha_logit
+                    self.decoder[3].bias[(channels - 1) * size * size :] = alpha_logit
             self.pixels = None
         else:
             self.decoder = None
@@ -70,25 +80,30 @@ class SpriteDictionary(nn.Module):
             logits[:, channels - 1] += alpha_logit
             self.pixels = nn.Parameter(logits)
 
-    def fit(self, targets: Float[Tensor, "K C S S"], steps: int = 300, lr: float = 3e-3) -> float:
+    @torch.no_grad()
+    def fit(self, targets: Float[Tensor, "K C S S"], ridge: float = 1e-4) -> float:
         """Make the dictionary's sprites equal ``targets`` (values in (0, 1)).
 
-        Pixel sprites are set exactly; an MLP dictionary is fitted by ``steps`` of Adam on the
-        squared error (the codes stay distinct, so the sprites can be told apart). Returns the
-        remaining mean squared error.
+        Pixel sprites are set exactly. For the MLP, the last linear layer is solved in closed
+        form: with H the hidden features of the K codes (a column of ones appended for the
+        bias) and Y = logit(targets), the ridge solution X = H^T (H H^T + ridge I)^-1 Y
+        reproduces the targets up to the ridge term whenever K <= 8D + 1. Returns the remaining
+        mean squared error of the sprites.
         """
+        logits = torch.logit(targets.clamp(1e-3, 1 - 1e-3)).flatten(1)
         if self.pixels is not None:
-            with torch.no_grad():
-                self.pixels.copy_(torch.logit(targets.clamp(1e-3, 1 - 1e-3)))
+            self.pixels.copy_(logits.reshape_as(self.pixels))
             return 0.0
-        optimiser = torch.optim.Adam(self.parameters(), lr=lr)
-        for _ in range(steps):
-            sprites, _ = self()
-            error = F.mse_loss(sprites, targets)
-            optimiser.zero_grad()
-            error.backward()
-            optimiser.step()
-        return float(error.detach())
+        codes = F.layer_norm(self.latents, (self.latents.shape[-1],))
+        hidden = self.decoder[:3](codes)
+        features = torch.cat([hidden, torch.ones_like(hidden[:, :1])], dim=1)
+        gram = features @ features.T + ridge * torch.eye(len(features))
+        solution = features.T @ torch.linalg.solve(gram, logits)  # [8D + 1, C S S]
+        last = self.decoder[3]
+        last.weight.copy_(solution[:-1].T)
+        last.bias.copy_(solution[-1])
+        sprites, _ = self()
+        return float(F.mse_loss(sprites, targets))
 
     @typed
     def forward(self) -> tuple[Float[Tensor, "K C S S"], Float[Tensor, "K D"]]:
@@ -139,29 +154,32 @@ def foreground_patches(
     mask = F.pad(foreground.float(), (s, s, s, s))
     points = foreground.nonzero()
     if len(points) == 0:
-        transparent = torch.cat([background[:, None, None].expand(3, s, s),
-                                 torch.zeros(1, s, s)])
+        transparent = torch.cat([background[:, None, None].expand(3, s, s), torch.zeros(1, s, s)])
         return transparent.clamp(0.02, 0.98).expand(count, -1, -1, -1).clone()
-    picks = points[torch.randint(len(points), (candidates_per_sprite * count,),
-                                 generator=generator)]
+    picks = points[
+        torch.randint(len(points), (candidates_per_sprite * count,), generator=generator)
+    ]
     box = torch.zeros(s, s)
-    box[s // 2 - half: s // 2 + half, s // 2 - half: s // 2 + half] = 1.0
+    box[s // 2 - half : s // 2 + half, s // 2 - half : s // 2 + half] = 1.0
     patches = []
     for frame, y, x in picks.tolist():
         for _ in range(2):  # isolate the blob, then centre the window on it
             top, left = y + s - s // 2, x + s - s // 2
-            local = mask[frame, top:top + s, left:left + s] * box
+            local = mask[frame, top : top + s, left : left + s] * box
             blob = _blob(local, s // 2, s // 2)
             ys, xs = blob.nonzero(as_tuple=True)
             y = top - s + int(round(float(ys.float().mean()))) if len(ys) else y
             x = left - s + int(round(float(xs.float().mean()))) if len(xs) else x
         top, left = y + s - s // 2, x + s - s // 2
-        local = mask[frame, top:top + s, left:left + s] * box
-        centre = local[s // 2 - 1: s // 2 + 1, s // 2 - 1: s // 2 + 1].nonzero()
-        seed = (s // 2 - 1 + int(centre[0, 0]), s // 2 - 1 + int(centre[0, 1])) if len(
-            centre) else (s // 2, s // 2)
+        local = mask[frame, top : top + s, left : left + s] * box
+        centre = local[s // 2 - 1 : s // 2 + 1, s // 2 - 1 : s // 2 + 1].nonzero()
+        seed = (
+            (s // 2 - 1 + int(centre[0, 0]), s // 2 - 1 + int(centre[0, 1]))
+            if len(centre)
+            else (s // 2, s // 2)
+        )
         alpha = _blob(local, *seed)
-        colour = padded[frame, :, top:top + s, left:left + s]
+        colour = padded[frame, :, top : top + s, left : left + s]
         rgb = torch.where(alpha[None] > 0, colour, background[:, None, None])
         patches.append(torch.cat([rgb, 0.02 + 0.93 * alpha[None]]))
     patches = torch.stack(patches).clamp(0.02, 0.98)

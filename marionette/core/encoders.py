@@ -75,8 +75,9 @@ class DownBlock(nn.Sequential):
 
 def _check_width(dim: int, name: str) -> None:
     if dim < 8 or dim % 8:
-        raise ValueError(f"{name} must be a positive multiple of 8 (GroupNorm uses 8 groups), "
-                         f"got {dim}")
+        raise ValueError(
+            f"{name} must be a positive multiple of 8 (GroupNorm uses 8 groups), got {dim}"
+        )
 
 
 class GridEncoder(nn.Module):
@@ -96,7 +97,11 @@ class GridEncoder(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, dim: int, size: tuple[int, int], grid: tuple[int, int],
+        self,
+        in_channels: int,
+        dim: int,
+        size: tuple[int, int],
+        grid: tuple[int, int],
         num_heads: int = 1,
     ) -> None:
         super().__init__()
@@ -128,8 +133,11 @@ class MLPHead(nn.Sequential):
     def __init__(self, dim: int, out_features: int, final: nn.Module) -> None:
         _check_width(dim, "head width")
         super().__init__(
-            nn.Linear(dim, dim), nn.GroupNorm(8, dim), nn.LeakyReLU(0.01),
-            nn.Linear(dim, out_features), final,
+            nn.Linear(dim, dim),
+            nn.GroupNorm(8, dim),
+            nn.LeakyReLU(0.01),
+            nn.Linear(dim, out_features),
+            final,
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -142,8 +142,9 @@ def footprint_boxes(
     x0, x1 = extent(cols)
     y0, y1 = extent(rows)
     origin = window_origins(grid, alpha.device).to(alpha.dtype)
-    boxes = torch.stack([x0 + origin[..., 0], y0 + origin[..., 1], x1 + origin[..., 0],
-                         y1 + origin[..., 1]], dim=-1)
+    boxes = torch.stack(
+        [x0 + origin[..., 0], y0 + origin[..., 1], x1 + origin[..., 0], y1 + origin[..., 1]], dim=-1
+    )
     limits = boxes.new_tensor([grid.width, grid.height, grid.width, grid.height])
     boxes = torch.minimum(boxes.clamp(min=0), limits)
     visible = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])

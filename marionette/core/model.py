@@ -106,17 +106,23 @@ class ModelConfig:
         if self.dim_z < 8 or self.dim_z % 8:
             raise ValueError(f"dim_z must be a positive multiple of 8, got {self.dim_z}")
         if self.no_spatial_transformer and self.transform_encoder == "match":
-            raise ValueError("no_spatial_transformer selects learned discrete offsets; it cannot "
-                             "be combined with transform_encoder='match'")
+            raise ValueError(
+                "no_spatial_transformer selects learned discrete offsets; it cannot "
+                "be combined with transform_encoder='match'"
+            )
         if self.match_temperature <= 0:
             raise ValueError(f"match_temperature must be > 0, got {self.match_temperature}")
         if not 0.0 <= self.alpha_init < 1.0:
             raise ValueError(f"alpha_init must lie in [0, 1), got {self.alpha_init}")
         if self.xform_dim < 0 or self.xform_dim % 8:
             raise ValueError(f"xform_dim must be 0 or a multiple of 8, got {self.xform_dim}")
-        choices = (("background", BACKGROUNDS), ("gating", GATING_MODES),
-                   ("transform_encoder", TRANSFORM_ENCODERS), ("dictionary", DECODERS),
-                   ("selection", SELECTIONS))
+        choices = (
+            ("background", BACKGROUNDS),
+            ("gating", GATING_MODES),
+            ("transform_encoder", TRANSFORM_ENCODERS),
+            ("dictionary", DECODERS),
+            ("selection", SELECTIONS),
+        )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -218,17 +224,23 @@ class MarioNetteOutput:
         """One straight-alpha RGBA image per depth layer."""
         return flatten_layers(self.planes, self.plane_order)
 
-    def boxes(self, threshold: float = 0.5) -> tuple[Float[Tensor, "B T NL Lh Lw 4"],
-                                                     Bool[Tensor, "B T NL Lh Lw"]]:
+    def boxes(
+        self, threshold: float = 0.5
+    ) -> tuple[Float[Tensor, "B T NL Lh Lw 4"], Bool[Tensor, "B T NL Lh Lw"]]:
         """Global alpha-footprint boxes (x0, y0, x1, y1) in pixels and whether each is visible."""
         return footprint_boxes(self.alpha, self.grid, threshold)
 
     def decomposition(self) -> Decomposition:
         """The editable decomposition (sprite ids, presence, offsets, background, depth order)."""
         return Decomposition(
-            sprites=self.sprites, sprite_ids=self.sprite_ids, presence=self.presence,
-            offsets=self.offsets, background=self.background, plane_order=self.plane_order,
-            cell=self.cell, gating=self.gating,
+            sprites=self.sprites,
+            sprite_ids=self.sprite_ids,
+            presence=self.presence,
+            offsets=self.offsets,
+            background=self.background,
+            plane_order=self.plane_order,
+            cell=self.cell,
+            gating=self.gating,
         )
 
 
@@ -259,11 +271,16 @@ class MarioNette(nn.Module):
         grid = config.grid
         self.grid = grid
         d = config.dim_z
-        self.dictionary = SpriteDictionary(config.num_classes, grid.sprite, d,
-                                           alpha_init=config.alpha_init,
-                                           decoder=config.dictionary)
-        self.image_encoder = GridEncoder(3, d, (grid.height, grid.width), (grid.rows, grid.cols),
-                                         config.num_layers)
+        self.dictionary = SpriteDictionary(
+            config.num_classes,
+            grid.sprite,
+            d,
+            alpha_init=config.alpha_init,
+            decoder=config.dictionary,
+        )
+        self.image_encoder = GridEncoder(
+            3, d, (grid.height, grid.width), (grid.rows, grid.cols), config.num_layers
+        )
         self.presence_head = MLPHead(d, 1, nn.Sigmoid())
         with torch.no_grad():
             self.presence_head[3].bias.fill_(config.presence_bias)
@@ -283,8 +300,9 @@ class MarioNette(nn.Module):
         else:
             self.shift_head = MLPHead(xform_dim, 2, nn.Tanh())
         if config.background == "color":
-            self.background = ColorBackground(grid.height, grid.width, background_color,
-                                              learnable=config.learn_background)
+            self.background = ColorBackground(
+                grid.height, grid.width, background_color, learnable=config.learn_background
+            )
         else:
             mode = "softmax" if config.background == "strip" else "spatial_transformer"
             self.background = StripBackground(grid.height, grid.width, d, mode, background_color)
@@ -308,10 +326,14 @@ class MarioNette(nn.Module):
         sprite_offsets = None
         if config.selection == "match":
             per_anchor = "BT Lh Lw C Sy Sx -> (BT Lh Lw) C Sy Sx"
-            gains = match_gains(rearrange(image_windows, per_anchor),
-                                rearrange(background_windows, per_anchor), sprites)
-            gains = rearrange(gains, "(BT Lh Lw) K Qy Qx -> BT Lh Lw K Qy Qx", Lh=grid.rows,
-                              Lw=grid.cols)
+            gains = match_gains(
+                rearrange(image_windows, per_anchor),
+                rearrange(background_windows, per_anchor),
+                sprites,
+            )
+            gains = rearrange(
+                gains, "(BT Lh Lw) K Qy Qx -> BT Lh Lw K Qy Qx", Lh=grid.rows, Lw=grid.cols
+            )
             tau = config.match_temperature
             logits = logits + torch.logsumexp(gains.flatten(-2) / tau, dim=-1)[:, None]
             if config.transform_encoder == "match":
@@ -320,7 +342,9 @@ class MarioNette(nn.Module):
         windows = mix_sprites(weights, sprites)
         offset_weights = None
         if sprite_offsets is not None:
-            offsets = einsum(weights, sprite_offsets, "BT NL Lh Lw K, BT Lh Lw K xy -> BT NL Lh Lw xy")
+            offsets = einsum(
+                weights, sprite_offsets, "BT NL Lh Lw K, BT Lh Lw K xy -> BT NL Lh Lw xy"
+            )
         elif config.transform_encoder == "match":
             per_slot = "BT Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx"
             offsets = match_offsets(
@@ -331,12 +355,15 @@ class MarioNette(nn.Module):
             ).reshape(*presence.shape, 2)
         else:
             if self.transform_encoder is not None:
-                image_windows = repeat(extract_windows(images, grid),
-                                       "BT Lh Lw C Sy Sx -> BT NL Lh Lw C Sy Sx",
-                                       NL=config.num_layers)
+                image_windows = repeat(
+                    extract_windows(images, grid),
+                    "BT Lh Lw C Sy Sx -> BT NL Lh Lw C Sy Sx",
+                    NL=config.num_layers,
+                )
                 stacked = torch.cat([image_windows, windows], dim=-3)
                 xform = self.transform_encoder(
-                    rearrange(stacked, "BT NL Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx"))
+                    rearrange(stacked, "BT NL Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx")
+                )
                 xform = xform.reshape(*presence.shape, -1)
             else:
                 xform = codes
@@ -345,13 +372,29 @@ class MarioNette(nn.Module):
                 offsets = discrete_offsets(*offset_weights)
             else:
                 offsets = self.shift_head(xform) / 2
-        return Encoding(codes, queries, presence, weights, windows, offsets, offset_weights,
-                        sprite_offsets, sprites, dict_codes, background)
+        return Encoding(
+            codes,
+            queries,
+            presence,
+            weights,
+            windows,
+            offsets,
+            offset_weights,
+            sprite_offsets,
+            sprites,
+            dict_codes,
+            background,
+        )
 
     @typed
     def render(
-        self, encoding: Encoding, batch: int, *, hard: bool = False,
-        straight_through: bool = False, plane_order: Int64[Tensor, " N"] | None = None,
+        self,
+        encoding: Encoding,
+        batch: int,
+        *,
+        hard: bool = False,
+        straight_through: bool = False,
+        plane_order: Int64[Tensor, " N"] | None = None,
     ) -> MarioNetteOutput:
         """Render an encoding softly (training) or hard (arg-max sprite, rounded presence, one-hot
         discrete offsets). The hard rendering reuses the encoders' outputs: it needs no second pass.
@@ -375,8 +418,9 @@ class MarioNette(nn.Module):
             presence = straight_through_fn(hard_presence(e.presence), e.presence)
             windows = mix_sprites(weights, e.sprites)
             if offset_weights is not None:
-                offset_weights = tuple(straight_through_fn(hard_weights(w), w)
-                                       for w in offset_weights)
+                offset_weights = tuple(
+                    straight_through_fn(hard_weights(w), w) for w in offset_weights
+                )
         elif hard:
             ids = e.weights.argmax(dim=-1)
             weights, presence = hard_weights(e.weights), hard_presence(e.presence)
@@ -390,8 +434,9 @@ class MarioNette(nn.Module):
         if offset_weights is not None:
             offsets = discrete_offsets(*offset_weights)
         elif hard and e.sprite_offsets is not None:  # the chosen sprite's own matched offset
-            offsets = einsum(weights, e.sprite_offsets,
-                             "BT NL Lh Lw K, BT Lh Lw K xy -> BT NL Lh Lw xy")
+            offsets = einsum(
+                weights, e.sprite_offsets, "BT NL Lh Lw K, BT Lh Lw K xy -> BT NL Lh Lw xy"
+            )
         else:
             offsets = e.offsets
 
@@ -399,29 +444,45 @@ class MarioNette(nn.Module):
             return rearrange(x, "(B T) ... -> B T ...", B=batch)
 
         rendering = render_windows(
-            split(windows), split(presence), split(e.background), plane_order, self.grid,
+            split(windows),
+            split(presence),
+            split(e.background),
+            plane_order,
+            self.grid,
             offsets=split(offsets) if offset_weights is None else None,
-            offset_weights=None if offset_weights is None else (split(offset_weights[0]),
-                                                                split(offset_weights[1])),
+            offset_weights=None
+            if offset_weights is None
+            else (split(offset_weights[0]), split(offset_weights[1])),
             gating=config.gating,
         )
         return MarioNetteOutput(
-            reconstruction=rendering.reconstruction, background=split(e.background),
-            planes=rendering.planes, plane_order=plane_order, weights=split(weights),
-            presence=split(presence), offsets=split(offsets),
-            centers=global_centers(split(offsets), self.grid), alpha=rendering.alpha,
-            codes=split(e.codes), queries=split(e.queries), sprites=e.sprites,
-            cell=self.grid.cell, hard=hard, gating=config.gating,
+            reconstruction=rendering.reconstruction,
+            background=split(e.background),
+            planes=rendering.planes,
+            plane_order=plane_order,
+            weights=split(weights),
+            presence=split(presence),
+            offsets=split(offsets),
+            centers=global_centers(split(offsets), self.grid),
+            alpha=rendering.alpha,
+            codes=split(e.codes),
+            queries=split(e.queries),
+            sprites=e.sprites,
+            cell=self.grid.cell,
+            hard=hard,
+            gating=config.gating,
         )
 
     @typed
     def forward(
-        self, frames: Float[Tensor, "B T 3 H W"], *, hard: bool = False,
+        self,
+        frames: Float[Tensor, "B T 3 H W"],
+        *,
+        hard: bool = False,
         plane_order: Int64[Tensor, " N"] | None = None,
     ) -> MarioNetteOutput:
         """Reconstruct ``frames`` in [0, 1] (see :meth:`render` for ``hard``, ``plane_order``)."""
-        return self.render(self.encode(frames), frames.shape[0], hard=hard,
-                           plane_order=plane_order)
+        return self.render(self.encode(frames), frames.shape[0], hard=hard, plane_order=plane_order)
 
     @torch.no_grad()
     def decompose(self, frames: Float[Tensor, "B T 3 H W"]) -> Decomposition:

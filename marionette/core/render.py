@@ -57,8 +57,9 @@ def render_windows(
     else:
         wx, wy = (rearrange(w, "B T NL Lh Lw Q -> (B T NL Lh Lw) Q") for w in offset_weights)
         shifted = shift_discrete(flat, wx, wy)
-    shifted = rearrange(shifted, "(BT NL Lh Lw) C Sy Sx -> BT NL Lh Lw C Sy Sx", NL=nl, Lh=lh,
-                        Lw=lw)
+    shifted = rearrange(
+        shifted, "(BT NL Lh Lw) C Sy Sx -> BT NL Lh Lw C Sy Sx", NL=nl, Lh=lh, Lw=lw
+    )
     gated = gate_presence(shifted, rearrange(presence, "B T NL Lh Lw -> (B T) NL Lh Lw"), gating)
     planes = rearrange(place_sprites(gated, grid), "(B T) NL G C H W -> B T NL G C H W", B=b)
     reconstruction = composite_layers(planes, background, order)
@@ -108,8 +109,9 @@ class Decomposition:
         """Global sprite centres (x, y) in pixels."""
         return global_centers(self.offsets, self.grid)
 
-    def boxes(self, threshold: float = 0.5) -> tuple[Float[Tensor, "B T NL Lh Lw 4"],
-                                                     Bool[Tensor, "B T NL Lh Lw"]]:
+    def boxes(
+        self, threshold: float = 0.5
+    ) -> tuple[Float[Tensor, "B T NL Lh Lw 4"], Bool[Tensor, "B T NL Lh Lw"]]:
         """Global alpha-footprint boxes (x0, y0, x1, y1) in pixels and whether each is visible."""
         return footprint_boxes(render_decomposition(self).alpha, self.grid, threshold)
 
@@ -120,11 +122,13 @@ def render_decomposition(decomposition: Decomposition) -> Rendering:
     d = decomposition
     check_range(d.presence, "presence", 0.0, 1.0)
     if d.grid.sprite != d.sprites.shape[-1]:
-        raise ValueError(f"sprites must be {d.grid.sprite} px (2 x cell {d.cell}), got "
-                         f"{d.sprites.shape[-1]}")
+        raise ValueError(
+            f"sprites must be {d.grid.sprite} px (2 x cell {d.cell}), got {d.sprites.shape[-1]}"
+        )
     windows = gather_sprites(d.sprite_ids, d.sprites)
-    return render_windows(windows, d.presence, d.background, d.plane_order, d.grid,
-                          offsets=d.offsets, gating=d.gating)
+    return render_windows(
+        windows, d.presence, d.background, d.plane_order, d.grid, offsets=d.offsets, gating=d.gating
+    )
 
 
 @typed

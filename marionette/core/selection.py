@@ -79,8 +79,8 @@ def hard_presence(presence: Float[Tensor, "*batch"]) -> Float[Tensor, "*batch"]:
 
 
 @typed
-def straight_through(hard: Float[Tensor, "*batch"], soft: Float[Tensor, "*batch"]) -> Float[
-    Tensor, "*batch"
-]:
+def straight_through(
+    hard: Float[Tensor, "*batch"], soft: Float[Tensor, "*batch"]
+) -> Float[Tensor, "*batch"]:
     """Forward value of ``hard`` with the gradient of ``soft`` (straight-through estimator)."""
     return hard + (soft - soft.detach())

@@ -37,10 +37,12 @@ def shift_bilinear(
     row_y = torch.stack([zero, one, -offsets[:, 1]], dim=-1)
     theta = torch.stack([row_x, row_y], dim=1)
     grid = F.affine_grid(theta, [n, 1, s, s], align_corners=False)
-    rgb = F.grid_sample(sprites[:, :3], grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)
-    alpha = F.grid_sample(sprites[:, 3:], grid, mode="bilinear", padding_mode="zeros",
-                          align_corners=False)
+    rgb = F.grid_sample(
+        sprites[:, :3], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    alpha = F.grid_sample(
+        sprites[:, 3:], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return torch.cat([rgb, alpha], dim=1)
 
 
@@ -82,9 +84,7 @@ def discrete_offsets(
     q = weights_x.shape[-1]
     p = q - 1
     displacement = (p / 2 - torch.arange(q, device=weights_x.device, dtype=weights_x.dtype)) / p
-    return rearrange(
-        [weights_x @ displacement, weights_y @ displacement], "xy ... -> ... xy"
-    )
+    return rearrange([weights_x @ displacement, weights_y @ displacement], "xy ... -> ... xy")
 
 
 def _gain_terms(image_windows: Tensor, background_windows: Tensor, sprites: Tensor):
@@ -123,22 +123,25 @@ def match_gains(
     q = s // 2 + 1
     signals, kernels, energy, mass = _gain_terms(image_windows, background_windows, sprites)
     size = signals.shape[-2:]
-    spectrum = torch.einsum("mcxy,kcxy->mkxy", torch.fft.rfft2(signals.float()),
-                            torch.fft.rfft2(kernels.float(), s=size).conj())
+    spectrum = torch.einsum(
+        "mcxy,kcxy->mkxy",
+        torch.fft.rfft2(signals.float()),
+        torch.fft.rfft2(kernels.float(), s=size).conj(),
+    )
     correlation = torch.fft.irfft2(spectrum, s=size)[..., :q, :q].to(sprites.dtype)
     return (2 * correlation - energy[None, :, None, None]) / mass[None, :, None, None]
 
 
 @typed
-def expected_displacement(gains: Float[Tensor, "*batch Q Q"], temperature: float) -> Float[
-    Tensor, "*batch 2"
-]:
+def expected_displacement(
+    gains: Float[Tensor, "*batch Q Q"], temperature: float
+) -> Float[Tensor, "*batch 2"]:
     """Softmax(gain / temperature)-weighted mean displacement (x, y) in units of P = Q - 1."""
     q = gains.shape[-1]
     shape = gains.shape[:-2]
     weights = torch.softmax((gains / temperature).reshape(*shape, q * q), dim=-1)
     weights = weights.reshape(*shape, q, q)
-    displacement = (torch.arange(q, device=gains.device, dtype=gains.dtype) - (q - 1) / 2)
+    displacement = torch.arange(q, device=gains.device, dtype=gains.dtype) - (q - 1) / 2
     offset_x = (weights.sum(dim=-2) * displacement).sum(dim=-1)
     offset_y = (weights.sum(dim=-1) * displacement).sum(dim=-1)
     return torch.stack([offset_x, offset_y], dim=-1) / (q - 1)

@@ -25,8 +25,14 @@ from .._io import atomic_directory, atomic_write, write_json
 from .frames import INDEX_FILE, FrameFolder, FrameSource
 from .groundtruth import GROUNDTRUTH_FILE, GroundTruth
 
-__all__ = ["DATASET_FILE", "MASKS_FILE", "Dataset", "load_dataset", "package_versions",
-           "write_dataset"]
+__all__ = [
+    "DATASET_FILE",
+    "MASKS_FILE",
+    "Dataset",
+    "load_dataset",
+    "package_versions",
+    "write_dataset",
+]
 
 DATASET_FILE = "dataset.json"
 MASKS_FILE = "masks.npz"
@@ -77,8 +83,9 @@ def write_dataset(
         with atomic_write(tmp / INDEX_FILE, "w") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["frame", "clip", "t"])
-            writer.writerows(zip(names, np.asarray(clips).tolist(), np.asarray(times).tolist(),
-                                 strict=True))
+            writer.writerows(
+                zip(names, np.asarray(clips).tolist(), np.asarray(times).tolist(), strict=True)
+            )
         if groundtruth is not None:
             groundtruth.write_csv(tmp / GROUNDTRUTH_FILE)
         if masks is not None:
@@ -98,8 +105,9 @@ class Dataset:
     info: dict
 
 
-def load_dataset(folder: str | os.PathLike, size: tuple[int, int] | None = None,
-                 resize: str = "keep") -> Dataset:
+def load_dataset(
+    folder: str | os.PathLike, size: tuple[int, int] | None = None, resize: str = "keep"
+) -> Dataset:
     """Load a dataset folder: frames, and ``groundtruth.csv``, ``masks.npz`` and
     ``dataset.json`` when present. Masks are read without pickle."""
     folder = Path(folder)

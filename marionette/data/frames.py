@@ -46,7 +46,9 @@ def frame_sort_key(name: str) -> tuple[int, ...]:
     """
     numbers = _NUMBER.findall(Path(name).stem)
     if not numbers:
-        raise ValueError(f"frame file names must contain a number (0.png, 1.png, ...), got {name!r}")
+        raise ValueError(
+            f"frame file names must contain a number (0.png, 1.png, ...), got {name!r}"
+        )
     return tuple(int(n) for n in numbers)
 
 
@@ -93,8 +95,9 @@ def _resize(image: Image.Image, size: tuple[int, int], policy: str) -> Image.Ima
     return image
 
 
-def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None,
-               policy: str = "keep") -> np.ndarray:
+def load_image(
+    path: str | os.PathLike, size: tuple[int, int] | None = None, policy: str = "keep"
+) -> np.ndarray:
     """Read one image as RGB uint8 [H, W, 3], applying a resize policy when ``size`` is given.
 
     RGBA, LA and palette images are composited over black; grayscale and 16-bit images are
@@ -146,11 +149,13 @@ class FrameSource:
 class InMemoryFrames(FrameSource):
     """Frames held as one uint8 tensor [N, 3, H, W]."""
 
-    def __init__(self, frames: torch.Tensor, clips=None, times=None,
-                 names: list[str] | None = None) -> None:
+    def __init__(
+        self, frames: torch.Tensor, clips=None, times=None, names: list[str] | None = None
+    ) -> None:
         if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[1] != 3:
-            raise ValueError(f"frames must be uint8 [N, 3, H, W], got {frames.dtype} "
-                             f"{tuple(frames.shape)}")
+            raise ValueError(
+                f"frames must be uint8 [N, 3, H, W], got {frames.dtype} {tuple(frames.shape)}"
+            )
         n = frames.shape[0]
         clips = np.zeros(n, np.int64) if clips is None else np.asarray(clips, np.int64)
         times = np.arange(n) if times is None else np.asarray(times, np.int64)
@@ -178,8 +183,10 @@ def _read_index(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]
     by_name = {row["frame"]: (int(row["clip"]), int(row["t"])) for row in rows}
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise ValueError(f"{path} does not list {len(missing)} frames of the folder, e.g. "
-                         f"{missing[:3]}; regenerate the dataset or delete the index")
+        raise ValueError(
+            f"{path} does not list {len(missing)} frames of the folder, e.g. "
+            f"{missing[:3]}; regenerate the dataset or delete the index"
+        )
     clips = np.array([by_name[n][0] for n in names], np.int64)
     times = np.array([by_name[n][1] for n in names], np.int64)
     return clips, times
@@ -212,9 +219,14 @@ class FrameFolder(FrameSource):
         cache_limit_bytes: the ``"auto"`` budget.
     """
 
-    def __init__(self, folder: str | os.PathLike, size: tuple[int, int] | None = None,
-                 resize: str = "keep", cache: bool | str = "auto",
-                 cache_limit_bytes: int = 4 << 30) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        size: tuple[int, int] | None = None,
+        resize: str = "keep",
+        cache: bool | str = "auto",
+        cache_limit_bytes: int = 4 << 30,
+    ) -> None:
         folder = Path(folder)
         if resize not in RESIZE_POLICIES:
             raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {resize!r}")
@@ -227,8 +239,10 @@ class FrameFolder(FrameSource):
         files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             others = sorted(p.name for p in folder.iterdir())[:5]
-            raise ValueError(f"data folder {folder} holds no .png or .jpg frames"
-                             + (f" (found {others})" if others else " (it is empty)"))
+            raise ValueError(
+                f"data folder {folder} holds no .png or .jpg frames"
+                + (f" (found {others})" if others else " (it is empty)")
+            )
         files.sort(key=lambda p: frame_sort_key(p.name))
         keys = [frame_sort_key(p.name) for p in files]
         for a, b, key_a, key_b in zip(files, files[1:], keys, keys[1:], strict=False):
@@ -277,8 +291,9 @@ class FrameFolder(FrameSource):
         return InMemoryFrames(data, self.clips, self.times, self.names)
 
 
-def adapt_frames(frames: FrameSource, size: tuple[int, int], policy: str,
-                 what: str = "frames") -> InMemoryFrames:
+def adapt_frames(
+    frames: FrameSource, size: tuple[int, int], policy: str, what: str = "frames"
+) -> InMemoryFrames:
     """Bring in-memory frames to ``size`` = (height, width) with a resize policy.
 
     ``"keep"`` accepts only frames that already have that size.
@@ -286,8 +301,13 @@ def adapt_frames(frames: FrameSource, size: tuple[int, int], policy: str,
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
     if (frames.height, frames.width) == tuple(size):
-        return frames if isinstance(frames, InMemoryFrames) else InMemoryFrames(
-            frames.frames(range(len(frames))), frames.clips, frames.times, frames.names)
+        return (
+            frames
+            if isinstance(frames, InMemoryFrames)
+            else InMemoryFrames(
+                frames.frames(range(len(frames))), frames.clips, frames.times, frames.names
+            )
+        )
     if policy == "keep":
         raise ValueError(
             f"{what} are {frames.height} x {frames.width} (H x W) but the canvas is "

@@ -64,10 +64,13 @@ class GroundTruth:
         if not rows:
             return cls.empty()
         return cls(
-            frame=[r["frame"] for r in rows], clip=[r["clip"] for r in rows],
-            t=[r["t"] for r in rows], label=[r["class"] for r in rows],
+            frame=[r["frame"] for r in rows],
+            clip=[r["clip"] for r in rows],
+            t=[r["t"] for r in rows],
+            label=[r["class"] for r in rows],
             boxes=[[r["x0"], r["y0"], r["x1"], r["y1"]] for r in rows],
-            moving=[r["moving"] for r in rows], instance=[r["instance"] for r in rows],
+            moving=[r["moving"] for r in rows],
+            instance=[r["instance"] for r in rows],
         )
 
     @property
@@ -86,8 +89,15 @@ class GroundTruth:
 
     def select(self, mask: np.ndarray) -> "GroundTruth":
         """Rows where ``mask`` is true."""
-        return GroundTruth(self.frame[mask], self.clip[mask], self.t[mask], self.label[mask],
-                           self.boxes[mask], self.moving[mask], self.instance[mask])
+        return GroundTruth(
+            self.frame[mask],
+            self.clip[mask],
+            self.t[mask],
+            self.label[mask],
+            self.boxes[mask],
+            self.moving[mask],
+            self.instance[mask],
+        )
 
     def write_csv(self, path: str | os.PathLike) -> None:
         """Write the table with a header (atomically)."""
@@ -96,8 +106,20 @@ class GroundTruth:
             writer.writerow(GT_COLUMNS)
             for i in range(len(self)):
                 x0, y0, x1, y1 = (f"{v:g}" for v in self.boxes[i])
-                writer.writerow([self.frame[i], self.clip[i], self.t[i], self.label[i], x0, y0,
-                                 x1, y1, int(self.moving[i]), self.instance[i]])
+                writer.writerow(
+                    [
+                        self.frame[i],
+                        self.clip[i],
+                        self.t[i],
+                        self.label[i],
+                        x0,
+                        y0,
+                        x1,
+                        y1,
+                        int(self.moving[i]),
+                        self.instance[i],
+                    ]
+                )
 
     @classmethod
     def read_csv(cls, path: str | os.PathLike) -> "GroundTruth":
@@ -107,18 +129,29 @@ class GroundTruth:
             reader = csv.DictReader(handle)
             missing = set(GT_COLUMNS) - set(reader.fieldnames or ())
             if missing:
-                raise ValueError(f"{path}: ground truth needs the columns {GT_COLUMNS}, missing "
-                                 f"{sorted(missing)}")
+                raise ValueError(
+                    f"{path}: ground truth needs the columns {GT_COLUMNS}, missing "
+                    f"{sorted(missing)}"
+                )
             rows = []
             for line, row in enumerate(reader, start=2):
                 try:
-                    rows.append({
-                        "frame": row["frame"], "clip": int(row["clip"]), "t": int(row["t"]),
-                        "class": row["class"], "x0": float(row["x0"]), "y0": float(row["y0"]),
-                        "x1": float(row["x1"]), "y1": float(row["y1"]),
-                        "moving": row["moving"].strip().lower() in ("1", "true", "m"),
-                        "instance": int(row["instance"]),
-                    })
+                    rows.append(
+                        {
+                            "frame": row["frame"],
+                            "clip": int(row["clip"]),
+                            "t": int(row["t"]),
+                            "class": row["class"],
+                            "x0": float(row["x0"]),
+                            "y0": float(row["y0"]),
+                            "x1": float(row["x1"]),
+                            "y1": float(row["y1"]),
+                            "moving": row["moving"].strip().lower() in ("1", "true", "m"),
+                            "instance": int(row["instance"]),
+                        }
+                    )
                 except (TypeError, ValueError) as error:
-                    raise ValueError(f"{path}:{line}: bad ground-truth row {row} ({error})") from error
+                    raise ValueError(
+                        f"{path}:{line}: bad ground-truth row {row} ({error})"
+                    ) from error
         return cls.from_rows(rows)

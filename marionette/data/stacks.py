@@ -58,8 +58,11 @@ class FrameStacks(Dataset):
         clips_total = len(np.unique(source.clips))
         clips_used = len(np.unique(source.clips[self.starts]))
         if clips_used < clips_total:
-            warnings.warn(f"{clips_total - clips_used} of {clips_total} clips are shorter than "
-                          f"frames_per_item={frames_per_item} and are skipped", stacklevel=2)
+            warnings.warn(
+                f"{clips_total - clips_used} of {clips_total} clips are shorter than "
+                f"frames_per_item={frames_per_item} and are skipped",
+                stacklevel=2,
+            )
 
     def __len__(self) -> int:
         return len(self.starts)

@@ -69,8 +69,10 @@ class SpriteWorldConfig:
     def __post_init__(self) -> None:
         lo, hi = self.sprite_size
         if not 1 <= lo <= hi <= min(self.height, self.width):
-            raise ValueError(f"sprite_size must be (min, max) with 1 <= min <= max <= canvas side, "
-                             f"got {self.sprite_size}")
+            raise ValueError(
+                f"sprite_size must be (min, max) with 1 <= min <= max <= canvas side, "
+                f"got {self.sprite_size}"
+            )
         if not 1 <= self.objects[0] <= self.objects[1]:
             raise ValueError(f"objects must be (min, max) with 1 <= min <= max, got {self.objects}")
         for name in ("num_classes", "frames_per_clip", "num_clips"):
@@ -187,22 +189,37 @@ def generate_sprite_world(config: SpriteWorldConfig) -> GeneratedData:
                 sprite = sprites[c]
                 h, w = sprite.shape[:2]
                 opaque = sprite[..., 3] > 0
-                frame[y:y + h, x:x + w][opaque] = sprite[..., :3][opaque]
-                masks[index, y:y + h, x:x + w][opaque] = obj
+                frame[y : y + h, x : x + w][opaque] = sprite[..., :3][opaque]
+                masks[index, y : y + h, x : x + w][opaque] = obj
             frames[index] = frame
             for obj, c in enumerate(classes):
                 if not (masks[index] == obj).any():
                     continue  # fully occluded
                 x, y = (int(v) for v in np.round(position[obj]))
                 h, w = sprites[c].shape[:2]
-                rows.append({"frame": f"{index}.png", "clip": clip, "t": t, "class": names[c],
-                             "x0": x, "y0": y, "x1": x + w, "y1": y + h,
-                             "moving": bool(np.any(velocity[obj] != 0)), "instance": obj})
+                rows.append(
+                    {
+                        "frame": f"{index}.png",
+                        "clip": clip,
+                        "t": t,
+                        "class": names[c],
+                        "x0": x,
+                        "y0": y,
+                        "x1": x + w,
+                        "y1": y + h,
+                        "moving": bool(np.any(velocity[obj] != 0)),
+                        "instance": obj,
+                    }
+                )
             position, velocity = _bounce(position + velocity, velocity, limit)
     clips = np.repeat(np.arange(config.num_clips), t_len)
     times = np.tile(np.arange(t_len), config.num_clips)
-    source = InMemoryFrames(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(), clips,
-                            times, [f"{i}.png" for i in range(n_frames)])
+    source = InMemoryFrames(
+        torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),
+        clips,
+        times,
+        [f"{i}.png" for i in range(n_frames)],
+    )
     settings = {"generator": "sprite_world", **asdict(config)}
     return GeneratedData(source, GroundTruth.from_rows(rows), masks, names, settings)
 
@@ -224,8 +241,14 @@ _TETROMINOES = {  # 19 fixed orientations as block matrices
     "J": ["100\n111", "11\n10\n10", "111\n001", "01\n01\n11"],
     "L": ["001\n111", "10\n10\n11", "111\n100", "11\n01\n01"],
 }
-_TETROMINO_COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
-                      "yellow": (255, 255, 0), "magenta": (255, 0, 255), "cyan": (0, 255, 255)}
+_TETROMINO_COLOURS = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "magenta": (255, 0, 255),
+    "cyan": (0, 255, 255),
+}
 
 
 def _tetromino_masks(block: int) -> list[tuple[str, np.ndarray]]:
@@ -255,19 +278,36 @@ def generate_tetrominoes(config: TetrominoesConfig) -> GeneratedData:
                 name, shape = shapes[int(rng.integers(len(shapes)))]
                 h, w = shape.shape
                 y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-                if not (masks[index, y:y + h, x:x + w][shape] >= 0).any():
+                if not (masks[index, y : y + h, x : x + w][shape] >= 0).any():
                     break
             else:
-                raise RuntimeError(f"could not place {config.pieces} pieces without overlap in a "
-                                   f"{size} x {size} image; use fewer pieces or smaller blocks")
+                raise RuntimeError(
+                    f"could not place {config.pieces} pieces without overlap in a "
+                    f"{size} x {size} image; use fewer pieces or smaller blocks"
+                )
             colour = colours[int(rng.integers(len(colours)))]
-            frames[index, y:y + h, x:x + w][shape] = colour
-            masks[index, y:y + h, x:x + w][shape] = piece
-            rows.append({"frame": f"{index}.png", "clip": index, "t": 0, "class": name,
-                         "x0": x, "y0": y, "x1": x + w, "y1": y + h, "moving": True,
-                         "instance": piece})
-    source = InMemoryFrames(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),
-                            np.arange(n), np.zeros(n, np.int64), [f"{i}.png" for i in range(n)])
+            frames[index, y : y + h, x : x + w][shape] = colour
+            masks[index, y : y + h, x : x + w][shape] = piece
+            rows.append(
+                {
+                    "frame": f"{index}.png",
+                    "clip": index,
+                    "t": 0,
+                    "class": name,
+                    "x0": x,
+                    "y0": y,
+                    "x1": x + w,
+                    "y1": y + h,
+                    "moving": True,
+                    "instance": piece,
+                }
+            )
+    source = InMemoryFrames(
+        torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),
+        np.arange(n),
+        np.zeros(n, np.int64),
+        [f"{i}.png" for i in range(n)],
+    )
     settings = {"generator": "tetrominoes", **asdict(config)}
     return GeneratedData(source, GroundTruth.from_rows(rows), masks, sorted(_TETROMINOES), settings)
 
@@ -275,11 +315,13 @@ def generate_tetrominoes(config: TetrominoesConfig) -> GeneratedData:
 #: Built-in worlds by name. ``demo`` is the default data of ``marionette train``.
 SYNTHETIC_WORLDS: dict[str, SpriteWorldConfig | TetrominoesConfig] = {
     "demo": SpriteWorldConfig(),
-    "tiny": SpriteWorldConfig(height=32, width=32, num_classes=4, sprite_size=(4, 7),
-                              objects=(1, 3), num_clips=128),
+    "tiny": SpriteWorldConfig(
+        height=32, width=32, num_classes=4, sprite_size=(4, 7), objects=(1, 3), num_clips=128
+    ),
     "stars": SpriteWorldConfig(background="stars"),
-    "large": SpriteWorldConfig(height=128, width=128, num_classes=8, sprite_size=(10, 16),
-                               objects=(3, 8), speed=2.0),
+    "large": SpriteWorldConfig(
+        height=128, width=128, num_classes=8, sprite_size=(10, 16), objects=(3, 8), speed=2.0
+    ),
     "tetrominoes": TetrominoesConfig(),
 }
 
@@ -293,8 +335,9 @@ def generate(name: str, split: str = "train", **overrides) -> GeneratedData:
         ((16, 3, 64, 64), ['sprite_0', 'sprite_1'])
     """
     if name not in SYNTHETIC_WORLDS:
-        raise ValueError(f"unknown synthetic world {name!r}; choose one of "
-                         f"{sorted(SYNTHETIC_WORLDS)}")
+        raise ValueError(
+            f"unknown synthetic world {name!r}; choose one of {sorted(SYNTHETIC_WORLDS)}"
+        )
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     config = replace(SYNTHETIC_WORLDS[name], **overrides)

@@ -82,8 +82,14 @@ class TestPlaneOrder:
             assert sorted(groups[0].tolist()) == [0, 1, 2, 3]
 
     def test_shuffle_all_is_permutation(self):
-        orders = {tuple(plane_order(2, shuffle_groups=True, shuffle_all=True,
-                                    generator=generator(s)).tolist()) for s in range(20)}
+        orders = {
+            tuple(
+                plane_order(
+                    2, shuffle_groups=True, shuffle_all=True, generator=generator(s)
+                ).tolist()
+            )
+            for s in range(20)
+        }
         assert all(sorted(o) == list(range(8)) for o in orders)
         assert any([p // 4 for p in o] != sorted(p // 4 for p in o) for o in orders)
 
@@ -135,8 +141,9 @@ class TestGatePresence:
         windows = torch.ones(1, 4, 2, 2)  # opaque white
         bg = torch.zeros(1, 1, 3, 2, 2)
         blend = composite_over(gate_presence(windows, torch.tensor([0.5]))[None, None], bg)
-        dark = composite_over(gate_presence(windows, torch.tensor([0.5]), "original")[None, None],
-                              bg)
+        dark = composite_over(
+            gate_presence(windows, torch.tensor([0.5]), "original")[None, None], bg
+        )
         assert torch.allclose(blend, torch.full_like(blend, 0.5))
         assert torch.allclose(dark, torch.full_like(dark, 0.25))  # p^2 of the original
 

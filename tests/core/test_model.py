@@ -26,10 +26,12 @@ CONFIGS = [
     pytest.param(tiny(height=30, width=40, layer_size=3, num_layers=3), 2, id="P10-NL3"),
     pytest.param(tiny(no_spatial_transformer=True), 2, id="discrete"),
     pytest.param(tiny(background="strip", transform_encoder="anchor"), 1, id="strip-anchor"),
-    pytest.param(tiny(background="strip_st", gating="original", shuffle_all=True), 2,
-                 id="strip-st-original"),
-    pytest.param(tiny(xform_dim=8, learn_background=True, straight_through_probs=True), 1,
-                 id="light-xform"),
+    pytest.param(
+        tiny(background="strip_st", gating="original", shuffle_all=True), 2, id="strip-st-original"
+    ),
+    pytest.param(
+        tiny(xform_dim=8, learn_background=True, straight_through_probs=True), 1, id="light-xform"
+    ),
 ]
 
 
@@ -59,8 +61,11 @@ class TestModel:
         model = MarioNette(config)
         frames = rand(2, frames_per_item, 3, config.height, config.width)
         out = model(frames)
-        loss = reconstruction_loss(out.reconstruction, frames) + beta_prior_loss(
-            out.weights, out.presence) + presence_loss(out.presence, [0.005])
+        loss = (
+            reconstruction_loss(out.reconstruction, frames)
+            + beta_prior_loss(out.weights, out.presence)
+            + presence_loss(out.presence, [0.005])
+        )
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -139,8 +144,9 @@ class TestModel:
 
 class TestModelInputs:
     def test_wrong_canvas(self):
-        with pytest.raises(ValueError, match="frames must be 32 x 32 \\(H x W\\) for this model, "
-                                             "got 32 x 48"):
+        with pytest.raises(
+            ValueError, match="frames must be 32 x 32 \\(H x W\\) for this model, got 32 x 48"
+        ):
             MarioNette(tiny())(rand(1, 1, 3, 32, 48))
 
     def test_nan(self):
@@ -191,7 +197,7 @@ def squares_world(n: int = 6, seed: int = 0) -> torch.Tensor:
     for i in range(n):
         for colour in colours:
             x, y = torch.randint(0, 26, (2,), generator=g).tolist()
-            frames[i, 0, :, y:y + 6, x:x + 6] = colour[:, None, None]
+            frames[i, 0, :, y : y + 6, x : x + 6] = colour[:, None, None]
     return frames
 
 
@@ -199,15 +205,25 @@ def squares_world(n: int = 6, seed: int = 0) -> torch.Tensor:
 def test_overfits_a_handful_of_frames():
     torch.manual_seed(0)
     frames = squares_world()
-    config = ModelConfig(height=32, width=32, layer_size=4, num_layers=1, num_classes=4,
-                         dim_z=32, transform_encoder="anchor")
+    config = ModelConfig(
+        height=32,
+        width=32,
+        layer_size=4,
+        num_layers=1,
+        num_classes=4,
+        dim_z=32,
+        transform_encoder="anchor",
+    )
     model = MarioNette(config, estimate_background_color(frames[:, 0]))
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     history = []
     for _ in range(250):
         out = model(frames)
-        loss = reconstruction_loss(out.reconstruction, frames) + 0.002 * beta_prior_loss(
-            out.weights, out.presence) + presence_loss(out.presence, [0.005])
+        loss = (
+            reconstruction_loss(out.reconstruction, frames)
+            + 0.002 * beta_prior_loss(out.weights, out.presence)
+            + presence_loss(out.presence, [0.005])
+        )
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -28,14 +28,20 @@ from tests._checks import rand
 
 
 class TestCompensatedConv:
-    @given(h=st.integers(1, 9), w=st.integers(1, 9), stride=st.sampled_from([1, 2]),
-           seed=st.integers(0, 999))
+    @given(
+        h=st.integers(1, 9),
+        w=st.integers(1, 9),
+        stride=st.sampled_from([1, 2]),
+        seed=st.integers(0, 999),
+    )
     def test_reference(self, h, w, stride, seed):
         x = rand(2, 3, h, w, seed=seed, dtype=torch.float64)
         weight = rand(5, 3, 3, 3, seed=seed + 1, dtype=torch.float64) - 0.5
         bias = rand(5, seed=seed + 2, dtype=torch.float64)
-        torch.testing.assert_close(compensated_conv2d(x, weight, bias, stride, 1),
-                                   partial_conv_reference(x, weight, bias, stride, 1))
+        torch.testing.assert_close(
+            compensated_conv2d(x, weight, bias, stride, 1),
+            partial_conv_reference(x, weight, bias, stride, 1),
+        )
 
     def test_border_scaling(self):
         x = torch.ones(1, 1, 4, 4)
@@ -49,19 +55,21 @@ class TestCompensatedConv:
         x = rand(1, 2, 3, 3, dtype=torch.float64).requires_grad_()
         weight = rand(2, 2, 3, 3, dtype=torch.float64, seed=1).requires_grad_()
         bias = rand(2, dtype=torch.float64, seed=2).requires_grad_()
-        assert torch.autograd.gradcheck(lambda a, b, c: compensated_conv2d(a, b, c, 2),
-                                        (x, weight, bias), fast_mode=True)
+        assert torch.autograd.gradcheck(
+            lambda a, b, c: compensated_conv2d(a, b, c, 2), (x, weight, bias), fast_mode=True
+        )
 
 
 class TestGridEncoder:
-    @pytest.mark.parametrize("size, grid", [((32, 32), (4, 4)), ((32, 48), (4, 6)),
-                                            ((210, 160), (21, 16)), ((20, 20), (1, 1))])
+    @pytest.mark.parametrize(
+        "size, grid",
+        [((32, 32), (4, 4)), ((32, 48), (4, 6)), ((210, 160), (21, 16)), ((20, 20), (1, 1))],
+    )
     def test_shapes_and_normalisation(self, size, grid):
         encoder = GridEncoder(3, 16, size, grid, num_heads=2)
         codes = encoder(rand(2, 3, *size))
         assert codes.shape == (2, 2, *grid, 16)
-        torch.testing.assert_close(codes.mean(-1), torch.zeros(codes.shape[:-1]), atol=1e-5,
-                                   rtol=0)
+        torch.testing.assert_close(codes.mean(-1), torch.zeros(codes.shape[:-1]), atol=1e-5, rtol=0)
 
     def test_exception(self):
         with pytest.raises(ValueError, match="multiple of 8"):
@@ -85,23 +93,27 @@ class TestDictionary:
 
 class TestBackgroundColor:
     def test_mode_matches_exact_mode(self):
-        frames = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0),
-                               dtype=torch.uint8)
+        frames = torch.randint(
+            0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+        )
         frames[:, :, 2:14, 1:15] = torch.tensor([20, 40, 200], dtype=torch.uint8)[:, None, None]
-        torch.testing.assert_close(estimate_background_color(frames),
-                                   estimate_background_reference(frames))
+        torch.testing.assert_close(
+            estimate_background_color(frames), estimate_background_reference(frames)
+        )
 
     def test_robust_to_a_large_sprite_and_noise(self):
         g = torch.Generator().manual_seed(1)
         frames = torch.full((5, 3, 20, 20), 0.1) + torch.rand(5, 3, 20, 20, generator=g) * 0.01
         frames[:, :, :9, :] = torch.tensor([0.9, 0.2, 0.2])[:, None, None]  # 45 % of the pixels
-        torch.testing.assert_close(estimate_background_color(frames),
-                                   torch.full((3,), 0.105), atol=0.004, rtol=0)
+        torch.testing.assert_close(
+            estimate_background_color(frames), torch.full((3,), 0.105), atol=0.004, rtol=0
+        )
 
     def test_uint8_and_float_agree(self):
         frames = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
-        torch.testing.assert_close(estimate_background_color(frames),
-                                   estimate_background_color(frames.float() / 255))
+        torch.testing.assert_close(
+            estimate_background_color(frames), estimate_background_color(frames.float() / 255)
+        )
 
     def test_exception(self):
         with pytest.raises(ValueError, match="frames must lie in \\[0.0, 1.0\\]"):
@@ -124,8 +136,9 @@ class TestStrip:
         strip = rand(3, 4, 10)
         weights = torch.softmax(rand(2, 7, seed=1) * 3, -1)
         out = scroll_strip(strip, weights)
-        expected = sum(weights[:, o, None, None, None] * strip[None, :, :, o:o + 4]
-                       for o in range(7))
+        expected = sum(
+            weights[:, o, None, None, None] * strip[None, :, :, o : o + 4] for o in range(7)
+        )
         torch.testing.assert_close(out, expected)
 
     def test_one_hot_scroll_is_a_window(self):
@@ -139,16 +152,18 @@ class TestStrip:
         strip = rand(3, 5, 16, dtype=torch.float64)
         f = 4 / 16
         position = torch.tensor([1 - f - 2 * offset / 16], dtype=torch.float64)
-        torch.testing.assert_close(slide_strip_window(strip, position, 4)[0],
-                                   strip[:, :, offset:offset + 4])
+        torch.testing.assert_close(
+            slide_strip_window(strip, position, 4)[0], strip[:, :, offset : offset + 4]
+        )
 
     @pytest.mark.parametrize("mode", ["softmax", "spatial_transformer"])
     def test_module(self, mode):
         strip = StripBackground(16, 24, 16, mode, color=torch.tensor([0.1, 0.5, 0.9]))
         out = strip(rand(2, 3, 16, 24))
         assert out.shape == (2, 3, 16, 24)
-        torch.testing.assert_close(strip.strip()[:, 0, 0], torch.tensor([0.1, 0.5, 0.9]),
-                                   atol=0.05, rtol=0)
+        torch.testing.assert_close(
+            strip.strip()[:, 0, 0], torch.tensor([0.1, 0.5, 0.9]), atol=0.05, rtol=0
+        )
 
 
 class TestLosses:

@@ -79,15 +79,19 @@ class TestPlaceSprites:
         assert planes.shape == (2, 4, 4, 32, 48)
 
     @given(
-        rows=st.integers(1, 4), cols=st.integers(1, 4), half=st.integers(1, 3),
-        batch=st.integers(1, 2), seed=st.integers(0, 2**16),
+        rows=st.integers(1, 4),
+        cols=st.integers(1, 4),
+        half=st.integers(1, 3),
+        batch=st.integers(1, 2),
+        seed=st.integers(0, 2**16),
     )
     def test_reference(self, rows, cols, half, batch, seed):
         cell = 2 * half
         grid = Grid(rows * cell, cols * cell, cell)
         windows = rand(batch, rows, cols, 3, 2 * cell, 2 * cell, seed=seed)
-        torch.testing.assert_close(place_sprites(windows, grid),
-                                   place_sprites_reference(windows, grid))
+        torch.testing.assert_close(
+            place_sprites(windows, grid), place_sprites_reference(windows, grid)
+        )
 
     def test_invariants(self):
         grid = Grid(16, 24, 4)
@@ -108,13 +112,18 @@ class TestPlaceSprites:
     def test_gradcheck(self):
         grid = Grid(4, 6, 2)
         windows = rand(1, 2, 3, 2, 4, 4, dtype=torch.float64).requires_grad_()
-        assert torch.autograd.gradcheck(lambda w: place_sprites(w, grid), (windows,),
-                                        fast_mode=True)
+        assert torch.autograd.gradcheck(
+            lambda w: place_sprites(w, grid), (windows,), fast_mode=True
+        )
 
 
 class TestExtractWindows:
-    @given(rows=st.integers(1, 3), cols=st.integers(1, 3), half=st.integers(1, 3),
-           seed=st.integers(0, 2**16))
+    @given(
+        rows=st.integers(1, 3),
+        cols=st.integers(1, 3),
+        half=st.integers(1, 3),
+        seed=st.integers(0, 2**16),
+    )
     def test_reference(self, rows, cols, half, seed):
         cell = 2 * half
         grid = Grid(rows * cell, cols * cell, cell)
@@ -123,7 +132,9 @@ class TestExtractWindows:
         padded = torch.nn.functional.pad(image, (half, half, half, half))
         for i in range(rows):
             for j in range(cols):
-                expected = padded[..., i * cell:i * cell + 2 * cell, j * cell:j * cell + 2 * cell]
+                expected = padded[
+                    ..., i * cell : i * cell + 2 * cell, j * cell : j * cell + 2 * cell
+                ]
                 torch.testing.assert_close(windows[:, i, j], expected)
 
     def test_place_inverts_extract_on_each_group(self):

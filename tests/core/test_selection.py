@@ -20,16 +20,18 @@ from tests._checks import check_op, rand
 class TestSelection:
     def test_logits_are_scaled_dot_products(self):
         q, z = rand(2, 3, 16), rand(7, 16, seed=1)
-        expected = torch.stack([torch.stack([q[b, s] @ z[k] for k in range(7)])
-                                for b in range(2) for s in range(3)]).reshape(2, 3, 7)
+        expected = torch.stack(
+            [torch.stack([q[b, s] @ z[k] for k in range(7)]) for b in range(2) for s in range(3)]
+        ).reshape(2, 3, 7)
         torch.testing.assert_close(selection_logits(q, z), expected / math.sqrt(16))
 
     @given(k=st.integers(1, 6), seed=st.integers(0, 999))
     def test_mix_reference(self, k, seed):
         weights = torch.softmax(rand(2, 3, k, seed=seed), -1)
         sprites = rand(k, 4, 5, 5, seed=seed + 1)
-        torch.testing.assert_close(mix_sprites(weights, sprites),
-                                   mix_sprites_reference(weights, sprites))
+        torch.testing.assert_close(
+            mix_sprites(weights, sprites), mix_sprites_reference(weights, sprites)
+        )
 
     def test_mix_invariants(self):
         check_op(mix_sprites, torch.softmax(rand(3, 4, 5), -1), rand(5, 4, 6, 6))
@@ -45,8 +47,9 @@ class TestSelection:
     def test_gather_equals_one_hot_mix(self):
         weights = torch.softmax(rand(2, 5, 6), -1)
         sprites = rand(6, 4, 4, 4)
-        torch.testing.assert_close(gather_sprites(weights.argmax(-1), sprites),
-                                   mix_sprites(hard_weights(weights), sprites))
+        torch.testing.assert_close(
+            gather_sprites(weights.argmax(-1), sprites), mix_sprites(hard_weights(weights), sprites)
+        )
 
     def test_gather_exception(self):
         with pytest.raises(ValueError, match="sprite ids must lie in \\[0, 5\\], got min=0, max=6"):

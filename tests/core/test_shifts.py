@@ -16,7 +16,7 @@ def roll_with_fill(sprites, dx, dy):
     out = sprites[:, :, ys][:, :, :, xs].clone()
     inside_y = ((torch.arange(s) - dy) >= 0) & ((torch.arange(s) - dy) < s)
     inside_x = ((torch.arange(s) - dx) >= 0) & ((torch.arange(s) - dx) < s)
-    out[:, 3] *= (inside_y[:, None] & inside_x[None, :])
+    out[:, 3] *= inside_y[:, None] & inside_x[None, :]
     return out
 
 
@@ -31,8 +31,9 @@ class TestShiftBilinear:
         dy = data.draw(st.integers(-half, half))
         sprites = rand(2, 4, 2 * cell, 2 * cell, seed=seed, dtype=torch.float64)
         offsets = torch.tensor([[dx / cell, dy / cell]] * 2, dtype=torch.float64)
-        torch.testing.assert_close(shift_bilinear(sprites, offsets),
-                                   roll_with_fill(sprites, dx, dy))
+        torch.testing.assert_close(
+            shift_bilinear(sprites, offsets), roll_with_fill(sprites, dx, dy)
+        )
 
     def test_zero_offset_is_identity(self):
         sprites = rand(3, 4, 8, 8)
@@ -42,8 +43,9 @@ class TestShiftBilinear:
     def test_reference(self, seed):
         sprites = rand(3, 4, 6, 6, seed=seed, dtype=torch.float64)
         offsets = rand(3, 2, seed=seed + 1, dtype=torch.float64) - 0.5
-        torch.testing.assert_close(shift_bilinear(sprites, offsets),
-                                   shift_bilinear_reference(sprites, offsets))
+        torch.testing.assert_close(
+            shift_bilinear(sprites, offsets), shift_bilinear_reference(sprites, offsets)
+        )
 
     def test_x_moves_columns_y_moves_rows(self):
         sprites = torch.zeros(1, 4, 8, 8)
@@ -74,8 +76,9 @@ class TestShiftDiscrete:
         sprites = rand(2, 4, 2 * cell, 2 * cell, seed=seed, dtype=torch.float64)
         wx = torch.softmax(rand(2, cell + 1, seed=seed + 1, dtype=torch.float64) * 4, -1)
         wy = torch.softmax(rand(2, cell + 1, seed=seed + 2, dtype=torch.float64) * 4, -1)
-        torch.testing.assert_close(shift_discrete(sprites, wx, wy),
-                                   shift_discrete_reference(sprites, wx, wy))
+        torch.testing.assert_close(
+            shift_discrete(sprites, wx, wy), shift_discrete_reference(sprites, wx, wy)
+        )
 
     def test_index_zero_moves_right_and_down(self):
         sprites = torch.zeros(1, 4, 8, 8)

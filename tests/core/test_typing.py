@@ -49,11 +49,20 @@ def test_checks_switch_off_and_back():
 def test_environment_switch():
     code = "import marionette.core as c; print(c.typecheck_enabled())"
     for value, expected in (("0", "False"), ("1", "True")):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env={"MARIONETTE_TYPECHECK": value, "PATH": ""}, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={"MARIONETTE_TYPECHECK": value, "PATH": ""},
+            check=True,
+        )
         assert out.stdout.strip() == expected
-    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"MARIONETTE_TYPECHECK": "maybe", "PATH": ""})
+    bad = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"MARIONETTE_TYPECHECK": "maybe", "PATH": ""},
+    )
     assert "MARIONETTE_TYPECHECK must be 0 or 1, got 'maybe'" in bad.stderr
 
 

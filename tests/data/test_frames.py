@@ -25,8 +25,12 @@ class TestSorting:
 
     def test_moc_names_sort_by_stack_then_time(self):
         names = ["00002_0.png", "00001_3.png", "00010_1.png", "00001_10.png"]
-        assert sorted(names, key=frame_sort_key) == ["00001_3.png", "00001_10.png",
-                                                     "00002_0.png", "00010_1.png"]
+        assert sorted(names, key=frame_sort_key) == [
+            "00001_3.png",
+            "00001_10.png",
+            "00002_0.png",
+            "00010_1.png",
+        ]
 
     def test_names_without_numbers(self, tmp_path):
         write_frames(tmp_path, ["a.png", "1.png"])
@@ -56,7 +60,7 @@ class TestImageModes:
         if mode == "RGB":
             np.testing.assert_array_equal(loaded, array)
         if mode in ("L", "I;16"):
-            assert (loaded[..., 0] == loaded[..., 1]).all() and (loaded[..., 1] == loaded[..., 2]).all()
+            assert (loaded == loaded[..., :1]).all()
         if mode == "I;16":
             np.testing.assert_array_equal(loaded[..., 0], array[..., 0])
 
@@ -137,7 +141,7 @@ class TestFolderErrors:
 
     def test_no_images(self, tmp_path):
         (tmp_path / "notes.txt").write_text("x")
-        with pytest.raises(ValueError, match="holds no .png or .jpg frames \\(found \\['notes.txt'\\]"):
+        with pytest.raises(ValueError, match="no .png or .jpg frames \\(found \\['notes.txt'"):
             FrameFolder(tmp_path)
 
     def test_unfinished_dataset(self, tmp_path):
@@ -165,11 +169,15 @@ class TestStacks:
         names = [f"{i}.png" for i in range(7)]
         write_frames(tmp_path, names)
         (tmp_path / "index.csv").write_text(
-            "frame,clip,t\n" + "".join(f"{i}.png,{0 if i < 3 else 1},{i if i < 3 else i - 3}\n"
-                                       for i in range(7)))
+            "frame,clip,t\n"
+            + "".join(f"{i}.png,{0 if i < 3 else 1},{i if i < 3 else i - 3}\n" for i in range(7))
+        )
         stacks = FrameStacks(FrameFolder(tmp_path), 3)
         assert [list(stacks.indices(i)) for i in range(len(stacks))] == [
-            [0, 1, 2], [3, 4, 5], [4, 5, 6]]
+            [0, 1, 2],
+            [3, 4, 5],
+            [4, 5, 6],
+        ]
         item = stacks[1]
         assert item.shape == (3, 3, 6, 8) and item.dtype == torch.float32
         assert item.min() >= 0 and item.max() <= 1
@@ -184,13 +192,15 @@ class TestStacks:
     def test_stack_longer_than_every_clip(self, tmp_path):
         names = [f"{s:05d}_{t}.png" for s in range(2) for t in range(4)]
         write_frames(tmp_path, names)
-        with pytest.raises(ValueError, match="frames_per_item=5 is larger than every clip .* "
-                                             "longest has 4"):
+        with pytest.raises(
+            ValueError, match="frames_per_item=5 is larger than every clip .* longest has 4"
+        ):
             FrameStacks(FrameFolder(tmp_path), 5)
 
     def test_short_clips_are_skipped_with_a_warning(self):
-        frames = InMemoryFrames(torch.zeros(5, 3, 2, 2, dtype=torch.uint8),
-                                clips=[0, 0, 0, 1, 1], times=[0, 1, 2, 0, 1])
+        frames = InMemoryFrames(
+            torch.zeros(5, 3, 2, 2, dtype=torch.uint8), clips=[0, 0, 0, 1, 1], times=[0, 1, 2, 0, 1]
+        )
         with pytest.warns(UserWarning, match="1 of 2 clips are shorter"):
             stacks = FrameStacks(frames, 3)
         assert len(stacks) == 1
@@ -202,9 +212,13 @@ class TestStacks:
             FrameFolder(tmp_path)
 
     def test_batch_size_not_divisible_by_four(self):
-        frames = InMemoryFrames(torch.arange(10, dtype=torch.uint8)[:, None, None, None]
-                                .expand(10, 3, 1, 1).contiguous(),
-                                clips=[0] * 5 + [1] * 5, times=list(range(5)) * 2)
+        frames = InMemoryFrames(
+            torch.arange(10, dtype=torch.uint8)[:, None, None, None]
+            .expand(10, 3, 1, 1)
+            .contiguous(),
+            clips=[0] * 5 + [1] * 5,
+            times=list(range(5)) * 2,
+        )
         stacks = FrameStacks(frames, 4)
         loader = torch.utils.data.DataLoader(stacks, batch_size=3, shuffle=True)
         for batch in loader:

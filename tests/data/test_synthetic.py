@@ -14,8 +14,15 @@ from marionette.data import (
 )
 from marionette.data.synthetic import make_sprite_classes
 
-SMALL = SpriteWorldConfig(height=32, width=48, num_classes=3, sprite_size=(4, 8), objects=(2, 4),
-                          frames_per_clip=5, num_clips=6)
+SMALL = SpriteWorldConfig(
+    height=32,
+    width=48,
+    num_classes=3,
+    sprite_size=(4, 8),
+    objects=(2, 4),
+    frames_per_clip=5,
+    num_clips=6,
+)
 
 
 class TestSpriteWorld:
@@ -62,13 +69,15 @@ class TestSpriteWorld:
         gt = data.groundtruth
         for clip in range(SMALL.num_clips):
             rows = gt.clip == clip
-            pairs = {(int(i), str(c)) for i, c in zip(gt.instance[rows], gt.label[rows],
-                                                     strict=True)}
+            pairs = {
+                (int(i), str(c)) for i, c in zip(gt.instance[rows], gt.label[rows], strict=True)
+            }
             assert len(pairs) == len({i for i, _ in pairs})  # one class per instance
 
     def test_objects_move_and_static_ones_stay(self):
-        data = generate_sprite_world(SpriteWorldConfig(**{**SMALL.__dict__, "static_fraction": 0.5,
-                                                          "num_clips": 20}))
+        data = generate_sprite_world(
+            SpriteWorldConfig(**{**SMALL.__dict__, "static_fraction": 0.5, "num_clips": 20})
+        )
         gt = data.groundtruth
         for flag in (True, False):
             rows = (gt.moving == flag) & (gt.clip == gt.clip[gt.moving == flag][0])
@@ -79,8 +88,9 @@ class TestSpriteWorld:
 
     @pytest.mark.parametrize("background", ["stars", "checker"])
     def test_textured_backgrounds(self, background):
-        data = generate_sprite_world(SpriteWorldConfig(**{**SMALL.__dict__,
-                                                          "background": background}))
+        data = generate_sprite_world(
+            SpriteWorldConfig(**{**SMALL.__dict__, "background": background})
+        )
         empty = data.frames.data[0][:, torch.from_numpy(data.masks[0] < 0)]
         assert len(torch.unique(empty, dim=1).T) > 1
 
@@ -107,8 +117,10 @@ class TestTetrominoes:
 
     def test_nineteen_orientations_and_six_colours(self):
         data = generate_tetrominoes(TetrominoesConfig(num_images=400))
-        shapes = {tuple(map(int, b[2:] - b[:2])) + (str(c),)
-                  for b, c in zip(data.groundtruth.boxes, data.groundtruth.label, strict=True)}
+        shapes = {
+            tuple(map(int, b[2:] - b[:2])) + (str(c),)
+            for b, c in zip(data.groundtruth.boxes, data.groundtruth.label, strict=True)
+        }
         assert len({s[2] for s in shapes}) == 7
         colours = torch.unique(data.frames.data.permute(0, 2, 3, 1).reshape(-1, 3), dim=0)
         assert len(colours) == 7  # six colours and black
@@ -127,8 +139,16 @@ class TestDatasetFolder:
     def test_round_trip(self, tmp_path):
         data = generate_sprite_world(SMALL)
         frames = data.frames.data.permute(0, 2, 3, 1).numpy()
-        out = write_dataset(tmp_path / "world", frames, data.frames.names, data.frames.clips,
-                            data.frames.times, data.settings, data.groundtruth, data.masks)
+        out = write_dataset(
+            tmp_path / "world",
+            frames,
+            data.frames.names,
+            data.frames.clips,
+            data.frames.times,
+            data.settings,
+            data.groundtruth,
+            data.masks,
+        )
         loaded = load_dataset(out)
         assert torch.equal(loaded.frames.frames(range(30)), data.frames.data)
         assert loaded.frames.clips.tolist() == data.frames.clips.tolist()
@@ -157,6 +177,7 @@ class TestDatasetFolder:
         with pytest.raises(ValueError, match="missing \\['class'"):
             GroundTruth.read_csv(tmp_path / "gt.csv")
         (tmp_path / "gt.csv").write_text(
-            "frame,clip,t,class,x0,y0,x1,y1,moving,instance\n0.png,0,0,a,1,2,x,4,1,0\n")
+            "frame,clip,t,class,x0,y0,x1,y1,moving,instance\n0.png,0,0,a,1,2,x,4,1,0\n"
+        )
         with pytest.raises(ValueError, match="gt.csv:2: bad ground-truth row"):
             GroundTruth.read_csv(tmp_path / "gt.csv")

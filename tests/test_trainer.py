@@ -1,0 +1,230 @@
+"""Training, resuming, checkpoints and what goes wrong."""
+
+import csv
+import errno
+import json
+
+import pytest
+import torch
+
+import marionette
+import marionette.trainer as trainer_module
+from marionette.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
+from marionette.config import Config
+from marionette.trainer import ConfigMismatch, TrainingDiverged, train
+
+TINY = dict(
+    synthetic="tiny",
+    synthetic_clips=8,
+    height=32,
+    width=32,
+    layer_size=4,
+    num_classes=4,
+    dim_z=16,
+    bs=2,
+    num_steps=6,
+    log_every=2,
+    checkpoint_every=2,
+    keep_checkpoints=2,
+    image_every=0,
+    transform_encoder="match",
+    selection="match",
+    sprite_init="data",
+    lr=1e-3,
+)
+
+
+def tiny_config(**overrides) -> Config:
+    return Config().replace(**{**TINY, **overrides})
+
+
+def losses(run_dir) -> list[float]:
+    with open(run_dir / "metrics.csv") as handle:
+        return [float(row["loss"]) for row in csv.DictReader(handle)]
+
+
+def quiet_train(config, run_dir, **kwargs):
+    return train(config, run_dir, progress=False, tensorboard=False, **kwargs)
+
+
+class TestTrain:
+    def test_run_directory(self, tmp_path):
+        result = quiet_train(tiny_config(), tmp_path / "run")
+        run = tmp_path / "run"
+        assert result.step == 6
+        assert Config.load(run / "config.json") == tiny_config()
+        assert [p.name for p in list_checkpoints(run)] == ["step_000000002.pt", "step_000000004.pt"]
+        assert (run / "checkpoints" / "final.pt").exists()
+        assert len(losses(run)) == 3
+        for key in ("psnr", "psnr_hard", "presence", "rec_loss", "beta_loss", "probs_loss"):
+            assert key in result.metrics
+
+    def test_reproducible(self, tmp_path):
+        quiet_train(tiny_config(), tmp_path / "a")
+        quiet_train(tiny_config(), tmp_path / "b")
+        assert losses(tmp_path / "a") == losses(tmp_path / "b")
+        quiet_train(tiny_config(seed=3), tmp_path / "c")
+        assert losses(tmp_path / "c") != losses(tmp_path / "a")
+
+    def test_resume_continues_to_the_same_total(self, tmp_path):
+        quiet_train(tiny_config(num_steps=10), tmp_path / "straight")
+        quiet_train(tiny_config(num_steps=4), tmp_path / "resumed")
+        result = quiet_train(tiny_config(num_steps=10), tmp_path / "resumed", resume=True)
+        assert result.step == 10
+        assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+        # running the finished run again trains nothing more
+        again = quiet_train(tiny_config(num_steps=10), tmp_path / "resumed")
+        assert again.step == 10 and len(losses(tmp_path / "resumed")) == 5
+
+    def test_different_configuration_is_refused(self, tmp_path):
+        quiet_train(tiny_config(), tmp_path / "run")
+        with pytest.raises(ConfigMismatch) as info:
+            quiet_train(tiny_config(num_layers=1), tmp_path / "run")
+        assert "num_layers: run has 2, asked for 1" in str(info.value)
+        assert "--resume" in str(info.value) and "new --out" in str(info.value)
+        with pytest.raises(ConfigMismatch, match="num_layers"):
+            quiet_train(tiny_config(num_layers=1), tmp_path / "run", resume=True)
+
+    def test_corrupt_checkpoint_falls_back(self, tmp_path):
+        run = tmp_path / "run"
+        quiet_train(tiny_config(), run)
+        final = run / "checkpoints" / "final.pt"
+        final.write_bytes(final.read_bytes()[:1000])
+        with pytest.warns(UserWarning, match="final.pt is corrupt or truncated"):
+            state, path = latest_checkpoint(run)
+        assert path.name == "step_000000004.pt" and state["step"] == 4
+        with pytest.warns(UserWarning):
+            model, _ = marionette.load(run)
+        assert isinstance(model, marionette.MarioNette)
+
+    def test_no_readable_checkpoint(self, tmp_path):
+        run = tmp_path / "run"
+        quiet_train(tiny_config(num_steps=2, checkpoint_every=100), run)
+        (run / "checkpoints" / "final.pt").write_bytes(b"not a checkpoint")
+        with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="no readable"):
+            latest_checkpoint(run)
+
+    def test_checkpoints_load_without_code(self, tmp_path):
+        quiet_train(tiny_config(num_steps=2), tmp_path / "run")
+        state = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
+        assert state["step"] == 2 and isinstance(state["model"], dict)
+
+    def test_nan_loss_stops_with_the_step_and_last_checkpoint(self, tmp_path, monkeypatch):
+        real = trainer_module.reconstruction_loss
+        calls = {"n": 0}
+
+        def poisoned(*args):
+            calls["n"] += 1
+            value = real(*args)
+            return value * float("nan") if calls["n"] == 4 else value
+
+        monkeypatch.setattr(trainer_module, "reconstruction_loss", poisoned)
+        with pytest.raises(TrainingDiverged, match="loss became nan at step 3.*step_000000002.pt"):
+            quiet_train(tiny_config(), tmp_path / "run")
+
+    def test_interrupt_writes_a_checkpoint_and_resumes(self, tmp_path, monkeypatch):
+        real = trainer_module._loss_terms
+        calls = {"n": 0}
+
+        def interrupt(*args):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+            return real(*args)
+
+        monkeypatch.setattr(trainer_module, "_loss_terms", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            quiet_train(tiny_config(), tmp_path / "run")
+        assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["step"] == 3
+        monkeypatch.setattr(trainer_module, "_loss_terms", real)
+        assert quiet_train(tiny_config(), tmp_path / "run").step == 6
+        quiet_train(tiny_config(), tmp_path / "straight")
+        assert losses(tmp_path / "run")[-1] == losses(tmp_path / "straight")[-1]
+
+    def test_full_disk_keeps_the_good_checkpoint(self, tmp_path, monkeypatch):
+        run = tmp_path / "run"
+        quiet_train(tiny_config(num_steps=2, checkpoint_every=100), run)
+        good = (run / "checkpoints" / "final.pt").read_bytes()
+
+        def full_disk(obj, handle, *args, **kwargs):
+            handle.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(torch, "save", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            quiet_train(tiny_config(num_steps=4, checkpoint_every=100), run, resume=True)
+        # the step-2 state is intact (renamed from final.pt when the run was extended)
+        assert (run / "checkpoints" / "step_000000002.pt").read_bytes() == good
+        assert not [p for p in (run / "checkpoints").iterdir() if p.suffix == ".tmp"]
+
+    def test_frames_not_matching_the_canvas(self, tmp_path):
+        marionette_cli(
+            [
+                "data",
+                "synthetic",
+                "--world",
+                "tiny",
+                "--clips",
+                "2",
+                "--out",
+                str(tmp_path / "frames"),
+            ]
+        )
+        with pytest.raises(ValueError, match="is 32 x 32 .* canvas is 64 x 64; pass a resize"):
+            quiet_train(
+                tiny_config(data=str(tmp_path / "frames"), height=64, width=64), tmp_path / "run"
+            )
+
+    def test_collapse_is_detected(self):
+        t = tiny_config(num_steps=1000).train
+        collapsed = {"presence": 0.001, "psnr": 20.2, "psnr_background": 20.0}
+        healthy = {"presence": 0.08, "psnr": 30.0, "psnr_background": 20.0}
+        assert trainer_module._collapsed(collapsed, 600, t)
+        assert not trainer_module._collapsed(healthy, 600, t)
+        assert not trainer_module._collapsed(collapsed, 100, t)  # too early to tell
+
+
+def marionette_cli(argv):
+    from marionette.cli import main
+
+    return main(argv)
+
+
+@pytest.mark.slow
+def test_learns_the_tiny_world(tmp_path):
+    """End to end: the matched model learns the tiny world's sprites in a few hundred steps."""
+    from marionette.data import FrameStacks
+    from marionette.trainer import build_data
+
+    config = tiny_config(
+        num_steps=300,
+        bs=8,
+        synthetic_clips=64,
+        log_every=50,
+        checkpoint_every=1000,
+        num_classes=8,
+        dim_z=32,
+    )
+    result = quiet_train(config, tmp_path / "run")
+    test = build_data(config, "test")
+    frames = torch.stack([FrameStacks(test, 1)[i] for i in range(0, 200, 4)])
+    model = result.model.eval()
+    with torch.no_grad():
+        soft, hard = model(frames), model(frames, hard=True)
+    soft_psnr = float(marionette.core.psnr(soft.reconstruction, frames))
+    hard_psnr = float(marionette.core.psnr(hard.reconstruction, frames))
+    background_psnr = float(marionette.core.psnr(soft.background, frames))
+    assert soft_psnr > background_psnr + 8, (soft_psnr, background_psnr)
+    assert hard_psnr > soft_psnr - 1.5, (soft_psnr, hard_psnr)
+
+
+def test_config_json_is_readable(tmp_path):
+    quiet_train(tiny_config(num_steps=1), tmp_path / "run")
+    data = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert data["model"]["layer_size"] == 4 and data["train"]["bs"] == 2
+    assert Config.from_dict(data) == tiny_config(num_steps=1)

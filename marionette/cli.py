@@ -159,7 +159,8 @@ def _decompose(args: argparse.Namespace) -> int:
             frames.names[:count],
         )
     out = Path(args.out) if args.out else Path(args.run) / "decomposition"
-    progress = _progress_wrapper(not args.no_progress, "decompose")
+    tqdm = _tqdm_factory(not args.no_progress)
+    progress = (lambda batches: tqdm(batches, desc="decompose", unit="batch")) if tqdm else None
     summary = decompose_frames(
         model,
         frames,
@@ -176,16 +177,6 @@ def _decompose(args: argparse.Namespace) -> int:
     print(f"sprite sheet: {summary['sprite_sheet']}")
     print(f"summary:      {summary['summary']}")
     return 0
-
-
-def _progress_wrapper(enabled: bool, description: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return lambda iterable: tqdm(iterable, desc=description, unit="batch")
 
 
 def _data_synthetic(args: argparse.Namespace) -> int:
@@ -218,6 +209,68 @@ def _data_synthetic(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote {len(frames)} frames of the {args.world!r} world to {out}")
+    return 0
+
+
+def _frame_size(text: str) -> tuple[int, int] | None:
+    """``native``, ``N`` (square) or ``HxW``."""
+    if text == "native":
+        return None
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 8:
+        raise argparse.ArgumentTypeError(
+            f"size must be 'native', N or HxW with sides of at least 8, got {text!r}"
+        )
+    return (parts[0], parts[-1])
+
+
+def _tqdm_factory(enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+def _data_atari(args: argparse.Namespace) -> int:
+    from .data.atari import AtariConfig, generate_atari
+
+    config = AtariConfig(
+        game=args.game,
+        clips=args.clips,
+        frames_per_clip=args.frames_per_clip,
+        frameskip=args.frameskip,
+        seed=args.seed,
+        burn_in=args.burn_in,
+        size=args.size,
+        rows=tuple(args.rows) if args.rows else None,
+        hud=not args.no_hud,
+    )
+    out = generate_atari(
+        args.out,
+        config,
+        args.split,
+        args.layout,
+        overwrite=args.overwrite,
+        progress=_tqdm_factory(not args.no_progress),
+    )
+    print(f"wrote {config.clips} clips of {config.frames_per_clip} {config.game} frames to {out}")
+    return 0
+
+
+def _data_mario(args: argparse.Namespace) -> int:
+    from .data.mario import MarioConfig, generate_mario
+
+    config = MarioConfig(frames=args.frames, every=args.every, size=args.size, seed=args.seed)
+    out = generate_mario(
+        args.out, config, overwrite=args.overwrite, progress=_tqdm_factory(not args.no_progress)
+    )
+    print(f"wrote {config.frames} Super Mario Bros frames to {out}")
     return 0
 
 
@@ -293,6 +346,51 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--seed", type=int)
     synthetic.add_argument("--overwrite", action="store_true")
     synthetic.set_defaults(handler=_data_synthetic)
+
+    atari = generators.add_parser(
+        "atari",
+        help="Atari clips with OCAtari ground truth (pip install 'marionette[atari]')",
+        description="Record clips of consecutive Atari frames with a seeded random policy "
+        "(ALE v5, deterministic frameskip, no sticky actions) and per-frame object boxes from "
+        "OCAtari's RAM mode.",
+    )
+    atari.add_argument("--game", default="SpaceInvaders", help="ALE game name, e.g. Pong")
+    atari.add_argument("--clips", type=int, default=100)
+    atari.add_argument("--frames-per-clip", type=int, default=8)
+    atari.add_argument("--frameskip", type=int, default=2)
+    atari.add_argument("--burn-in", type=int, default=50, help="steps after each reset")
+    atari.add_argument(
+        "--size", type=_frame_size, default=(128, 128), help="N, HxW or native (210x160)"
+    )
+    atari.add_argument(
+        "--rows", type=int, nargs=2, metavar=("Y0", "Y1"), help="crop native rows first"
+    )
+    atari.add_argument("--no-hud", action="store_true", help="leave out score and lives")
+    atari.add_argument("--split", default="train", choices=("train", "validation", "test"))
+    atari.add_argument("--seed", type=int, help="default: 0, 1, 2 for train, validation, test")
+    atari.add_argument(
+        "--layout",
+        default="marionette",
+        choices=("marionette", "moc"),
+        help="moc: also write MOC's layout and CSVs under OUT/moc/",
+    )
+    atari.add_argument("--out", required=True)
+    atari.add_argument("--overwrite", action="store_true")
+    atari.add_argument("--no-progress", action="store_true")
+    atari.set_defaults(handler=_data_atari)
+
+    mario = generators.add_parser(
+        "mario",
+        help="Super Mario Bros frames with Mario's box (pip install 'marionette[mario]')",
+    )
+    mario.add_argument("--frames", type=int, default=2000)
+    mario.add_argument("--every", type=int, default=4, help="save every n-th NES frame")
+    mario.add_argument("--size", type=_frame_size, default=None, help="N, HxW or native")
+    mario.add_argument("--seed", type=int, default=0)
+    mario.add_argument("--out", required=True)
+    mario.add_argument("--overwrite", action="store_true")
+    mario.add_argument("--no-progress", action="store_true")
+    mario.set_defaults(handler=_data_mario)
     return parser
 
 
@@ -303,7 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError) as error:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        KeyError,
+        ImportError,
+    ) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ Layout written by every generator (atomically: the folder appears only once comp
     DIR/dataset.json          generator, settings, seeds, package versions, class names
 """
 
+import contextlib
 import csv
 import importlib.metadata
 import json
@@ -29,6 +30,7 @@ __all__ = [
     "DATASET_FILE",
     "MASKS_FILE",
     "Dataset",
+    "DatasetWriter",
     "load_dataset",
     "package_versions",
     "write_dataset",
@@ -51,6 +53,59 @@ def package_versions(*names: str) -> dict[str, str]:
 
 def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, compress_level=1)
+
+
+class DatasetWriter:
+    """Stream frames into a dataset folder that appears at ``out`` only once complete.
+
+    Use as a context manager: :meth:`add` each frame, write any extra files under
+    :attr:`folder` (the temporary directory), then :meth:`finish`. Leaving the block by an
+    exception, or without :meth:`finish`, removes everything written.
+    """
+
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False) -> None:
+        self.out = Path(out)
+        self._overwrite = overwrite
+        self._stack = contextlib.ExitStack()
+        self._index: list[tuple[str, int, int]] = []
+        self._finished = False
+        self.folder: Path
+
+    def __enter__(self) -> "DatasetWriter":
+        self.folder = self._stack.enter_context(atomic_directory(self.out, self._overwrite))
+        return self
+
+    def __exit__(self, kind, error, trace) -> bool:
+        if kind is None and not self._finished:
+            error = RuntimeError(f"{self.out}: DatasetWriter closed without finish()")
+            self._stack.__exit__(type(error), error, None)
+            raise error
+        return self._stack.__exit__(kind, error, trace)
+
+    def add(self, name: str, frame: np.ndarray, clip: int, t: int) -> None:
+        """Save one RGB uint8 ``[H, W, 3]`` frame as ``name`` with its clip and time index."""
+        _save_png(np.ascontiguousarray(frame), self.folder / name)
+        self._index.append((name, int(clip), int(t)))
+
+    def finish(
+        self,
+        settings: dict,
+        groundtruth: GroundTruth | None = None,
+        masks: np.ndarray | None = None,
+    ) -> None:
+        """Write the index, ground truth, masks and ``dataset.json`` (the last file written)."""
+        with atomic_write(self.folder / INDEX_FILE, "w") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["frame", "clip", "t"])
+            writer.writerows(self._index)
+        if groundtruth is not None:
+            groundtruth.write_csv(self.folder / GROUNDTRUTH_FILE)
+        if masks is not None:
+            names = np.array([name for name, _, _ in self._index])
+            with atomic_write(self.folder / MASKS_FILE) as handle:
+                np.savez_compressed(handle, masks=masks.astype(np.int16), names=names)
+        write_json(self.folder / DATASET_FILE, {"frames": len(self._index), **settings})
+        self._finished = True
 
 
 def write_dataset(
@@ -76,22 +131,11 @@ def write_dataset(
         overwrite: replace an existing folder (only once the new one is complete).
         progress: wraps the frame iterator (e.g. ``tqdm``).
     """
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        iterator = zip(names, frames, strict=True)
-        for name, frame in progress(iterator) if progress else iterator:
-            _save_png(np.ascontiguousarray(frame), tmp / name)
-        with atomic_write(tmp / INDEX_FILE, "w") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["frame", "clip", "t"])
-            writer.writerows(
-                zip(names, np.asarray(clips).tolist(), np.asarray(times).tolist(), strict=True)
-            )
-        if groundtruth is not None:
-            groundtruth.write_csv(tmp / GROUNDTRUTH_FILE)
-        if masks is not None:
-            with atomic_write(tmp / MASKS_FILE) as handle:
-                np.savez_compressed(handle, masks=masks.astype(np.int16), names=np.array(names))
-        write_json(tmp / DATASET_FILE, {"frames": len(names), **settings})
+    rows = zip(names, frames, np.asarray(clips).tolist(), np.asarray(times).tolist(), strict=True)
+    with DatasetWriter(out, overwrite) as writer:
+        for name, frame, clip, t in progress(rows) if progress else rows:
+            writer.add(name, frame, clip, t)
+        writer.finish(settings, groundtruth, masks)
     return Path(out)
 
 

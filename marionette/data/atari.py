@@ -1,0 +1,326 @@
+"""Atari clips with object ground truth: ale-py (bundled ROMs) for frames, OCAtari's RAM mode for
+boxes.
+
+Known pitfalls handled here (see ``docs/data.md``):
+
+* unversioned game names resolve to ``-v4`` with a stochastic frameskip of 2-5: we always build
+  ``ALE/<Game>-v5`` with an explicit ``frameskip`` and ``repeat_action_probability=0``;
+* OCAtari's ``step`` returns ``truncated, terminated`` swapped: we only use their ``or``;
+* OCAtari decides Space Invaders bullet visibility from the previous detection pass, so objects
+  are detected a second time after every step; bullets flicker (drawn on alternate frames), so a
+  bullet is kept only if bullet-coloured pixels lie inside its box;
+* OCAtari's RAM rules do uint8 arithmetic that wraps under numpy 2: the RAM is passed as int64
+  (identical results under numpy 1.26).
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .._io import atomic_write
+from ._screen import fit_screen, import_extra, scale_boxes
+from .dataset import DatasetWriter, package_versions
+from .groundtruth import GroundTruth
+
+__all__ = ["MOC_SIZE", "AtariConfig", "generate_atari", "moc_labels"]
+
+#: Seeds per split when none is given (MOC used 0, 1, 2 for train, validation, test).
+SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+#: Space Invaders bullets are drawn in this colour.
+BULLET_RGB = (142, 142, 142)
+#: MOC's model input size (H, W).
+MOC_SIZE = (128, 128)
+
+
+@dataclass(frozen=True)
+class AtariConfig:
+    """How to record an Atari dataset.
+
+    Attributes:
+        game: ALE game name without version, e.g. ``SpaceInvaders``, ``Pong``, ``MsPacman``.
+        clips, frames_per_clip: number of clips and consecutive frames per clip.
+        frameskip: emulator frames per recorded step (deterministic).
+        seed: seeds the environment and the random policy (default: 0/1/2 for
+            train/validation/test).
+        burn_in: steps after every reset before recording (skips the start screen).
+        gap: range [lo, hi) of random steps between clips (decorrelates clips).
+        size: saved frame size (H, W); None keeps the native 210 x 160.
+        rows: optional crop of native rows (y0, y1) before resizing (e.g. (20, 200) drops the
+            score line).
+        hud: record HUD objects (score, lives) too, flagged as not moving.
+    """
+
+    game: str = "SpaceInvaders"
+    clips: int = 100
+    frames_per_clip: int = 8
+    frameskip: int = 2
+    seed: int | None = None
+    burn_in: int = 50
+    gap: tuple[int, int] = (10, 120)
+    size: tuple[int, int] | None = (128, 128)
+    rows: tuple[int, int] | None = None
+    hud: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("clips", "frames_per_clip", "frameskip"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.gap[0] < self.gap[1]:
+            raise ValueError(f"gap must be a range 0 <= lo < hi, got {self.gap}")
+        if self.size is not None and min(self.size) < 8:
+            raise ValueError(f"size must be at least 8 x 8 pixels, got {self.size}")
+        if self.rows is not None and not 0 <= self.rows[0] < self.rows[1] <= 250:
+            raise ValueError(f"rows must be 0 <= y0 < y1 <= screen height, got {self.rows}")
+
+
+@dataclass
+class _Object:
+    category: str
+    box: tuple[int, int, int, int]  # native x0, y0, x1, y1
+    hud: bool
+    slot: int
+    rgb: tuple[int, int, int]
+
+
+def _make_env(config: AtariConfig):
+    gymnasium = import_extra("gymnasium", "atari")
+    ale_py = import_extra("ale_py", "atari")
+    core = import_extra("ocatari.core", "atari")
+    gymnasium.register_envs(ale_py)
+    env = core.OCAtari(
+        f"ALE/{config.game}-v5",
+        mode="ram",
+        hud=config.hud,
+        obs_mode="ori",
+        render_mode="rgb_array",
+        frameskip=config.frameskip,
+        repeat_action_probability=0.0,
+    )
+    return env, core.detect_objects_ram
+
+
+def _detect(env, detect_objects_ram) -> list[_Object]:
+    """Run OCAtari's RAM detection twice on int64 RAM (see the module notes); present objects."""
+    ram = np.asarray(env.get_ram(), np.int64)
+    for _ in range(2):
+        detect_objects_ram(env.objects, ram, env.game_name, env.hud)
+    objects = []
+    for slot, obj in enumerate(env.objects):
+        if not obj or obj.w <= 0 or obj.h <= 0:
+            continue
+        x, y, w, h = (int(v) for v in obj.xywh)
+        rgb = tuple(int(c) for c in obj.rgb) if getattr(obj, "rgb", None) is not None else (0, 0, 0)
+        objects.append(_Object(obj.category, (x, y, x + w, y + h), bool(obj.hud), slot, rgb))
+    return objects
+
+
+def _drawn(screen: np.ndarray, obj: _Object) -> bool:
+    """Whether a Space Invaders bullet is drawn in this frame (bullets flicker)."""
+    x0, y0, x1, y1 = obj.box
+    patch = screen[max(y0, 0) : y1, max(x0, 0) : x1]
+    return bool((patch == BULLET_RGB).all(axis=-1).any())
+
+
+def moc_labels(game: str, objects: list[_Object]) -> list[str | None]:
+    """MOC's label names for OCAtari objects (None: MOC never labelled it, e.g. pills).
+
+    Space Invaders aliens become ``enemy_0`` .. ``enemy_5`` by the rank of their row among the
+    rows present, top to bottom; MsPacman ghosts are named by their colour; other classes map
+    one to one (see ``docs/data.md``).
+    """
+    names = {
+        "SpaceInvaders": {
+            "Player": "player",
+            "Shield": "block",
+            "Bullet": "bullet",
+            "Satellite": "space_ship",
+            "P1Score": "left_score",
+            "P2Score": "right_score",
+            "Lives": None,
+        },
+        "Pong": {
+            "Player": "player",
+            "Enemy": "enemy",
+            "Ball": "ball",
+            "PlayerScore": "player_score",
+            "EnemyScore": "enemy_score",
+        },
+        "Boxing": {
+            "Player": "white",
+            "Enemy": "black",
+            "PlayerScore": "white_score",
+            "EnemyScore": "black_score",
+            "Clock": "clock",
+        },
+        "MsPacman": {
+            "Player": "pacman",
+            "Pill": None,
+            "PowerPill": None,
+            "Score": "score",
+            "Life": "life1",
+        },
+    }.get(game, {})
+    ghosts = {
+        (180, 122, 48): "sue",
+        (84, 184, 153): "inky",
+        (198, 89, 179): "pinky",
+        (200, 72, 72): "blinky",
+    }
+    alien_rows = sorted({o.box[1] for o in objects if o.category == "Alien"})
+    labels: list[str | None] = []
+    for obj in objects:
+        if game == "SpaceInvaders" and obj.category == "Alien":
+            labels.append(f"enemy_{alien_rows.index(obj.box[1])}")
+        elif game == "MsPacman" and obj.category == "Ghost":
+            labels.append(ghosts.get(obj.rgb, "ghost"))
+        elif game == "MsPacman" and obj.category == "Fruit":
+            labels.append("fruit" if obj.box[1] < 171 else "save_fruit")
+        else:
+            labels.append(names.get(obj.category, obj.category.lower()))
+    return labels
+
+
+def _write_moc(
+    root: Path, split: str, clip: int, t: int, screen: np.ndarray, objects, game: str
+) -> None:
+    """MOC's on-disk files for one frame: raw RGB, 128 x 128 BGR input, and the box CSV with
+    (y_min, y_max, x_min, x_max) normalised by the native 210 x 160 screen, then flag and label."""
+    stem = f"{clip:05d}_{t}"
+    height, width = screen.shape[:2]
+    for kind in ("rgb", "space_like", "bb"):
+        (root / kind / split).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(screen).save(root / "rgb" / split / f"{stem}.png")
+    small = Image.fromarray(screen).resize(MOC_SIZE[::-1], Image.Resampling.LANCZOS)
+    Image.fromarray(np.asarray(small)[..., ::-1].copy()).save(
+        root / "space_like" / split / f"{stem}.png"
+    )
+    with atomic_write(root / "bb" / split / f"{stem}.csv", "w") as handle:
+        for obj, label in zip(objects, moc_labels(game, objects), strict=True):
+            if label is None:
+                continue
+            x0, y0, x1, y1 = obj.box
+            values = np.clip([y0 / height, y1 / height, x0 / width, x1 / width], 0.0, 1.0)
+            flag = "S" if obj.hud else "M"
+            handle.write(",".join(f"{v:.6f}" for v in values) + f",{flag},{label}\n")
+
+
+def generate_atari(
+    out: str | os.PathLike,
+    config: AtariConfig,
+    split: str = "train",
+    layout: str = "marionette",
+    overwrite: bool = False,
+    progress: Callable | None = None,
+) -> Path:
+    """Record ``config.clips`` clips of consecutive frames with a seeded random policy.
+
+    Writes the dataset layout of :mod:`marionette.data.dataset` (frames ``0.png ..``,
+    ``index.csv``, ``groundtruth.csv`` with boxes in pixels of the saved frames, instance = the
+    OCAtari slot, stable within a clip; ``dataset.json``). With ``layout="moc"`` it also writes
+    MOC's layout under ``moc/<Game>-v0/`` (``rgb/``, ``space_like/`` in BGR, ``bb/`` CSVs, y
+    first and normalised) so that MOC's loader and metrics can read the same frames.
+    A clip cut by the end of an episode is dropped and recorded again after a reset.
+    """
+    if layout not in ("marionette", "moc"):
+        raise ValueError(f"layout must be 'marionette' or 'moc', got {layout!r}")
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
+    seed = SPLIT_SEEDS[split] if config.seed is None else config.seed
+    rng = np.random.default_rng(seed)
+    env, detect_objects_ram = _make_env(config)
+    env.action_space.seed(int(rng.integers(2**31)))
+
+    def reset() -> None:
+        env.reset(seed=int(rng.integers(2**31)))
+        advance(config.burn_in)
+
+    def advance(steps: int) -> bool:
+        """Step the underlying ALE env without object detection (4x faster); False if the
+        episode ended (then it was reset). Gymnasium's order here: terminated, truncated."""
+        for _ in range(steps):
+            *_, terminated, truncated, _ = env._env.step(env.action_space.sample())
+            if terminated or truncated:
+                reset()
+                return False
+        return True
+
+    rows, names, dropped = [], [], 0
+    bar = progress(total=config.clips, desc=f"{config.game} {split}") if progress else None
+    moc_root = None
+    with DatasetWriter(out, overwrite) as writer:
+        if layout == "moc":
+            moc_root = writer.folder / "moc" / f"{config.game}-v0"
+        reset()
+        native = env.getScreenRGB().shape[:2]
+        clip = 0
+        while clip < config.clips:
+            advance(int(rng.integers(*config.gap)))
+            recorded = []
+            for _ in range(config.frames_per_clip):
+                *_, truncated, terminated, _ = env.step(env.action_space.sample())
+                if truncated or terminated:
+                    break
+                screen = np.asarray(env.getScreenRGB(), np.uint8)
+                objects = _detect(env, detect_objects_ram)
+                if config.game == "SpaceInvaders":
+                    objects = [o for o in objects if o.category != "Bullet" or _drawn(screen, o)]
+                recorded.append((screen, objects))
+            if len(recorded) < config.frames_per_clip:
+                dropped += 1
+                reset()
+                continue
+            for t, (screen, objects) in enumerate(recorded):
+                name = f"{len(names)}.png"
+                names.append(name)
+                writer.add(name, fit_screen(screen, config.size, config.rows), clip, t)
+                boxes, keep = scale_boxes(
+                    np.array([o.box for o in objects]).reshape(-1, 4),
+                    native,
+                    config.size,
+                    config.rows,
+                )
+                for obj, box, kept in zip(objects, boxes, keep, strict=True):
+                    if kept:
+                        rows.append(
+                            dict(
+                                frame=name,
+                                clip=clip,
+                                t=t,
+                                x0=box[0],
+                                y0=box[1],
+                                x1=box[2],
+                                y1=box[3],
+                                moving=not obj.hud,
+                                instance=obj.slot,
+                                **{"class": obj.category},
+                            )
+                        )
+                if moc_root is not None:
+                    _write_moc(moc_root, split, clip, t, screen, objects, config.game)
+            clip += 1
+            if bar is not None:
+                bar.update()
+        env.close()
+        groundtruth = GroundTruth.from_rows(rows)
+        writer.finish(
+            {
+                "generator": "atari",
+                "env": f"ALE/{config.game}-v5",
+                "split": split,
+                "seed": seed,
+                "layout": layout,
+                "native_size": list(native),
+                "clips_dropped_at_episode_end": dropped,
+                "class_names": groundtruth.class_names,
+                "settings": asdict(config),
+                "versions": package_versions("ale-py", "gymnasium", "ocatari"),
+            },
+            groundtruth,
+        )
+    if bar is not None:
+        bar.close()
+    return Path(out)

@@ -1,0 +1,197 @@
+"""Atari and Super Mario Bros generators: pure helpers always, the emulators with the extras."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from marionette.data import load_dataset
+from marionette.data._screen import fit_screen, scale_boxes
+from marionette.data.atari import BULLET_RGB, AtariConfig, _Object, moc_labels
+from marionette.data.mario import MarioConfig, mario_box
+
+
+class TestScreens:
+    def test_scale_boxes_maps_crop_and_resize(self):
+        # Native 210 x 160, rows 20..200 cropped, resized to 90 x 80: x halves, y halves.
+        boxes = np.array([[10, 30, 20, 50], [0, 0, 4, 10], [150, 190, 170, 230]])
+        out, keep = scale_boxes(boxes, (210, 160), (90, 80), (20, 200))
+        np.testing.assert_allclose(out[0], [5, 5, 10, 15])
+        assert not keep[1]  # entirely above the crop: clipped to zero height
+        np.testing.assert_allclose(out[2], [75, 85, 80, 90])  # clipped to the frame
+        assert keep[0] and keep[2]
+
+    def test_scale_boxes_native_is_identity(self):
+        boxes = np.array([[3.0, 4.0, 9.0, 12.0]])
+        out, keep = scale_boxes(boxes, (210, 160), None, None)
+        np.testing.assert_array_equal(out, boxes)
+        assert keep.all()
+
+    def test_fit_screen_area_average(self):
+        screen = np.zeros((4, 4, 3), np.uint8)
+        screen[0, 0] = 200
+        small = fit_screen(screen, (2, 2), None)
+        assert small.shape == (2, 2, 3)
+        assert small[0, 0, 0] == 50  # mean of the 2 x 2 block
+        assert fit_screen(screen, None, (1, 3)).shape == (2, 4, 3)
+
+
+def _object(category, y, x=10, hud=False, rgb=(0, 0, 0)):
+    return _Object(category, (x, y, x + 8, y + 10), hud, 0, rgb)
+
+
+class TestMocLabels:
+    def test_alien_rows_by_rank_of_the_rows_present(self):
+        objects = [_object("Alien", 49), _object("Alien", 31), _object("Alien", 85)]
+        objects += [_object("Shield", 157), _object("P1Score", 10, hud=True)]
+        labels = moc_labels("SpaceInvaders", objects)
+        assert labels == ["enemy_1", "enemy_0", "enemy_2", "block", "left_score"]
+
+    def test_mspacman_ghosts_by_colour_and_pills_dropped(self):
+        objects = [
+            _object("Ghost", 50, rgb=(200, 72, 72)),
+            _object("Pill", 60),
+            _object("Fruit", 173),
+        ]
+        assert moc_labels("MsPacman", objects) == ["blinky", None, "save_fruit"]
+
+
+class TestMarioBox:
+    def test_small_and_big(self):
+        ram = np.zeros(2048, np.uint8)
+        ram[0xB5], ram[0x86], ram[0x71C], ram[0x3B8] = 1, 100, 40, 176
+        assert mario_box(ram, "small") == (60, 192, 76, 208)
+        assert mario_box(ram, "tall") == (60, 176, 76, 208)
+
+    def test_off_screen(self):
+        ram = np.zeros(2048, np.uint8)
+        ram[0xB5] = 2  # falling out of the bottom
+        assert mario_box(ram, "small") is None
+
+    def test_screen_wraps(self):
+        ram = np.zeros(2048, np.uint8)
+        ram[0xB5], ram[0x86], ram[0x71C] = 1, 10, 250
+        assert mario_box(ram, "small")[0] == 16
+
+
+class TestConfigs:
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            (dict(clips=0), "clips must be at least 1"),
+            (dict(gap=(5, 5)), "gap must be"),
+            (dict(size=(4, 128)), "size must be at least"),
+            (dict(rows=(100, 50)), "rows must be"),
+        ],
+    )
+    def test_atari_bad_settings(self, kwargs, message):
+        with pytest.raises(ValueError, match=message):
+            AtariConfig(**kwargs)
+
+    def test_mario_bad_stage(self):
+        with pytest.raises(ValueError, match="stages must be"):
+            MarioConfig(stages=((9, 1),))
+
+
+@pytest.fixture(scope="class")
+def recorded(tmp_path_factory):
+    pytest.importorskip("ocatari")
+    from marionette.data.atari import generate_atari
+
+    root = tmp_path_factory.mktemp("atari")
+    config = AtariConfig(clips=3, frames_per_clip=4, gap=(5, 20))
+    generate_atari(root / "a", config, layout="moc")
+    generate_atari(root / "b", config)
+    return root, config
+
+
+@pytest.mark.games
+class TestAtari:
+    def test_layout_and_ground_truth(self, recorded):
+        root, config = recorded
+        data = load_dataset(root / "a")
+        assert len(data.frames) == 12 and (data.frames.height, data.frames.width) == (128, 128)
+        assert data.frames.clips.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+        gt = data.groundtruth
+        assert {"Player", "Alien", "Shield"} <= set(gt.class_names)
+        assert (gt.boxes >= 0).all() and (gt.boxes <= 128).all()
+        assert (gt.boxes[:, 2] > gt.boxes[:, 0]).all() and (gt.boxes[:, 3] > gt.boxes[:, 1]).all()
+        assert not gt.moving[np.isin(gt.label, ["P1Score", "P2Score"])].any()
+        info = json.loads((root / "a" / "dataset.json").read_text())
+        assert info["env"] == "ALE/SpaceInvaders-v5" and info["settings"]["frameskip"] == 2
+        assert info["versions"]["ocatari"] == "2.2.1"
+
+    def test_player_boxes_cover_player_pixels(self, recorded):
+        root, _ = recorded
+        data = load_dataset(root / "a")
+        gt = data.groundtruth
+        inside = total = 0
+        for i, name in enumerate(data.frames.names):
+            frame = data.frames.frame(i).numpy().astype(int)
+            green = frame[1] > frame[0] + 40  # the player is green on black
+            green[:100] = green[120:] = False  # his rows (the ground markers below are green too)
+            for row in gt.rows_of(name)[gt.label[gt.rows_of(name)] == "Player"]:
+                x0, y0, x1, y1 = gt.boxes[row].round().astype(int)
+                inside += green[y0:y1, x0:x1].sum()
+            total += green.sum()
+        assert total > 100 and inside > 0.9 * total
+
+    def test_bullets_are_drawn(self, recorded):
+        root, _ = recorded
+        native = root / "a" / "moc" / "SpaceInvaders-v0" / "rgb" / "train"
+        from PIL import Image
+
+        for table in sorted((root / "a" / "moc" / "SpaceInvaders-v0" / "bb" / "train").iterdir()):
+            screen = np.asarray(Image.open(native / table.name.replace(".csv", ".png")))
+            for row in csv.reader(table.open()):
+                assert len(row) == 6 and row[4] in ("M", "S")
+                y0, y1, x0, x1 = (float(v) for v in row[:4])
+                assert 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1
+                if row[5] == "bullet":
+                    patch = screen[
+                        int(y0 * 210) : int(y1 * 210) + 1, int(x0 * 160) : int(x1 * 160) + 1
+                    ]
+                    assert (patch == BULLET_RGB).all(-1).any()
+
+    def test_moc_layout_is_bgr(self, recorded):
+        root, _ = recorded
+        from PIL import Image
+
+        moc = np.asarray(Image.open(root / "a/moc/SpaceInvaders-v0/space_like/train/00000_0.png"))
+        rgb = Image.open(root / "a/moc/SpaceInvaders-v0/rgb/train/00000_0.png")
+        assert moc.shape == (128, 128, 3) and rgb.size == (160, 210)
+        small = np.asarray(rgb.resize((128, 128), Image.Resampling.LANCZOS))
+        np.testing.assert_array_equal(moc, small[..., ::-1])
+
+    def test_same_seed_same_data(self, recorded):
+        root, _ = recorded
+        a, b = load_dataset(root / "a"), load_dataset(root / "b")
+        assert (a.frames.frames(range(12)) == b.frames.frames(range(12))).all()
+        np.testing.assert_array_equal(a.groundtruth.boxes, b.groundtruth.boxes)
+        np.testing.assert_array_equal(a.groundtruth.instance, b.groundtruth.instance)
+
+
+@pytest.mark.games
+def test_mario(tmp_path):
+    pytest.importorskip("nes_py")
+    from marionette.data.mario import generate_mario
+
+    config = MarioConfig(frames=40, size=(120, 128), stages=((1, 1),))
+    generate_mario(tmp_path / "m", config)
+    data = load_dataset(tmp_path / "m")
+    assert len(data.frames) == 40 and (data.frames.height, data.frames.width) == (120, 128)
+    gt = data.groundtruth
+    assert set(gt.label) == {"mario"} and len(gt) >= 30
+    # Mario is red/brown on the blue sky of 1-1: his box holds red pixels.
+    for i in range(0, 40, 10):
+        rows = gt.rows_of(f"{i}.png")
+        if len(rows):
+            x0, y0, x1, y1 = gt.boxes[rows[0]].round().astype(int)
+            patch = data.frames.frame(i).numpy()[:, y0:y1, x0:x1].astype(int)
+            assert ((patch[0] > 150) & (patch[2] < 100)).any()
+    info = json.loads((tmp_path / "m" / "dataset.json").read_text())
+    assert info["furthest_x_per_clip"][0] > 100  # the policy moves right
+    generate_mario(tmp_path / "n", config)
+    again = load_dataset(tmp_path / "n")
+    np.testing.assert_array_equal(again.groundtruth.boxes, gt.boxes)

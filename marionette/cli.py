@@ -212,6 +212,94 @@ def _data_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .api import load
+    from .data import load_dataset
+    from .eval import evaluate, first_frames, flatten_metrics, write_metrics
+    from .trainer import build_eval_data, resolve_device
+
+    model, config = load(args.run, args.checkpoint)
+    if args.data:
+        data = load_dataset(
+            args.data, (config.model.height, config.model.width), args.resize or config.data.resize
+        )
+    else:
+        data = build_eval_data(config)
+        if data is None:
+            raise ValueError(f"{args.run} trained on data without ground truth; pass --data DIR")
+    data = first_frames(data, args.frames)
+    metrics = evaluate(
+        model, data, args.code, args.game, args.seed, args.batch_size, resolve_device(args.device)
+    )
+    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    step = _run_step(Path(args.run))
+    path = write_metrics(out, metrics, step)
+    if not args.no_tensorboard:
+        _log_tensorboard(Path(args.run) / "tensorboard", metrics, step)
+    flat = flatten_metrics(metrics)
+    shown = [k for k in flat if k.startswith("relevant/") and "/std/" not in k and "/ap/" not in k]
+    shown += [
+        k
+        for k in ("relevant/ap/mean", "temporal/sprite", "temporal/code_nn", "foreground_ari")
+        if k in flat
+    ]
+    print(f"evaluated {metrics['frames']} frames, {metrics['objects']} objects ({args.code} codes)")
+    for key in shown:
+        value = flat[key]
+        print(f"  {key:36s} {value:.4f}" if isinstance(value, float) else f"  {key:36s} {value}")
+    print(f"metrics: {path} (and a row in {out / 'metrics_eval.csv'})")
+    return 0
+
+
+def _run_step(run_dir: Path) -> int | None:
+    """The step of a run's newest logged metrics (None if it has none)."""
+    table = run_dir / "metrics.csv"
+    if not table.exists():
+        return None
+    lines = table.read_text().strip().splitlines()
+    return int(float(lines[-1].split(",")[0])) if len(lines) > 1 else None
+
+
+def _log_tensorboard(directory: Path, metrics: dict, step: int | None) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    from .eval import flatten_metrics
+
+    with SummaryWriter(str(directory)) as writer:
+        for key, value in flatten_metrics(metrics).items():
+            if isinstance(value, int | float):
+                writer.add_scalar(f"eval/{key}", value, step or 0)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import parse_grid, run_sweep, summarise
+
+    grid = parse_grid(args.grid)
+    base = _base_config(args)
+    if args.set:
+        base = base.replace(**parse_grid_settings(args.set))
+    runs = run_sweep(
+        base, grid, args.out, evaluate_runs=not args.no_eval, progress=not args.no_progress
+    )
+    summarise(args.out, runs, grid)
+    print(Path(args.out, "summary.md").read_text())
+    print(f"table: {Path(args.out) / 'summary.csv'} and summary.md")
+    return 0
+
+
+def parse_grid_settings(items: list[str]) -> dict[str, str]:
+    """``["num_steps=500"]`` -> ``{"num_steps": "500"}`` (fixed settings of a sweep)."""
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set entries must look like key=value, got {item!r}")
+        settings[key.strip().replace("-", "_")] = value.strip()
+    return settings
+
+
 def _frame_size(text: str) -> tuple[int, int] | None:
     """``native``, ``N`` (square) or ``HxW``."""
     if text == "native":
@@ -331,6 +419,51 @@ def build_parser() -> argparse.ArgumentParser:
     decompose.add_argument("--device", default="auto")
     decompose.add_argument("--no-progress", action="store_true")
     decompose.set_defaults(handler=_decompose)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate a run's objects against ground truth (few-shot, AMI, detection, ...)",
+        description="Evaluate the objects of a trained run against ground truth (the "
+        "generators' groundtruth.csv). Writes metrics.json and a row of metrics_eval.csv.",
+    )
+    evaluation.add_argument("--run", required=True, help="run directory")
+    evaluation.add_argument(
+        "--data", help="dataset folder with groundtruth.csv (default: the run's held-out data)"
+    )
+    evaluation.add_argument("--out", help="output folder (default: RUN/eval)")
+    evaluation.add_argument("--checkpoint", help="a specific checkpoint file")
+    evaluation.add_argument(
+        "--code",
+        default="codes",
+        choices=("codes", "queries", "weights"),
+        help="object vector: anchor code (MOC's z_what), projected query, or selection weights",
+    )
+    evaluation.add_argument("--game", help="HUD filter of the relevant view (default: the data's)")
+    evaluation.add_argument("--frames", type=int, default=0, help="only the first N frames")
+    evaluation.add_argument("--seed", type=int, default=0, help="k-means and random splits")
+    evaluation.add_argument("--resize", choices=_CHOICES["resize"])
+    evaluation.add_argument("--batch-size", type=int, default=32)
+    evaluation.add_argument("--device", default="auto")
+    evaluation.add_argument("--no-tensorboard", action="store_true")
+    evaluation.set_defaults(handler=_eval)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train and evaluate a grid of settings and seeds; mean +- std table",
+        description="Train every combination of --grid on top of --preset/--config (and --set), "
+        "each in OUT/<settings>, evaluate it, and write OUT/summary.csv and summary.md with "
+        "mean +- std over seeds. Finished runs are skipped, interrupted ones resume.",
+    )
+    sweep.add_argument(
+        "--grid", nargs="+", required=True, help="key=v1,v2 ... e.g. seed=0,1,2 aow=0,10"
+    )
+    sweep.add_argument("--set", nargs="+", help="fixed settings key=value for every run")
+    sweep.add_argument("--preset")
+    sweep.add_argument("--config")
+    sweep.add_argument("--out", required=True)
+    sweep.add_argument("--no-eval", action="store_true")
+    sweep.add_argument("--no-progress", action="store_true")
+    sweep.set_defaults(handler=_sweep)
 
     data = commands.add_parser("data", help="generate datasets (synthetic worlds, Atari, Mario)")
     generators = data.add_subparsers(dest="generator", required=True)

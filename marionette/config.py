@@ -119,6 +119,9 @@ class DataConfig:
             T >= 2).
         resize: how frames of another size reach the canvas: ``keep``, ``crop``, ``resize``,
             ``pad``.
+        eval_data: a dataset folder with ``groundtruth.csv`` for evaluations during training
+            (default: the synthetic world's held-out clips, or ``data`` if it has ground truth).
+        eval_frames: frames evaluated during training (the first N; 0: all).
     """
 
     data: str | None = None
@@ -126,6 +129,8 @@ class DataConfig:
     synthetic_clips: int = 0
     frames_per_item: int = 1
     resize: str = "keep"
+    eval_data: str | None = None
+    eval_frames: int = 512
 
     def __post_init__(self) -> None:
         if self.frames_per_item < 1:
@@ -196,6 +201,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.train.aow > 0 and self.data.frames_per_item < 2:
+            raise ValueError(
+                f"the consistency loss (aow = {self.train.aow}) compares consecutive frames: "
+                f"frames_per_item must be at least 2, got {self.data.frames_per_item} "
+                f"(e.g. --frames-per-item 4)"
+            )
 
     @staticmethod
     def names() -> list[str]:

@@ -22,6 +22,7 @@ from .config import Config
 from .core import (
     MarioNette,
     beta_prior_loss,
+    encoding_consistency,
     estimate_background_color,
     foreground_patches,
     presence_loss,
@@ -30,8 +31,10 @@ from .core import (
     set_typecheck,
     typecheck_enabled,
 )
-from .data import FrameFolder, FrameSource, FrameStacks, generate
+from .data import Dataset, FrameFolder, FrameSource, FrameStacks, generate, load_dataset
 from .data.frames import adapt_frames
+from .data.synthetic import GeneratedData
+from .eval import evaluate, first_frames, flatten_metrics, write_metrics
 from .monitor import Monitor
 from .viz import panel, sprite_sheet
 
@@ -53,6 +56,8 @@ RESUMABLE = {
     "checkpoint_every",
     "keep_checkpoints",
     "eval_every",
+    "eval_data",
+    "eval_frames",
     "device",
     "precision",
     "threads",
@@ -91,22 +96,57 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _synthetic(config: Config, split: str) -> GeneratedData:
+    model, data = config.model, config.data
+    overrides = {}
+    if data.synthetic_clips and split == "train":
+        key = "num_images" if data.synthetic == "tetrominoes" else "num_clips"
+        overrides[key] = data.synthetic_clips
+    if data.synthetic != "tetrominoes":  # sprite worlds are drawn at the canvas size
+        overrides.update(height=model.height, width=model.width)
+    return generate(data.synthetic, split, **overrides)
+
+
 def build_data(config: Config, split: str = "train") -> FrameSource:
     """The frames a configuration trains on (``split="test"``: held-out synthetic clips)."""
     model, data = config.model, config.data
     size = (model.height, model.width)
     if data.data is not None:
         return FrameFolder(data.data, size, data.resize)
-    overrides = {}
-    if data.synthetic_clips:
-        key = "num_images" if data.synthetic == "tetrominoes" else "num_clips"
-        overrides[key] = data.synthetic_clips
-    if data.synthetic != "tetrominoes":  # sprite worlds are drawn at the canvas size
-        overrides.update(height=model.height, width=model.width)
-    frames = generate(data.synthetic, split, **overrides).frames
+    frames = _synthetic(config, split).frames
     if (frames.height, frames.width) != size:
         frames = adapt_frames(frames, size, data.resize, what=f"synthetic world {data.synthetic!r}")
     return frames
+
+
+def build_eval_data(config: Config) -> Dataset | None:
+    """Frames with ground truth to evaluate on: ``eval_data``, else the training folder if it
+    has a ``groundtruth.csv``, else the synthetic world's held-out clips (None: nothing)."""
+    model, data = config.model, config.data
+    size = (model.height, model.width)
+    folder = data.eval_data or data.data
+    if folder is not None:
+        dataset = load_dataset(folder, size, data.resize)
+        return dataset if dataset.groundtruth is not None else None
+    generated = _synthetic(config, "test")
+    frames, masks = generated.frames, generated.masks
+    if (frames.height, frames.width) != size:
+        if data.resize != "pad":
+            raise ValueError(
+                f"synthetic world {data.synthetic!r} is {frames.height} x {frames.width}; its "
+                f"ground truth matches the canvas only with resize 'pad' (extends right/bottom)"
+            )
+        frames = adapt_frames(frames, size, "pad")
+        masks = np.pad(
+            masks[:, : size[0], : size[1]],
+            (
+                (0, 0),
+                (0, size[0] - min(size[0], masks.shape[1])),
+                (0, size[1] - min(size[1], masks.shape[2])),
+            ),
+            constant_values=-1,
+        )
+    return Dataset(frames, generated.groundtruth, masks, {"settings": generated.settings})
 
 
 def build_model(config: Config, frames: FrameSource | None = None) -> MarioNette:
@@ -217,6 +257,13 @@ def _loss_terms(model: MarioNette, frames: torch.Tensor, config: Config, step: i
         hard = model.render(encoding, frames.shape[0], hard=True, straight_through=True)
         terms["hard_rec_loss"] = reconstruction_loss(hard.reconstruction.float(), frames.float())
         total = total + mix * terms["hard_rec_loss"]
+    if t.aow > 0 and frames.shape[1] > 1:
+        consistency = encoding_consistency(
+            encoding, frames.shape[0], model.grid, t.consistency_code, t.consistency_radius
+        )
+        terms["consistency_loss"] = consistency.loss
+        terms["matched_objects"] = consistency.matched.float()
+        total = total + t.aow * ramp(step, t.aow_warmup) * consistency.loss
     terms["loss"] = total
     return terms, encoding, out
 
@@ -270,6 +317,7 @@ def train(
     )
     _seed_everything(t.seed)
     source = build_data(config)
+    eval_data = None  # built at the first evaluation
     stacks = FrameStacks(source, config.data.frames_per_item)
     model = build_model(config, source).to(device)
     if device.type == "cuda":
@@ -367,6 +415,13 @@ def train(
                 )
                 if t.image_every and step % t.image_every == 0:
                     monitor.images(step, _panels(model, encoding, out, frames))
+                if t.eval_every and step % t.eval_every == 0:
+                    if eval_data is None:
+                        eval_data = _eval_data_or_warn(config)
+                    if eval_data is not False:
+                        monitor.scalars(
+                            step, _evaluate_during_training(model, eval_data, run_dir, step, device)
+                        )
                 if step % t.checkpoint_every == 0 and step < t.num_steps:
                     checkpoint()
     except KeyboardInterrupt:
@@ -386,6 +441,44 @@ def train(
     if interrupted:
         raise KeyboardInterrupt(f"training interrupted at step {step}")
     return TrainResult(run_dir, step, metrics, model, config)
+
+
+def _eval_data_or_warn(config: Config):
+    data = build_eval_data(config)
+    if data is None:
+        warnings.warn(
+            "eval_every is set but there is no ground truth to evaluate on; set eval_data to a "
+            "dataset folder with groundtruth.csv",
+            stacklevel=3,
+        )
+        return False
+    return first_frames(data, config.data.eval_frames)
+
+
+def _evaluate_during_training(model, data, run_dir: Path, step: int, device) -> dict[str, float]:
+    """Evaluate, write ``RUN/eval/metrics.json`` and a CSV row; scalars for the monitor."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # too few classes early on is expected
+        metrics = evaluate(model, data, device=device)
+    model.train()
+    write_metrics(run_dir / "eval", metrics, step)
+    flat = flatten_metrics(metrics)
+    keep = (
+        "objects_per_frame",
+        "f_score",
+        "ami",
+        "ari",
+        "few_shot/mean",
+        "sprite_purity",
+        "temporal",
+        "foreground_ari",
+        "ap/mean",
+    )
+    return {
+        f"eval/{k}": float(v)
+        for k, v in flat.items()
+        if isinstance(v, int | float) and any(part in k for part in keep) and "/std/" not in k
+    }
 
 
 def _raise_interrupt(signum, frame):  # pragma: no cover - exercised through a subprocess

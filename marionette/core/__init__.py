@@ -15,6 +15,7 @@ from .compositing import (
     gate_presence,
     plane_order,
 )
+from .consistency import CODE_KINDS, consistency_loss, encoding_consistency
 from .dictionary import SpriteDictionary, decode_sprites, foreground_patches
 from .encoders import CompensatedConv2d, GridEncoder, MLPHead, compensated_conv2d
 from .geometry import Grid, footprint_boxes, global_centers, window_origins
@@ -33,6 +34,9 @@ from .selection import (
 from .shifts import discrete_offsets, match_offsets, shift_bilinear, shift_discrete
 
 __all__ = [
+    "CODE_KINDS",
+    "consistency_loss",
+    "encoding_consistency",
     "PARITY_GROUPS",
     "ColorBackground",
     "CompensatedConv2d",

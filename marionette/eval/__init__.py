@@ -1,0 +1,54 @@
+"""Object-representation evaluation (the MOC / SPACE-Time protocol, without its bugs).
+
+Predicted objects are the present slots of the hard decomposition with their global
+alpha-footprint boxes; each gets the class of the ground-truth box it covers (intersection /
+box area >= 0.5). On top: few-shot accuracy, AMI / ARI of k-means, sprite purity, detection
+precision / recall / F-score and AP, temporal consistency and foreground ARI.
+"""
+
+from .evaluate import (
+    check_groundtruth,
+    evaluate,
+    first_frames,
+    flatten_metrics,
+    temporal_consistency,
+    write_metrics,
+)
+from .labels import HUD_FILTERS, NO_LABEL, VIEWS, assign_labels, box_overlap, view_labels
+from .metrics import (
+    SHOTS,
+    average_precision,
+    box_iou,
+    clustering_scores,
+    few_shot_accuracy,
+    foreground_ari,
+    precision_recall,
+    sprite_purity,
+)
+from .objects import ObjectTable, collect_objects, slot_segmentation
+
+__all__ = [
+    "HUD_FILTERS",
+    "NO_LABEL",
+    "SHOTS",
+    "VIEWS",
+    "ObjectTable",
+    "assign_labels",
+    "average_precision",
+    "box_iou",
+    "box_overlap",
+    "check_groundtruth",
+    "clustering_scores",
+    "collect_objects",
+    "evaluate",
+    "few_shot_accuracy",
+    "first_frames",
+    "flatten_metrics",
+    "foreground_ari",
+    "precision_recall",
+    "slot_segmentation",
+    "sprite_purity",
+    "temporal_consistency",
+    "view_labels",
+    "write_metrics",
+]

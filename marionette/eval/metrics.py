@@ -1,0 +1,191 @@
+"""Object-representation metrics of the MOC protocol, re-implemented on plain arrays.
+
+Representation: few-shot accuracy (ridge classifier), AMI / ARI of seeded k-means, purity of the
+sprite id. Detection: precision / recall / F-score with MOC's centre-distance criterion, and
+11-point AP at IoU thresholds 0.1 .. 0.9. Temporal: whether a ground-truth instance keeps its
+sprite and its code across consecutive frames. Segmentation: foreground ARI.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.linear_model import RidgeClassifier
+from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
+
+__all__ = [
+    "SHOTS",
+    "average_precision",
+    "box_iou",
+    "clustering_scores",
+    "few_shot_accuracy",
+    "foreground_ari",
+    "precision_recall",
+    "sprite_purity",
+]
+
+SHOTS = (1, 4, 16, 64)
+
+
+def _few_shot_once(codes, labels, train, test, shots) -> dict[int, float]:
+    results = {}
+    for k in shots:
+        chosen = np.concatenate([train[labels[train] == c][:k] for c in np.unique(labels[train])])
+        if len(np.unique(labels[chosen])) < 2:
+            results[k] = float(np.mean(labels[test] == labels[chosen[0]]))
+            continue
+        classifier = RidgeClassifier().fit(codes[chosen], labels[chosen])
+        results[k] = float(np.mean(classifier.predict(codes[test]) == labels[test]))
+    return results
+
+
+def few_shot_accuracy(
+    codes: np.ndarray,
+    labels: np.ndarray,
+    shots: Sequence[int] = SHOTS,
+    repeats: int = 10,
+    seed: int = 0,
+    test_fraction: float = 0.1,
+) -> dict[str, dict[int, float]] | None:
+    """Ridge-classifier accuracy from k labelled objects per class, k in ``shots``.
+
+    ``ordered``: MOC's split, the first 90 % of objects (data order) form the training pool and
+    the last 10 % the test set; the first k of each class train. ``mean`` / ``std``: the same
+    over ``repeats`` seeded random 90 / 10 splits (random k per class). Test classes absent from
+    training count as errors. None when fewer than 2 classes are present.
+    """
+    labels = np.asarray(labels).astype(str)
+    codes = np.asarray(codes, np.float64)
+    if len(np.unique(labels)) < 2 or len(labels) < 10:
+        return None
+    n = len(labels)
+    cut = int(round(n * (1 - test_fraction)))
+    order = np.arange(n)
+    result = {"ordered": _few_shot_once(codes, labels, order[:cut], order[cut:], shots)}
+    rng = np.random.default_rng(seed)
+    runs = []
+    for _ in range(repeats):
+        perm = rng.permutation(n)
+        runs.append(_few_shot_once(codes, labels, perm[:cut], perm[cut:], shots))
+    result["mean"] = {k: float(np.mean([r[k] for r in runs])) for k in shots}
+    result["std"] = {k: float(np.std([r[k] for r in runs])) for k in shots}
+    return result
+
+
+def clustering_scores(codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict | None:
+    """AMI and ARI of k-means (k = number of classes, k-means++, 10 starts, seeded) against the
+    labels; None with fewer than 2 classes or fewer objects than classes."""
+    labels = np.asarray(labels).astype(str)
+    classes = len(np.unique(labels))
+    if classes < 2 or len(labels) < classes:
+        return None
+    clusters = KMeans(classes, n_init=10, random_state=seed).fit_predict(np.asarray(codes, float))
+    return {
+        "ami": float(adjusted_mutual_info_score(labels, clusters)),
+        "ari": float(adjusted_rand_score(labels, clusters)),
+    }
+
+
+def sprite_purity(sprites: np.ndarray, labels: np.ndarray) -> float | None:
+    """Purity of the sprite id as a clustering: sum over sprites of their most common class
+    count, divided by the number of objects (1: every sprite shows one class)."""
+    if len(labels) == 0:
+        return None
+    labels = np.asarray(labels).astype(str)
+    total = 0
+    for sprite in np.unique(sprites):
+        _, counts = np.unique(labels[sprites == sprite], return_counts=True)
+        total += counts.max()
+    return float(total / len(labels))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union ``[N, M]`` of (x0, y0, x1, y1) boxes."""
+    a = np.asarray(a, np.float64).reshape(-1, 1, 4)
+    b = np.asarray(b, np.float64).reshape(1, -1, 4)
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = w * h
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / np.maximum(area_a + area_b - inter, 1e-12)
+
+
+def _centre_score(pred: np.ndarray, gt: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """MOC's hit score max(0, 1 - ||c_pred - c_gt|| / diag(gt)), in coordinates normalised by
+    the frame's width (x) and height (y) separately, ``[N, M]``."""
+    scale = np.array([size[1], size[0]] * 2, np.float64)
+    p = np.asarray(pred, np.float64).reshape(-1, 4) / scale
+    g = np.asarray(gt, np.float64).reshape(-1, 4) / scale
+    pc = (p[:, :2] + p[:, 2:]) / 2
+    gc = (g[:, :2] + g[:, 2:]) / 2
+    distance = np.linalg.norm(pc[:, None] - gc[None], axis=-1)
+    diagonal = np.linalg.norm(g[:, 2:] - g[:, :2], axis=-1)
+    return np.clip(1 - distance / np.maximum(diagonal, 1e-12)[None], 0, None)
+
+
+def _greedy_hits(frames, score_fn, threshold):
+    """Per frame, predictions by falling confidence take their best-scoring ground-truth box if
+    the score exceeds ``threshold`` and the box is still free (no fall-back to the second best).
+    Returns (confidences, hits) over all predictions and the number of ground-truth boxes."""
+    confidences, hits, total = [], [], 0
+    for pred, conf, gt in frames:
+        total += len(gt)
+        order = np.argsort(-np.asarray(conf), kind="stable")
+        confidences.append(np.asarray(conf, np.float64)[order])
+        hit = np.zeros(len(order), bool)
+        if len(gt) and len(order):
+            score = score_fn(np.asarray(pred)[order], gt)
+            used = np.zeros(len(gt), bool)
+            for n, row in enumerate(score):
+                best = int(row.argmax())
+                if row[best] > threshold and not used[best]:
+                    used[best] = hit[n] = True
+        hits.append(hit)
+    if not confidences:
+        return np.zeros(0), np.zeros(0, bool), total
+    return np.concatenate(confidences), np.concatenate(hits), total
+
+
+def precision_recall(frames, size: tuple[int, int]) -> dict[str, float]:
+    """Precision, recall and F-score with the centre-distance criterion (hit if the centre lies
+    within half the ground-truth diagonal, in normalised coordinates), over all detections.
+
+    ``frames``: iterable of (pred_boxes [N, 4], confidences [N], gt_boxes [M, 4]) in pixels.
+    """
+    _, hits, total = _greedy_hits(frames, lambda p, g: _centre_score(p, g, size), 0.5)
+    precision = float(hits.mean()) if len(hits) else 0.0
+    recall = float(hits.sum() / total) if total else 0.0
+    f_score = 2 * precision * recall / (precision + recall + 1e-8)
+    return {"precision": precision, "recall": recall, "f_score": f_score}
+
+
+def average_precision(frames, thresholds: Sequence[float] = tuple(np.arange(1, 10) / 10)) -> dict:
+    """11-point interpolated AP at each IoU threshold (a hit needs IoU > threshold), predictions
+    pooled over frames and ranked by confidence; plus their mean."""
+    frames = list(frames)
+    result = {}
+    for threshold in thresholds:
+        confidence, hits, total = _greedy_hits(frames, box_iou, threshold)
+        order = np.argsort(-confidence, kind="stable")
+        cumulative = np.cumsum(hits[order])
+        precision = cumulative / np.arange(1, len(order) + 1)
+        recall = cumulative / total if total else np.zeros(len(order))
+        points = [
+            precision[recall >= r].max() if (recall >= r).any() else 0.0
+            for r in np.linspace(0, 1, 11)
+        ]
+        result[f"{threshold:.1f}"] = float(np.mean(points))
+    result["mean"] = float(np.mean([result[f"{t:.1f}"] for t in thresholds]))
+    return result
+
+
+def foreground_ari(predicted: np.ndarray, truth: np.ndarray) -> float | None:
+    """Mean over images of the ARI between predicted and true segment ids on the true
+    foreground pixels (``truth >= 0``); images with no foreground are skipped."""
+    scores = []
+    for pred, gt in zip(predicted, truth, strict=True):
+        foreground = gt >= 0
+        if foreground.any():
+            scores.append(adjusted_rand_score(gt[foreground], pred[foreground]))
+    return float(np.mean(scores)) if scores else None

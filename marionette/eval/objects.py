@@ -1,0 +1,140 @@
+"""Predicted objects: the present slots of a model's hard decomposition, with global boxes."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core import CODE_KINDS, Grid, MarioNette, footprint_boxes
+from ..core.model import plane_order_for
+from ..core.placement import PARITY_GROUPS
+from ..data import FrameSource
+
+__all__ = ["ObjectTable", "collect_objects", "slot_segmentation"]
+
+
+@dataclass
+class ObjectTable:
+    """One row per predicted object (a present slot), in data order (frame, layer, row, col).
+
+    Attributes:
+        frame: index of the frame in its source; ``names``, ``clips``, ``times`` per frame.
+        layer, row, col: the slot; ``sprite``: its dictionary entry.
+        presence: presence probability (the detection confidence).
+        boxes: global alpha-footprint box (x0, y0, x1, y1) in pixels.
+        centers: global sprite centre (x, y) in pixels.
+        codes: the object's code (see ``code``).
+        size: frame (H, W).
+    """
+
+    frame: np.ndarray
+    layer: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    sprite: np.ndarray
+    presence: np.ndarray
+    boxes: np.ndarray
+    centers: np.ndarray
+    codes: np.ndarray
+    names: list[str]
+    clips: np.ndarray
+    times: np.ndarray
+    size: tuple[int, int]
+    code: str
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def of_frame(self, index: int) -> np.ndarray:
+        """Row indices of one frame's objects (rows are sorted by frame)."""
+        lo, hi = np.searchsorted(self.frame, [index, index + 1])
+        return np.arange(lo, hi)
+
+
+def slot_segmentation(
+    planes: torch.Tensor, presence_order: torch.Tensor, grid: Grid, threshold: float = 0.5
+) -> torch.Tensor:
+    """Which slot is visible at each pixel: ``[B, NL, G, 4, H, W]`` planes -> ``[B, H, W]`` ids.
+
+    The id is ``layer * Lh * Lw + i * Lw + j`` (-1 where no plane's alpha exceeds
+    ``threshold``). Planes are visited back to front in ``presence_order``; inside a parity
+    group (r, c) the window of anchor (i, j) covers rows [iP - P/2, iP + 3P/2), so a pixel's
+    anchor is i = r + 2 floor((y - rP + P/2) / 2P), and likewise for j.
+    """
+    batch, nl, groups = planes.shape[:3]
+    p = grid.cell
+    ys = torch.arange(grid.height, device=planes.device)[:, None]
+    xs = torch.arange(grid.width, device=planes.device)[None, :]
+    segments = torch.full((batch, grid.height, grid.width), -1, device=planes.device)
+    for index in presence_order.tolist():
+        layer, group = divmod(index, groups)
+        r, c = PARITY_GROUPS[group]
+        i = r + 2 * torch.div(ys - r * p + p // 2, 2 * p, rounding_mode="floor")
+        j = c + 2 * torch.div(xs - c * p + p // 2, 2 * p, rounding_mode="floor")
+        ids = layer * grid.rows * grid.cols + i * grid.cols + j
+        visible = planes[:, layer, group, 3] > threshold
+        segments = torch.where(visible, ids.expand_as(segments), segments)
+    return segments
+
+
+@torch.no_grad()
+def collect_objects(
+    model: MarioNette,
+    frames: FrameSource,
+    code: str = "codes",
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    threshold: float = 0.5,
+    segment: bool = False,
+) -> tuple[ObjectTable, np.ndarray | None]:
+    """Run the model on every frame and keep the slots with presence > ``threshold`` whose
+    sprite is visible (some alpha > 0.5).
+
+    Boxes are the footprint of the slot's alpha (> 0.5) at its global position, in pixels.
+    With ``segment`` also returns the visible-slot id per pixel ``[N, H, W]`` (-1: background).
+    """
+    if code not in CODE_KINDS:
+        raise ValueError(f"code must be one of {CODE_KINDS}, got {code!r}")
+    model = model.to(device).eval()
+    grid = model.grid
+    order = plane_order_for(model.config, training=False)
+    parts: dict[str, list] = {k: [] for k in ("frame", "slot", "pres", "box", "ctr", "code", "sid")}
+    segments = []
+    for start in range(0, len(frames), batch_size):
+        indices = range(start, min(start + batch_size, len(frames)))
+        batch = frames.frames(indices).to(device).float().div(255)[:, None]
+        encoding = model.encode(batch)
+        out = model.render(encoding, batch.shape[0], hard=True, plane_order=order)
+        presence = out.presence[:, 0]  # [N, NL, Lh, Lw]
+        boxes, visible = footprint_boxes(out.alpha[:, 0], grid)
+        centers = out.centers[:, 0]
+        vectors = getattr(encoding, code)
+        present = (presence > threshold) & visible  # a transparent sprite is no object
+        where = present.nonzero()
+        parts["frame"].append((where[:, 0] + start).cpu())
+        parts["slot"].append(where[:, 1:].cpu())
+        parts["pres"].append(presence[present].cpu())
+        parts["box"].append(boxes[present].cpu())
+        parts["ctr"].append(centers[present].cpu())
+        parts["code"].append(vectors[present].float().cpu())
+        parts["sid"].append(out.sprite_ids[:, 0][present].cpu())
+        if segment:
+            segments.append(slot_segmentation(out.planes[:, 0], order, grid).cpu())
+    cat = {k: torch.cat(v).numpy() for k, v in parts.items()}
+    table = ObjectTable(
+        frame=cat["frame"],
+        layer=cat["slot"][:, 0],
+        row=cat["slot"][:, 1],
+        col=cat["slot"][:, 2],
+        sprite=cat["sid"],
+        presence=cat["pres"],
+        boxes=cat["box"].astype(np.float64),
+        centers=cat["ctr"].astype(np.float64),
+        codes=cat["code"],
+        names=list(frames.names),
+        clips=np.asarray(frames.clips),
+        times=np.asarray(frames.times),
+        size=(grid.height, grid.width),
+        code=code,
+    )
+    return table, (torch.cat(segments).numpy() if segment else None)

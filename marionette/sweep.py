@@ -1,0 +1,175 @@
+"""Grids of runs over configuration keys and seeds, and their mean +- std table.
+
+The replacement for the fork's ``multi_train.py``: every run gets its own directory named by its
+settings, the seed is really applied (MOC's sweep only renamed runs), finished runs are skipped,
+interrupted ones resume, and the table groups runs that differ only in their seed.
+"""
+
+import csv
+import itertools
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._io import atomic_write
+from .checkpoint import CHECKPOINT_DIR, FINAL
+from .config import Config
+
+__all__ = ["SUMMARY_METRICS", "parse_grid", "run_name", "run_sweep", "summarise"]
+
+#: Metrics of the summary table (flattened names of ``eval/metrics.json``, then training).
+SUMMARY_METRICS = (
+    "relevant/few_shot/ordered/1",
+    "relevant/few_shot/ordered/4",
+    "relevant/few_shot/ordered/16",
+    "relevant/few_shot/ordered/64",
+    "relevant/few_shot/mean/1",
+    "relevant/few_shot/mean/4",
+    "relevant/few_shot/mean/16",
+    "relevant/few_shot/mean/64",
+    "relevant/ami",
+    "relevant/ari",
+    "relevant/sprite_purity",
+    "relevant/f_score",
+    "all/f_score",
+    "relevant/ap/mean",
+    "temporal/sprite",
+    "temporal/code_nn",
+    "foreground_ari",
+    "psnr",
+    "psnr_hard",
+)
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """``["seed=0,1,2", "aow=0,10"]`` -> ``{"seed": ["0", "1", "2"], "aow": ["0", "10"]}``;
+    values are converted by the configuration, which also rejects unknown keys."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        options = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key or not options:
+            raise ValueError(f"grid entries must look like key=v1,v2,..., got {item!r}")
+        if key in grid:
+            raise ValueError(f"grid key {key!r} is given twice")
+        grid[key] = options
+    Config().replace(**{k: v[0] for k, v in grid.items()})  # unknown keys fail here
+    return grid
+
+
+def run_name(settings: dict[str, str]) -> str:
+    """Directory name of one grid point: ``aow=10,seed=2`` (keys sorted)."""
+    return ",".join(f"{k}={settings[k]}" for k in sorted(settings))
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / CHECKPOINT_DIR / FINAL).exists() and (
+        run_dir / "eval" / "metrics.json"
+    ).exists()
+
+
+def run_sweep(
+    base: Config,
+    grid: dict[str, list[str]],
+    out: str | os.PathLike,
+    *,
+    evaluate_runs: bool = True,
+    progress: bool = True,
+    log=print,
+) -> list[tuple[dict[str, str], Path]]:
+    """Train (and evaluate) every point of ``grid`` on top of ``base``, into ``out/<name>``.
+
+    Finished runs (final checkpoint and evaluation present) are skipped; a run that stopped
+    part-way resumes. Returns each point's settings and run directory, in grid order.
+    """
+    from .api import load
+    from .eval import evaluate, first_frames, write_metrics
+    from .trainer import build_eval_data, resolve_device, train
+
+    out = Path(out)
+    keys = list(grid)
+    runs = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        settings = dict(zip(keys, values, strict=True))
+        run_dir = out / run_name(settings)
+        runs.append((settings, run_dir))
+        if _finished(run_dir):
+            log(f"skip {run_dir.name} (done)")
+            continue
+        config = base.replace(**settings)
+        log(f"run {run_dir.name}")
+        result = train(config, run_dir, progress=progress, tensorboard=True)
+        if evaluate_runs:
+            data = build_eval_data(result.config)
+            if data is None:
+                log(f"  no ground truth to evaluate {run_dir.name}")
+                continue
+            model, _ = load(run_dir)
+            device = resolve_device(result.config.train.device)
+            metrics = evaluate(
+                model, first_frames(data, result.config.data.eval_frames), device=device
+            )
+            write_metrics(run_dir / "eval", metrics, result.step)
+    return runs
+
+
+def _flat_metrics(run_dir: Path) -> dict[str, float]:
+    from .eval import flatten_metrics
+
+    values: dict[str, float] = {}
+    path = run_dir / "eval" / "metrics.json"
+    if path.exists():
+        values.update(flatten_metrics(json.loads(path.read_text())))
+    csv_path = run_dir / "metrics.csv"
+    if csv_path.exists():
+        with open(csv_path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows:
+            for key in ("psnr", "psnr_hard"):
+                if rows[-1].get(key):
+                    values[key] = float(rows[-1][key])
+    return values
+
+
+def summarise(
+    out: str | os.PathLike, runs: list[tuple[dict[str, str], Path]], grid: dict[str, list[str]]
+) -> list[dict]:
+    """Mean +- std over seeds per configuration; writes ``out/summary.csv`` and ``summary.md``."""
+    out = Path(out)
+    groups: dict[tuple, list[dict]] = {}
+    for settings, run_dir in runs:
+        key = tuple((k, settings[k]) for k in grid if k != "seed")
+        groups.setdefault(key, []).append(_flat_metrics(run_dir))
+    rows = []
+    for key, members in groups.items():
+        row: dict = dict(key) | {"runs": len(members)}
+        for metric in SUMMARY_METRICS:
+            values = [m[metric] for m in members if isinstance(m.get(metric), int | float)]
+            if values:
+                row[metric] = (float(np.mean(values)), float(np.std(values)))
+        rows.append(row)
+    columns = [k for k in grid if k != "seed"] + ["runs"]
+    metrics = [m for m in SUMMARY_METRICS if any(m in r for r in rows)]
+    with atomic_write(out / "summary.csv", "w") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns + [f"{m} {s}" for m in metrics for s in ("mean", "std")])
+        for row in rows:
+            cells = [row.get(c, "") for c in columns]
+            for m in metrics:
+                mean, std = row.get(m, (math.nan, math.nan))
+                cells += [f"{mean:.4f}", f"{std:.4f}"]
+            writer.writerow(cells)
+    with atomic_write(out / "summary.md", "w") as handle:
+        handle.write("| " + " | ".join(columns + metrics) + " |\n")
+        handle.write("|" + "---|" * (len(columns) + len(metrics)) + "\n")
+        for row in rows:
+            cells = [str(row.get(c, "")) for c in columns]
+            for m in metrics:
+                mean, std = row.get(m, (math.nan, math.nan))
+                cells.append(f"{mean:.3f} ± {std:.3f}")
+            handle.write("| " + " | ".join(cells) + " |\n")
+    return rows

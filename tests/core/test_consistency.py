@@ -1,0 +1,150 @@
+"""The object-consistency loss: equality with a naive loop, gradients, the fork's bugs fixed."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from marionette.core import Grid, consistency_loss, encoding_consistency
+from marionette.core.model import MarioNette, ModelConfig
+
+
+def naive_consistency(codes, presence, centers, radius, w=5.0, threshold=0.5):
+    """Object by object, candidate by candidate, as MOC describes it."""
+    total, matched = 0.0, 0
+    batch, steps, slots, _ = codes.shape
+    for b in range(batch):
+        for t in range(steps - 1):
+            for i in range(slots):
+                if presence[b, t, i] <= threshold:
+                    continue
+                candidates = [
+                    j
+                    for j in range(slots)
+                    if presence[b, t + 1, j] > threshold
+                    and torch.dist(centers[b, t, i], centers[b, t + 1, j]) <= radius
+                ]
+                if not candidates:
+                    continue
+                cos = {
+                    j: F.cosine_similarity(codes[b, t, i], codes[b, t + 1, j], dim=0)
+                    for j in candidates
+                }
+                best = max(candidates, key=lambda j: cos[j])
+                nearest = min(
+                    candidates, key=lambda j: torch.dist(centers[b, t, i], centers[b, t + 1, j])
+                )
+                if best != nearest:
+                    continue
+                total = total - w * cos[best] + sum(cos.values())
+                matched += 1
+    return total / max(matched, 1), matched
+
+
+def random_case(seed, batch=2, steps=3, slots=12, dim=5):
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randn(batch, steps, slots, dim, generator=generator)
+    presence = torch.rand(batch, steps, slots, generator=generator)
+    centers = torch.rand(batch, steps, slots, 2, generator=generator) * 20
+    return codes, presence, centers
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_equals_the_naive_loop(seed):
+    codes, presence, centers = random_case(seed)
+    loss, matched = consistency_loss(codes, presence, centers, radius=8.0)
+    expected, count = naive_consistency(codes, presence, centers, radius=8.0)
+    assert int(matched) == count > 0
+    torch.testing.assert_close(loss, torch.as_tensor(expected, dtype=loss.dtype))
+
+
+def test_gradient_pulls_the_match_and_pushes_the_other_candidate():
+    # One object at t; at t + 1 its match (same place, similar code) and a neighbour 4 px away.
+    codes = torch.tensor([[[[1.0, 0.2, 0.0], [0.0, 0.0, 0.0]], [[1.0, 0.0, 0.3], [0.5, 1.0, 0.0]]]])
+    codes.requires_grad_(True)
+    presence = torch.tensor([[[0.9, 0.1], [0.9, 0.9]]])
+    centers = torch.tensor([[[[10.0, 10.0], [0.0, 0.0]], [[10.0, 11.0], [14.0, 10.0]]]])
+    loss, matched = consistency_loss(codes, presence, centers, radius=6.0)
+    assert matched == 1
+    loss.backward()
+    with torch.no_grad():
+        moved = codes - 0.1 * codes.grad
+
+    def cos(x, j):
+        return float(F.cosine_similarity(x[0, 0, 0], x[0, 1, j], dim=0))
+
+    assert cos(moved, 0) > cos(codes.detach(), 0)  # closer to its match
+    assert cos(moved, 1) < cos(codes.detach(), 1)  # further from the neighbour
+    assert codes.grad[0, 0, 1].abs().sum() == 0  # absent slots get no gradient
+
+
+def test_global_positions_and_other_layers():
+    """An object that moves into the next cell and into another layer is still matched; the
+    fork compared local offsets (which jump by a cell) within one layer and missed it."""
+    grid = Grid(32, 32, 8)
+    model = MarioNette(ModelConfig(height=32, width=32, layer_size=4, num_layers=2, dim_z=8))
+    frames = torch.rand(1, 2, 3, 32, 32)
+    encoding = model.encode(frames)
+    presence = torch.zeros_like(encoding.presence)
+    offsets = torch.zeros_like(encoding.offsets)
+    codes = torch.randn_like(encoding.codes)
+    # t = 0: layer 0, cell (1, 1), offset +0.4 x -> x = 1.5 * 8 + 3.2 = 15.2.
+    presence[0, 0, 1, 1] = 1
+    offsets[0, 0, 1, 1] = torch.tensor([0.4, 0.0])
+    # t = 1: layer 1, cell (1, 2), offset -0.45 x -> x = 2.5 * 8 - 3.6 = 16.4.
+    presence[1, 1, 1, 2] = 1
+    offsets[1, 1, 1, 2] = torch.tensor([-0.45, 0.0])
+    codes[1, 1, 1, 2] = codes[0, 0, 1, 1]
+    moved = encoding.__class__(
+        **{**encoding.__dict__, "presence": presence, "offsets": offsets, "codes": codes}
+    )
+    loss, matched = encoding_consistency(moved, 1, grid, radius=2.0)
+    assert matched == 1
+    assert math.isclose(float(loss), -4.0, rel_tol=1e-5)  # one candidate, identical code
+
+
+def test_normalised_by_matched_objects():
+    codes, presence, centers = random_case(3)
+    single = consistency_loss(codes, presence, centers, radius=8.0)
+    double = consistency_loss(
+        torch.cat([codes, codes]),
+        torch.cat([presence, presence]),
+        torch.cat([centers, centers]),
+        radius=8.0,
+    )
+    torch.testing.assert_close(single.loss, double.loss)
+    assert int(double.matched) == 2 * int(single.matched)
+
+
+def test_agreement_check():
+    # The most similar candidate is the far one: with the check the object is not matched.
+    codes = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]]).repeat(1, 1, 2, 1)
+    codes[0, 1, 1] = torch.tensor([1.0, 0.0])
+    presence = torch.tensor([[[0.9, 0.0], [0.9, 0.9]]])
+    centers = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]], [[1.0, 0.0], [5.0, 0.0]]]])
+    assert consistency_loss(codes, presence, centers, 8.0).matched == 0
+    assert consistency_loss(codes, presence, centers, 8.0, agreement=False).matched == 1
+
+
+def test_nothing_present_or_single_frame():
+    codes, presence, centers = random_case(0)
+    codes.requires_grad_(True)
+    loss, matched = consistency_loss(codes, presence * 0, centers, 8.0)
+    loss.backward()
+    assert float(loss) == 0 and int(matched) == 0 and torch.isfinite(codes.grad).all()
+    loss, matched = consistency_loss(codes[:, :1], presence[:, :1], centers[:, :1], 8.0)
+    assert float(loss) == 0 and int(matched) == 0
+
+
+def test_swapped_time_and_batch_is_refused():
+    codes, presence, centers = random_case(0, batch=2, steps=3)
+    with pytest.raises(Exception, match="presence"):
+        consistency_loss(codes, presence.transpose(0, 1), centers, 8.0)
+
+
+def test_unknown_code_kind():
+    model = MarioNette(ModelConfig(height=32, width=32, layer_size=4, num_layers=1, dim_z=8))
+    encoding = model.encode(torch.rand(1, 2, 3, 32, 32))
+    with pytest.raises(ValueError, match="code must be one of"):
+        encoding_consistency(encoding, 1, model.grid, code="z_what")

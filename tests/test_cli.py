@@ -1,0 +1,119 @@
+"""The ``marionette`` command end to end on the tiny synthetic world."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import marionette
+from marionette.cli import main
+from marionette.decompose import read_decomposition
+
+TINY_FLAGS = [
+    "--synthetic", "tiny", "--synthetic_clips", "8", "--canvas_size", "32", "--layer_size", "4",
+    "--num_classes", "4", "--dim_z", "16", "--bs", "2", "--num_steps", "6", "--log_every", "3",
+    "--image_every", "0", "--transform_encoder", "match", "--selection", "match",
+    "--sprite_init", "data", "--no-progress", "--no-tensorboard",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(out), *TINY_FLAGS]) == 0
+    return out
+
+
+def test_train_writes_a_readable_run(run):
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["layer_size"] == 4 and config["train"]["num_steps"] == 6
+    assert (run / "checkpoints" / "final.pt").exists()
+
+
+def test_decompose_round_trip(run, tmp_path, capsys):
+    out = tmp_path / "dec"
+    assert main(["decompose", "--run", str(run), "--out", str(out), "--frames", "6",
+                 "--no-progress"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "sprite sheet" in printed and "summary" in printed
+    document = json.loads((out / "decomposition.json").read_text())
+    assert len(document["frames"]) == 6
+    for record in document["frames"]:
+        for sprite in record["sprites"]:
+            x0, y0, x1, y1 = sprite["box"]
+            assert 0 <= x0 <= x1 <= 32 and 0 <= y0 <= y1 <= 32
+            assert set(sprite) >= {"layer", "row", "col", "sprite", "presence", "offset", "depth"}
+    for name in ("sprite_sheet.png", "summary.png", "sprites/0.png"):
+        assert (out / name).exists()
+    assert Image.open(out / "sprites" / "0.png").mode == "RGBA"
+    # Rendering the JSON reproduces the stored hard reconstructions (up to 8-bit rounding).
+    decomposition, names = read_decomposition(out)
+    rendered = marionette.render(decomposition)[:, 0]
+    for b, name in enumerate(names):
+        stored = np.asarray(Image.open(out / "reconstructions" / f"{name.rsplit('.', 1)[0]}.png"))
+        expected = (rendered[b].permute(1, 2, 0).numpy() * 255).round()
+        assert np.abs(stored.astype(float) - expected).max() <= 1
+
+
+def test_api_load_decompose_edit_render(run):
+    model, config = marionette.load(run)
+    frames = torch.rand(1, 1, 3, 32, 32)
+    decomposition = model.decompose(frames)
+    hard = model(frames, hard=True, plane_order=decomposition.plane_order).reconstruction
+    torch.testing.assert_close(marionette.render(decomposition), hard)
+    swapped = decomposition.replace(sprite_ids=(decomposition.sprite_ids + 1) % 4)
+    assert marionette.render(swapped).shape == (1, 1, 3, 32, 32)
+
+
+def test_eval_writes_metrics(run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--run", str(run), "--frames", "64", "--out", str(out),
+                 "--no-tensorboard"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["frames"] == 64 and metrics["step"] == 6
+    assert {"all", "moving", "relevant"} <= set(metrics)
+    assert "f_score" in metrics["all"] and "foreground_ari" in metrics
+    assert (out / "metrics_eval.csv").read_text().count("\n") == 2
+    assert "relevant/f_score" in capsys.readouterr().out
+
+
+def test_eval_of_a_folder_without_ground_truth(run, tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / f"{i}.png")
+    assert main(["eval", "--run", str(run), "--data", str(folder)]) == 2
+    assert "no groundtruth.csv" in capsys.readouterr().err
+
+
+def test_sweep_trains_each_point_once(tmp_path, capsys):
+    settings = [
+        "synthetic=tiny", "synthetic_clips=8", "height=32", "width=32", "layer_size=4",
+        "num_classes=4", "dim_z=16", "bs=2", "num_steps=3", "image_every=0",
+        "transform_encoder=match", "selection=match", "sprite_init=data", "eval_frames=32",
+    ]  # fmt: skip
+    argv = ["sweep", "--grid", "seed=0,1", "--set", *settings, "--out", str(tmp_path),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert first.count("run seed=") == 2
+    losses = [(tmp_path / f"seed={s}" / "metrics.csv").read_text().splitlines()[-1] for s in (0, 1)]
+    assert losses[0] != losses[1]  # the seed is really applied
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("skip seed=") == 2
+    table = (tmp_path / "summary.md").read_text()
+    assert "| 2 |" in table and "±" in table
+
+
+def test_sweep_rejects_an_unknown_key(tmp_path, capsys):
+    assert main(["sweep", "--grid", "layers=1,2", "--out", str(tmp_path)]) == 2
+    assert "layers" in capsys.readouterr().err
+
+
+def test_data_synthetic(tmp_path):
+    assert main(["data", "synthetic", "--world", "tiny", "--clips", "2",
+                 "--out", str(tmp_path / "w")]) == 0  # fmt: skip
+    assert (tmp_path / "w" / "groundtruth.csv").exists()
+    assert main(["data", "synthetic", "--world", "tiny", "--out", str(tmp_path / "w")]) == 2

@@ -228,3 +228,18 @@ def test_config_json_is_readable(tmp_path):
     data = json.loads((tmp_path / "run" / "config.json").read_text())
     assert data["model"]["layer_size"] == 4 and data["train"]["bs"] == 2
     assert Config.from_dict(data) == tiny_config(num_steps=1)
+
+
+def test_periodic_evaluation_and_consistency_terms(tmp_path):
+    config = tiny_config(num_steps=4, eval_every=2, eval_frames=16, aow=0.01, frames_per_item=2)
+    quiet_train(config, tmp_path / "run")
+    rows = list(csv.DictReader(open(tmp_path / "run" / "eval" / "metrics_eval.csv")))
+    assert [row["step"] for row in rows] == ["2", "4"]
+    assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["frames"] == 16
+    logged = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[-1]
+    assert "consistency_loss" in logged and "matched_objects" in logged
+
+
+def test_consistency_needs_frame_stacks():
+    with pytest.raises(ValueError, match="frames_per_item must be at least 2"):
+        tiny_config(aow=1.0)

@@ -112,10 +112,10 @@ def encoding_consistency(
     vectors = getattr(encoding, code)
     centers = global_centers(encoding.offsets, grid)
     slots = "(B T) NL Lh Lw ... -> B T (NL Lh Lw) ..."
-    return consistency_loss(
-        rearrange(vectors, slots, B=batch),
-        rearrange(encoding.presence, slots, B=batch),
-        rearrange(centers, slots, B=batch),
+    return consistency_loss(  # in float32 also under bf16 autocast: distances need the bits
+        rearrange(vectors.float(), slots, B=batch),
+        rearrange(encoding.presence.float(), slots, B=batch),
+        rearrange(centers.float(), slots, B=batch),
         radius=radius if radius > 0 else float(grid.cell),
         match_weight=match_weight,
     )

@@ -52,12 +52,12 @@ class ObjectTable:
 
 
 def slot_segmentation(
-    planes: torch.Tensor, presence_order: torch.Tensor, grid: Grid, threshold: float = 0.5
+    planes: torch.Tensor, order: torch.Tensor, grid: Grid, threshold: float = 0.5
 ) -> torch.Tensor:
     """Which slot is visible at each pixel: ``[B, NL, G, 4, H, W]`` planes -> ``[B, H, W]`` ids.
 
     The id is ``layer * Lh * Lw + i * Lw + j`` (-1 where no plane's alpha exceeds
-    ``threshold``). Planes are visited back to front in ``presence_order``; inside a parity
+    ``threshold``). Planes are visited back to front in ``order``; inside a parity
     group (r, c) the window of anchor (i, j) covers rows [iP - P/2, iP + 3P/2), so a pixel's
     anchor is i = r + 2 floor((y - rP + P/2) / 2P), and likewise for j.
     """
@@ -66,7 +66,7 @@ def slot_segmentation(
     ys = torch.arange(grid.height, device=planes.device)[:, None]
     xs = torch.arange(grid.width, device=planes.device)[None, :]
     segments = torch.full((batch, grid.height, grid.width), -1, device=planes.device)
-    for index in presence_order.tolist():
+    for index in order.tolist():
         layer, group = divmod(index, groups)
         r, c = PARITY_GROUPS[group]
         i = r + 2 * torch.div(ys - r * p + p // 2, 2 * p, rounding_mode="floor")
@@ -95,6 +95,8 @@ def collect_objects(
     """
     if code not in CODE_KINDS:
         raise ValueError(f"code must be one of {CODE_KINDS}, got {code!r}")
+    if len(frames) == 0:
+        raise ValueError("there are no frames to evaluate")
     model = model.to(device).eval()
     grid = model.grid
     order = plane_order_for(model.config, training=False)
@@ -105,7 +107,7 @@ def collect_objects(
         batch = frames.frames(indices).to(device).float().div(255)[:, None]
         encoding = model.encode(batch)
         out = model.render(encoding, batch.shape[0], hard=True, plane_order=order)
-        presence = out.presence[:, 0]  # [N, NL, Lh, Lw]
+        presence = encoding.presence  # soft, [N, NL, Lh, Lw]: the detection confidence
         boxes, visible = footprint_boxes(out.alpha[:, 0], grid)
         centers = out.centers[:, 0]
         vectors = getattr(encoding, code)

@@ -38,6 +38,7 @@ SUMMARY_METRICS = (
     "relevant/ap/mean",
     "temporal/sprite",
     "temporal/code_nn",
+    "temporal/code_cos",
     "foreground_ari",
     "psnr",
     "psnr_hard",

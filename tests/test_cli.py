@@ -47,7 +47,8 @@ def test_decompose_round_trip(run, tmp_path, capsys):
             assert set(sprite) >= {"layer", "row", "col", "sprite", "presence", "offset", "depth"}
     for name in ("sprite_sheet.png", "summary.png", "sprites/0.png"):
         assert (out / name).exists()
-    assert Image.open(out / "sprites" / "0.png").mode == "RGBA"
+    with Image.open(out / "sprites" / "0.png") as sprite:
+        assert sprite.mode == "RGBA"
     # Rendering the JSON reproduces the stored hard reconstructions (up to 8-bit rounding).
     decomposition, names = read_decomposition(out)
     rendered = marionette.render(decomposition)[:, 0]

@@ -171,7 +171,7 @@ def _decompose(args: argparse.Namespace) -> int:
     )
     print(
         f"decomposed {summary['frames']} frames into {out} "
-        f"({summary['sprites_per_frame']:.1f} sprites per frame, hard PSNR "
+        f"({summary['sprites_per_frame']:.1f} visible sprites per frame, hard PSNR "
         f"{summary['psnr_hard']:.2f} dB)"
     )
     print(f"sprite sheet: {summary['sprite_sheet']}")

@@ -156,7 +156,7 @@ def decompose_frames(
         "frames": records,
     }
     write_json(out / "decomposition.json", document)
-    counts = [len(r["sprites"]) for r in records]
+    counts = [sum(s["visible"] for s in r["sprites"]) for r in records]  # not transparent ones
     return {
         "frames": len(records),
         "sprites_per_frame": float(np.mean(counts)) if counts else 0.0,

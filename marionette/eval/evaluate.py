@@ -1,6 +1,7 @@
 """Evaluate a model's objects against ground truth; write ``metrics.json`` and a CSV row."""
 
 import csv
+import dataclasses
 import math
 import os
 import warnings
@@ -77,7 +78,7 @@ def check_groundtruth(objects: ObjectTable, groundtruth: GroundTruth) -> GroundT
             f"clipping them",
             stacklevel=2,
         )
-        groundtruth.boxes = np.clip(groundtruth.boxes, 0, limits)
+        groundtruth = dataclasses.replace(groundtruth, boxes=np.clip(groundtruth.boxes, 0, limits))
     return groundtruth
 
 

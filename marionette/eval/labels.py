@@ -3,35 +3,59 @@
 from collections.abc import Callable
 
 import numpy as np
+from jaxtyping import Real, Shaped
 
+from ..core import typed
 from ..data import GroundTruth
 from .objects import ObjectTable
 
-__all__ = ["HUD_FILTERS", "NO_LABEL", "VIEWS", "assign_labels", "box_overlap", "view_labels"]
+__all__ = [
+    "HUD_FILTERS",
+    "NO_LABEL",
+    "VIEWS",
+    "assign_labels",
+    "box_area",
+    "box_intersection",
+    "box_overlap",
+    "view_labels",
+]
 
 NO_LABEL = "no_label"
 VIEWS = ("all", "moving", "relevant")
 
 
-def box_overlap(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+@typed
+def box_area(boxes: Real[np.ndarray, "N 4"]) -> np.ndarray:
+    """Area ``[N]`` of (x0, y0, x1, y1) boxes in pixels."""
+    boxes = np.asarray(boxes, np.float64)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+@typed
+def box_intersection(a: Real[np.ndarray, "N 4"], b: Real[np.ndarray, "M 4"]) -> np.ndarray:
+    """Intersection area ``[N, M]`` of (x0, y0, x1, y1) boxes."""
+    a = np.asarray(a, np.float64)[:, None]
+    b = np.asarray(b, np.float64)[None]
+    width = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    height = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    return np.clip(width, 0, None) * np.clip(height, 0, None)
+
+
+@typed
+def box_overlap(pred: Real[np.ndarray, "N 4"], gt: Real[np.ndarray, "M 4"]) -> np.ndarray:
     """Intersection over the ground-truth box's area, ``[N, M]``, for (x0, y0, x1, y1) boxes.
 
     Not the union: a predicted box larger than its object is not penalised (MOC's criterion).
     """
-    pred = np.asarray(pred, np.float64).reshape(-1, 1, 4)
-    gt = np.asarray(gt, np.float64).reshape(1, -1, 4)
-    width = np.clip(
-        np.minimum(pred[..., 2], gt[..., 2]) - np.maximum(pred[..., 0], gt[..., 0]), 0, None
-    )
-    height = np.clip(
-        np.minimum(pred[..., 3], gt[..., 3]) - np.maximum(pred[..., 1], gt[..., 1]), 0, None
-    )
-    area = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
-    return width * height / np.maximum(area, 1e-9)
+    return box_intersection(pred, gt) / np.maximum(box_area(gt), 1e-9)[None]
 
 
+@typed
 def assign_labels(
-    pred_boxes: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray, threshold: float = 0.5
+    pred_boxes: Real[np.ndarray, "N 4"],
+    gt_boxes: Real[np.ndarray, "M 4"],
+    gt_labels: Shaped[np.ndarray, " M"],
+    threshold: float = 0.5,
 ) -> np.ndarray:
     """Each prediction takes the label of the ground-truth box it covers most (intersection /
     ground-truth area, ties to the first row) if that is at least ``threshold``, else

@@ -9,9 +9,13 @@ sprite and its code across consecutive frames. Segmentation: foreground ARI.
 from collections.abc import Sequence
 
 import numpy as np
+from jaxtyping import Real
 from sklearn.cluster import KMeans
 from sklearn.linear_model import RidgeClassifier
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
+
+from ..core import typed
+from .labels import box_area, box_intersection
 
 __all__ = [
     "SHOTS",
@@ -99,16 +103,12 @@ def sprite_purity(sprites: np.ndarray, labels: np.ndarray) -> float | None:
     return float(total / len(labels))
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+@typed
+def box_iou(a: Real[np.ndarray, "N 4"], b: Real[np.ndarray, "M 4"]) -> np.ndarray:
     """Intersection over union ``[N, M]`` of (x0, y0, x1, y1) boxes."""
-    a = np.asarray(a, np.float64).reshape(-1, 1, 4)
-    b = np.asarray(b, np.float64).reshape(1, -1, 4)
-    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = w * h
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / np.maximum(area_a + area_b - inter, 1e-12)
+    inter = box_intersection(a, b)
+    union = box_area(a)[:, None] + box_area(b)[None] - inter
+    return inter / np.maximum(union, 1e-12)
 
 
 def _centre_score(pred: np.ndarray, gt: np.ndarray, size: tuple[int, int]) -> np.ndarray:

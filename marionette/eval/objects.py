@@ -4,8 +4,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int64
+from torch import Tensor
 
-from ..core import CODE_KINDS, Grid, MarioNette, footprint_boxes
+from ..core import CODE_KINDS, Grid, MarioNette, footprint_boxes, typed
 from ..core.model import plane_order_for
 from ..core.placement import PARITY_GROUPS
 from ..data import FrameSource
@@ -51,9 +53,13 @@ class ObjectTable:
         return np.arange(lo, hi)
 
 
+@typed
 def slot_segmentation(
-    planes: torch.Tensor, order: torch.Tensor, grid: Grid, threshold: float = 0.5
-) -> torch.Tensor:
+    planes: Float[Tensor, "B NL G 4 H W"],
+    order: Int64[Tensor, " N"],
+    grid: Grid,
+    threshold: float = 0.5,
+) -> Int64[Tensor, "B H W"]:
     """Which slot is visible at each pixel: ``[B, NL, G, 4, H, W]`` planes -> ``[B, H, W]`` ids.
 
     The id is ``layer * Lh * Lw + i * Lw + j`` (-1 where no plane's alpha exceeds

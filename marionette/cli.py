@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import _FIELDS, _SECTIONS, Config
+from .core.fused import RENDERERS
 
 __all__ = ["main"]
 
@@ -19,6 +20,7 @@ _CHOICES = {
     "dictionary": ("mlp", "pixels"),
     "resize": ("keep", "crop", "resize", "pad"),
     "precision": ("auto", "fp32", "bf16"),
+    "renderer": RENDERERS,
     "typecheck": ("first", "on", "off"),
     "sprite_init": ("random", "data"),
     "consistency_code": ("codes", "queries", "weights"),

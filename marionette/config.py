@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import write_json
+from .core.fused import RENDERERS
 from .core.model import ModelConfig
 
 __all__ = ["Config", "DataConfig", "TrainConfig"]
@@ -52,6 +53,8 @@ class TrainConfig:
         seed: seeds Python, NumPy and torch before anything random happens.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
+        renderer: ``"auto"`` (the fused Triton renderer on CUDA, PyTorch elsewhere),
+            ``"torch"`` or ``"triton"`` (see :func:`marionette.core.render_slots`).
         threads: CPU threads for torch (0: torch's default).
         log_every: steps between scalar logs and hard-PSNR measurements.
         image_every: steps between TensorBoard image panels (0: never).
@@ -81,6 +84,7 @@ class TrainConfig:
     seed: int = 2
     device: str = "auto"
     precision: str = "auto"
+    renderer: str = "auto"
     threads: int = 0
     log_every: int = 100
     image_every: int = 2000
@@ -98,6 +102,7 @@ class TrainConfig:
             raise ValueError(f"learning rates must be > 0, got lr={self.lr}, lr_bg={self.lr_bg}")
         choices = {
             "precision": ("auto", "fp32", "bf16"),
+            "renderer": RENDERERS,
             "typecheck": ("first", "on", "off"),
             "consistency_code": ("codes", "queries", "weights"),
             "sprite_init": ("random", "data"),

@@ -31,6 +31,7 @@ from .core import (
     set_typecheck,
     typecheck_enabled,
 )
+from .core.fused import resolve_renderer
 from .data import Dataset, FrameFolder, FrameSource, FrameStacks, generate, load_dataset
 from .data.frames import adapt_frames
 from .data.synthetic import GeneratedData
@@ -60,6 +61,7 @@ RESUMABLE = {
     "eval_frames",
     "device",
     "precision",
+    "renderer",
     "threads",
     "typecheck",
 }
@@ -320,6 +322,8 @@ def train(
     eval_data = None  # built at the first evaluation
     stacks = FrameStacks(source, config.data.frames_per_item)
     model = build_model(config, source).to(device)
+    model.renderer = t.renderer
+    resolve_renderer(t.renderer, device)  # fails now, not at the first step
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimisers = build_optimisers(model, config)

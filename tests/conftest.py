@@ -1,4 +1,5 @@
-"""Test configuration: run-time checks on, hypothesis profiles, seeded RNG per test."""
+"""Test configuration: run-time checks on, Triton kernels interpreted on the CPU, hypothesis
+profiles, seeded RNG per test."""
 
 import os
 
@@ -6,6 +7,9 @@ os.environ["MARIONETTE_TYPECHECK"] = "1"  # before marionette is imported anywhe
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # read when the fused renderer's kernels are first imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ci", max_examples=25, deadline=None)

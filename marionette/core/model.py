@@ -13,11 +13,11 @@ from .background import BACKGROUNDS, ColorBackground, StripBackground
 from .compositing import GATING_MODES, flatten_layers, plane_order
 from .dictionary import DECODERS, SpriteDictionary
 from .encoders import GridEncoder, MLPHead
+from .fused import RENDERERS
 from .geometry import Grid, footprint_boxes, global_centers
 from .placement import extract_windows
-from .render import Decomposition, render_windows
+from .render import Decomposition, Rendering, render_slots
 from .selection import (
-    gather_sprites,
     hard_presence,
     hard_weights,
     mix_sprites,
@@ -179,13 +179,13 @@ class MarioNetteOutput:
     Attributes:
         reconstruction: composited frames.
         background: the canvas under the sprites.
-        planes: placed RGBA planes per (layer, parity group); layer index is depth (0 at back).
+        rendering: the reconstruction with its planes and placed alphas (see :attr:`planes`,
+            :attr:`alpha`).
         plane_order: back-to-front order of the planes used for this reconstruction.
         weights: selection weights over the dictionary (one-hot when ``hard``).
         presence: presence per slot (0 / 1 when ``hard``).
         offsets: local offset (x, y) of each slot in units of P.
         centers: global sprite centre (x, y) of each slot in pixels.
-        alpha: placed (shifted, un-gated) alpha of each slot, in its window.
         codes: anchor codes (the object representation before projection).
         queries: projected codes that select sprites.
         sprites: the dictionary.
@@ -196,13 +196,12 @@ class MarioNetteOutput:
 
     reconstruction: Float[Tensor, "B T 3 H W"]
     background: Float[Tensor, "B T 3 H W"]
-    planes: Float[Tensor, "B T NL G 4 H W"]
+    rendering: Rendering
     plane_order: Int64[Tensor, " N"]
     weights: Float[Tensor, "B T NL Lh Lw K"]
     presence: Float[Tensor, "B T NL Lh Lw"]
     offsets: Float[Tensor, "B T NL Lh Lw 2"]
     centers: Float[Tensor, "B T NL Lh Lw 2"]
-    alpha: Float[Tensor, "B T NL Lh Lw S S"]
     codes: Float[Tensor, "B T NL Lh Lw D"]
     queries: Float[Tensor, "B T NL Lh Lw D"]
     sprites: Float[Tensor, "K 4 S S"]
@@ -214,6 +213,16 @@ class MarioNetteOutput:
     def grid(self) -> Grid:
         """Canvas and anchor-grid geometry."""
         return Grid(self.reconstruction.shape[-2], self.reconstruction.shape[-1], self.cell)
+
+    @property
+    def planes(self) -> Float[Tensor, "B T NL G 4 H W"]:
+        """Placed RGBA planes per (layer, parity group); layer index is depth (0 at the back)."""
+        return self.rendering.planes
+
+    @property
+    def alpha(self) -> Float[Tensor, "B T NL Lh Lw S S"]:
+        """Placed (shifted, un-gated) alpha of each slot, in its window."""
+        return self.rendering.alpha
 
     @property
     def sprite_ids(self) -> Int64[Tensor, "B T NL Lh Lw"]:
@@ -256,6 +265,9 @@ class MarioNette(nn.Module):
         config: architecture.
         background_color: initial background colour (RGB in [0, 1]) for ``"color"`` backgrounds,
             usually :func:`marionette.core.estimate_background_color` of the training frames.
+        renderer: ``"auto"`` (the fused Triton kernel on CUDA, PyTorch elsewhere), ``"torch"``
+            or ``"triton"``; an execution choice, not part of the architecture (see
+            :func:`marionette.core.render_slots`). Set :attr:`renderer` to change it later.
 
     Example:
         >>> model = MarioNette(ModelConfig(height=32, width=48, layer_size=4, num_classes=6,
@@ -265,8 +277,16 @@ class MarioNette(nn.Module):
         ((2, 3, 3, 32, 48), (2, 3, 2, 4, 6, 2))
     """
 
-    def __init__(self, config: ModelConfig, background_color: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        background_color: Tensor | None = None,
+        renderer: str = "auto",
+    ) -> None:
         super().__init__()
+        if renderer not in RENDERERS:
+            raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
+        self.renderer = renderer
         self.config = config
         grid = config.grid
         self.grid = grid
@@ -413,22 +433,22 @@ class MarioNette(nn.Module):
         if plane_order is None:
             plane_order = plane_order_for(config, self.training)
         offset_weights = e.offset_weights
+        table, ids = e.windows, None  # one sprite per slot, in slot order
         if hard and straight_through:
             weights = straight_through_fn(hard_weights(e.weights), e.weights)
             presence = straight_through_fn(hard_presence(e.presence), e.presence)
-            windows = mix_sprites(weights, e.sprites)
+            table = mix_sprites(weights, e.sprites)
             if offset_weights is not None:
                 offset_weights = tuple(
                     straight_through_fn(hard_weights(w), w) for w in offset_weights
                 )
         elif hard:
-            ids = e.weights.argmax(dim=-1)
             weights, presence = hard_weights(e.weights), hard_presence(e.presence)
-            windows = gather_sprites(ids, e.sprites)
+            table, ids = e.sprites, e.weights.argmax(dim=-1)
             if offset_weights is not None:
                 offset_weights = tuple(hard_weights(w) for w in offset_weights)
         else:
-            weights, presence, windows = e.weights, e.presence, e.windows
+            weights, presence = e.weights, e.presence
             if config.straight_through_probs:
                 presence = straight_through_fn(hard_presence(presence), presence)
         if offset_weights is not None:
@@ -443,8 +463,9 @@ class MarioNette(nn.Module):
         def split(x: Tensor) -> Tensor:
             return rearrange(x, "(B T) ... -> B T ...", B=batch)
 
-        rendering = render_windows(
-            split(windows),
+        rendering = render_slots(
+            table if ids is not None else table.flatten(0, -4),
+            None if ids is None else split(ids),
             split(presence),
             split(e.background),
             plane_order,
@@ -454,17 +475,17 @@ class MarioNette(nn.Module):
             if offset_weights is None
             else (split(offset_weights[0]), split(offset_weights[1])),
             gating=config.gating,
+            renderer=self.renderer,
         )
         return MarioNetteOutput(
             reconstruction=rendering.reconstruction,
             background=split(e.background),
-            planes=rendering.planes,
+            rendering=rendering,
             plane_order=plane_order,
             weights=split(weights),
             presence=split(presence),
             offsets=split(offsets),
             centers=global_centers(split(offsets), self.grid),
-            alpha=rendering.alpha,
             codes=split(e.codes),
             queries=split(e.queries),
             sprites=e.sprites,

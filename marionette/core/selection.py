@@ -51,13 +51,17 @@ def gather_sprites(
     sprite_ids: Int64[Tensor, "*batch"], sprites: Float[Tensor, "K C S S"]
 ) -> Float[Tensor, "*batch C S S"]:
     """Sprite of every slot by index, sprites[sprite_ids]: the hard-mode mix without a matmul."""
-    k = sprites.shape[0]
+    check_ids(sprite_ids, sprites.shape[0])
+    return sprites[sprite_ids]
+
+
+def check_ids(sprite_ids: Tensor, k: int) -> None:
+    """Raise unless every id indexes one of ``k`` sprites."""
     if sprite_ids.numel() and (int(sprite_ids.min()) < 0 or int(sprite_ids.max()) >= k):
         raise ValueError(
             f"sprite ids must lie in [0, {k - 1}], got min={int(sprite_ids.min())}, "
             f"max={int(sprite_ids.max())}"
         )
-    return sprites[sprite_ids]
 
 
 @typed

@@ -1,0 +1,201 @@
+"""Triton kernels of the fused renderer (see :mod:`marionette.core.fused` for the maths).
+
+Imported only when the fused renderer runs; ``TRITON_INTERPRET=1`` at import time runs them on
+the CPU through Triton's interpreter.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def taps(sy, sx, size, border: tl.constexpr):
+    """Integer corner, fractions and clip gradients of bilinear sampling at (sy, sx)."""
+    if border:
+        gy = ((sy > 0) & (sy < size - 1)).to(tl.float32)
+        gx = ((sx > 0) & (sx < size - 1)).to(tl.float32)
+        sy = tl.minimum(tl.maximum(sy, 0.0), size - 1.0)
+        sx = tl.minimum(tl.maximum(sx, 0.0), size - 1.0)
+    else:
+        gy = tl.full(sy.shape, 1.0, tl.float32)
+        gx = tl.full(sx.shape, 1.0, tl.float32)
+    y0f = tl.floor(sy)
+    x0f = tl.floor(sx)
+    return y0f.to(tl.int32), x0f.to(tl.int32), sy - y0f, sx - x0f, gy, gx
+
+
+@triton.jit
+def load_tap(base, yy, xx, size, mask):
+    inside = mask & (yy >= 0) & (yy < size) & (xx >= 0) & (xx < size)
+    return tl.load(base + yy * size + xx, mask=inside, other=0.0)
+
+
+@triton.jit
+def sample(base, y0, x0, fy, fx, gy, gx, size, mask):
+    """Bilinear value and its derivatives along x and y (times the clip gradients)."""
+    v00 = load_tap(base, y0, x0, size, mask)
+    v01 = load_tap(base, y0, x0 + 1, size, mask)
+    v10 = load_tap(base, y0 + 1, x0, size, mask)
+    v11 = load_tap(base, y0 + 1, x0 + 1, size, mask)
+    top = v00 + fx * (v01 - v00)
+    bottom = v10 + fx * (v11 - v10)
+    value = top + fy * (bottom - top)
+    d_x = ((1 - fy) * (v01 - v00) + fy * (v11 - v10)) * gx
+    d_y = (bottom - top) * gy
+    return value, d_x, d_y
+
+
+@triton.jit
+def add_tap(base, yy, xx, size, value, mask):
+    inside = mask & (yy >= 0) & (yy < size) & (xx >= 0) & (xx < size)
+    tl.atomic_add(base + yy * size + xx, value, mask=inside)
+
+
+@triton.jit
+def scatter(base, y0, x0, fy, fx, size, grad, mask):
+    """Adjoint of bilinear sampling: add grad to the four taps with their weights."""
+    add_tap(base, y0, x0, size, grad * (1 - fy) * (1 - fx), mask)
+    add_tap(base, y0, x0 + 1, size, grad * (1 - fy) * fx, mask)
+    add_tap(base, y0 + 1, x0, size, grad * fy * (1 - fx), mask)
+    add_tap(base, y0 + 1, x0 + 1, size, grad * fy * fx, mask)
+
+
+@triton.jit
+def slot_of(order, k, bt, m, n, layers, rows, cols, cell: tl.constexpr):
+    """Slot index, validity and window-coordinate origin of plane k over tile (m, n)."""
+    plane = tl.load(order + k)
+    layer = plane // 4
+    group = plane % 4
+    row_parity = ((group + 1) // 2) % 2  # groups (0,0), (1,1), (1,0), (0,1)
+    col_parity = group % 2
+    i = m - (m + row_parity) % 2
+    j = n - (n + col_parity) % 2
+    valid = (i >= 0) & (i < rows) & (j >= 0) & (j < cols)
+    i_safe = tl.minimum(tl.maximum(i, 0), rows - 1)
+    j_safe = tl.minimum(tl.maximum(j, 0), cols - 1)
+    slot = ((bt * layers + layer) * rows + i_safe) * cols + j_safe
+    return slot, valid, (m - i) * cell, (n - j) * cell
+
+
+@triton.jit
+def tile_pixels(m, n, height, width, cell: tl.constexpr, block: tl.constexpr):
+    r = tl.arange(0, block)[:, None]
+    c = tl.arange(0, block)[None, :]
+    y = m * cell - cell // 2 + r
+    x = n * cell - cell // 2 + c
+    mask = (r < cell) & (c < cell) & (y >= 0) & (y < height) & (x >= 0) & (x < width)
+    return r.to(tl.float32), c.to(tl.float32), y * width + x, mask
+
+
+@triton.jit
+def forward_kernel(
+    table, ids, presence, offsets, background, order, out, behind,
+    layers, rows, cols, height, width, planes,
+    cell: tl.constexpr, block: tl.constexpr, original: tl.constexpr, save: tl.constexpr,
+):  # fmt: skip
+    bt = tl.program_id(0).to(tl.int64)
+    m = tl.program_id(1) // (cols + 1)
+    n = tl.program_id(1) % (cols + 1)
+    size = 2 * cell
+    r, c, pix, mask = tile_pixels(m, n, height, width, cell, block)
+    hw = height * width
+    frame = bt * 3 * hw + pix
+    o0 = tl.load(background + frame, mask=mask, other=0.0)
+    o1 = tl.load(background + frame + hw, mask=mask, other=0.0)
+    o2 = tl.load(background + frame + 2 * hw, mask=mask, other=0.0)
+    for k in range(planes):
+        if save:
+            saved = (bt * planes + k) * 3 * hw + pix
+            tl.store(behind + saved, o0, mask=mask)
+            tl.store(behind + saved + hw, o1, mask=mask)
+            tl.store(behind + saved + 2 * hw, o2, mask=mask)
+        slot, valid, v0, u0 = slot_of(order, k, bt, m, n, layers, rows, cols, cell)
+        p = tl.where(valid, tl.load(presence + slot), 0.0)
+        sy = r + v0 - tl.load(offsets + 2 * slot + 1) * cell
+        sx = c + u0 - tl.load(offsets + 2 * slot) * cell
+        base = table + tl.load(ids + slot).to(tl.int64) * 4 * size * size
+        y0, x0, fy, fx, gy, gx = taps(sy, sx, size, True)
+        c0, _, _ = sample(base, y0, x0, fy, fx, gy, gx, size, mask)
+        c1, _, _ = sample(base + size * size, y0, x0, fy, fx, gy, gx, size, mask)
+        c2, _, _ = sample(base + 2 * size * size, y0, x0, fy, fx, gy, gx, size, mask)
+        y0, x0, fy, fx, gy, gx = taps(sy, sx, size, False)
+        a, _, _ = sample(base + 3 * size * size, y0, x0, fy, fx, gy, gx, size, mask)
+        a = a * p
+        if original:
+            c0, c1, c2 = c0 * p, c1 * p, c2 * p
+        o0 = o0 + a * (c0 - o0)
+        o1 = o1 + a * (c1 - o1)
+        o2 = o2 + a * (c2 - o2)
+    tl.store(out + frame, o0, mask=mask)
+    tl.store(out + frame + hw, o1, mask=mask)
+    tl.store(out + frame + 2 * hw, o2, mask=mask)
+
+
+@triton.jit
+def backward_kernel(
+    grad_out, table, ids, presence, offsets, order, behind,
+    grad_table, grad_presence, grad_offsets, grad_background,
+    layers, rows, cols, height, width, planes,
+    cell: tl.constexpr, block: tl.constexpr, original: tl.constexpr,
+):  # fmt: skip
+    bt = tl.program_id(0).to(tl.int64)
+    m = tl.program_id(1) // (cols + 1)
+    n = tl.program_id(1) % (cols + 1)
+    size = 2 * cell
+    area = size * size
+    r, c, pix, mask = tile_pixels(m, n, height, width, cell, block)
+    hw = height * width
+    frame = bt * 3 * hw + pix
+    g0 = tl.load(grad_out + frame, mask=mask, other=0.0)
+    g1 = tl.load(grad_out + frame + hw, mask=mask, other=0.0)
+    g2 = tl.load(grad_out + frame + 2 * hw, mask=mask, other=0.0)
+    for step in range(planes):
+        k = planes - 1 - step
+        slot, valid, v0, u0 = slot_of(order, k, bt, m, n, layers, rows, cols, cell)
+        p = tl.where(valid, tl.load(presence + slot), 0.0)
+        sy = r + v0 - tl.load(offsets + 2 * slot + 1) * cell
+        sx = c + u0 - tl.load(offsets + 2 * slot) * cell
+        sprite = tl.load(ids + slot).to(tl.int64) * 4 * area
+        base = table + sprite
+        cy0, cx0, cfy, cfx, cgy, cgx = taps(sy, sx, size, True)
+        c0, c0_x, c0_y = sample(base, cy0, cx0, cfy, cfx, cgy, cgx, size, mask)
+        c1, c1_x, c1_y = sample(base + area, cy0, cx0, cfy, cfx, cgy, cgx, size, mask)
+        c2, c2_x, c2_y = sample(base + 2 * area, cy0, cx0, cfy, cfx, cgy, cgx, size, mask)
+        ay0, ax0, afy, afx, agy, agx = taps(sy, sx, size, False)
+        alpha, a_x, a_y = sample(base + 3 * area, ay0, ax0, afy, afx, agy, agx, size, mask)
+        a = alpha * p
+        saved = (bt * planes + k) * 3 * hw + pix
+        b0 = tl.load(behind + saved, mask=mask, other=0.0)
+        b1 = tl.load(behind + saved + hw, mask=mask, other=0.0)
+        b2 = tl.load(behind + saved + 2 * hw, mask=mask, other=0.0)
+        if original:
+            d_a = g0 * (p * c0 - b0) + g1 * (p * c1 - b1) + g2 * (p * c2 - b2)
+            d_p = d_a * alpha + a * (g0 * c0 + g1 * c1 + g2 * c2)
+            scale = a * p
+        else:
+            d_a = g0 * (c0 - b0) + g1 * (c1 - b1) + g2 * (c2 - b2)
+            d_p = d_a * alpha
+            scale = a
+        d0 = g0 * scale
+        d1 = g1 * scale
+        d2 = g2 * scale
+        d_alpha = d_a * p
+        d_x = -cell * (d0 * c0_x + d1 * c1_x + d2 * c2_x + d_alpha * a_x)
+        d_y = -cell * (d0 * c0_y + d1 * c1_y + d2 * c2_y + d_alpha * a_y)
+        # scalar masks: the interpreter rejects them, so invalid slots add zeros to a valid one
+        used = valid.to(tl.float32)
+        tl.atomic_add(grad_presence + slot, used * tl.sum(tl.sum(d_p, 1), 0))
+        tl.atomic_add(grad_offsets + 2 * slot, used * tl.sum(tl.sum(d_x, 1), 0))
+        tl.atomic_add(grad_offsets + 2 * slot + 1, used * tl.sum(tl.sum(d_y, 1), 0))
+        write = mask & (r * 0 + used > 0)
+        target = grad_table + sprite
+        scatter(target, cy0, cx0, cfy, cfx, size, d0, write)
+        scatter(target + area, cy0, cx0, cfy, cfx, size, d1, write)
+        scatter(target + 2 * area, cy0, cx0, cfy, cfx, size, d2, write)
+        scatter(target + 3 * area, ay0, ax0, afy, afx, size, d_alpha, write)
+        g0 = g0 * (1 - a)
+        g1 = g1 * (1 - a)
+        g2 = g2 * (1 - a)
+    tl.store(grad_background + frame, g0, mask=mask)
+    tl.store(grad_background + frame + hw, g1, mask=mask)
+    tl.store(grad_background + frame + 2 * hw, g2, mask=mask)

@@ -12,6 +12,7 @@ they must read and write at least once, divided by ``--bandwidth`` (GB/s).
 """
 
 import argparse
+import itertools
 import json
 import platform
 import resource
@@ -32,9 +33,11 @@ from marionette.core import (
     mix_sprites,
     place_sprites,
     plane_order,
+    render_windows,
     set_typecheck,
     shift_bilinear,
 )
+from marionette.core.fused import RENDERERS, render_fused, triton_unavailable_reason
 from marionette.trainer import _loss_terms, build_model, build_optimisers
 
 #: Model settings measured. ``default`` is the original's default model on a 128 px canvas (the
@@ -110,7 +113,29 @@ def kernel_cases(config: dict, batch: int, device: torch.device, dtype: torch.dt
     stacks, slot_count, d = max(batch // 4, 1), nl * grid.rows * grid.cols, config["dim_z"]
     codes, presence = make(stacks, 4, slot_count, d), make(stacks, 4, slot_count)
     centers = make(stacks, 4, slot_count, 2) * grid.width
-    return [
+    render_inputs = (  # the soft (training) form: one mixed sprite per slot
+        windows,
+        make(batch, 1, *slots[1:]),
+        offsets.reshape(batch, 1, *slots[1:], 2),
+        background,
+    )
+    render_bytes = (windows.numel() + n * 3 + 2 * background.numel()) * size
+
+    def render_reference(table, presence, offsets, background):
+        windows = table.reshape(*presence.shape, 4, s, s)
+        return render_windows(windows, presence, background, order, grid, offsets=offsets)
+
+    renders = [
+        ("render (PyTorch: shift, place, composite)",
+         lambda *x: render_reference(*x).reconstruction, render_inputs, render_bytes),
+    ]  # fmt: skip
+    if device.type == "cuda" and triton_unavailable_reason(device) is None:
+        renders.append(
+            ("render (fused Triton kernel)",
+             lambda w, p, o, b: render_fused(w, None, p, o, b, order, grid),
+             render_inputs, render_bytes)
+        )  # fmt: skip
+    return renders + [
         ("select (mix K sprites)", mix_sprites, (weights, sprites),
          (weights.numel() + sprites.numel() + n * 4 * s * s) * size),
         ("shift (bilinear)", shift_bilinear, (windows, offsets),
@@ -163,6 +188,7 @@ def bench_step(
     warmup: int,
     aow: float = 0.0,
     frames_per_item: int = 1,
+    renderer: str = "auto",
 ) -> dict:
     """One training step as the trainer runs it: soft forward, losses, backward, AdamW; the
     hard pass only runs (without autograd) when metrics are logged, so it is not timed here."""
@@ -172,6 +198,7 @@ def bench_step(
     )
     torch.manual_seed(0)
     model = build_model(config).to(device)
+    model.renderer = renderer
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimisers = build_optimisers(model, config)
@@ -190,11 +217,13 @@ def bench_step(
             optimiser.step()
 
     result = measure(step, device, repeats, warmup)
-    print(f"  step {name}/{variant} batch {stacks * frames_per_item} T {frames_per_item} "
-          f"aow {aow}: {result['median_ms']:.1f} ms", file=sys.stderr, flush=True)  # fmt: skip
+    print(f"  step {name}/{variant}/{renderer} batch {stacks * frames_per_item} "
+          f"T {frames_per_item} aow {aow}: {result['median_ms']:.1f} ms",
+          file=sys.stderr, flush=True)  # fmt: skip
     return {
         "config": name,
         "variant": variant,
+        "renderer": renderer,
         "batch": stacks * frames_per_item,
         "precision": precision,
         "T": frames_per_item,
@@ -204,6 +233,30 @@ def bench_step(
         "frames_per_s": stacks * frames_per_item / (result["median_ms"] / 1000),
         "peak_mib": result["peak_mib"],
     }
+
+
+def _step_or_oom(name, variant, batch, device, precision, repeats, warmup, **setting) -> dict:
+    """:func:`bench_step` (``setting``: aow, frames_per_item, renderer), or a row saying that
+    it ran out of memory."""
+    try:
+        return bench_step(name, variant, batch, device, precision, repeats, warmup, **setting)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        nan = float("nan")
+        return {
+            "config": name,
+            "variant": variant,
+            "renderer": setting["renderer"],
+            "batch": batch,
+            "precision": precision,
+            "T": setting.get("frames_per_item", 1),
+            "consistency": setting.get("aow", 0.0) > 0,
+            "step_ms": nan,
+            "step_iqr_ms": nan,
+            "frames_per_s": nan,
+            "peak_mib": nan,
+            "error": "out of memory",
+        }
 
 
 def _commit() -> str:
@@ -239,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--variants", nargs="+", default=["faithful", "match"], choices=list(VARIANTS)
     )
+    parser.add_argument(
+        "--renderers", nargs="+", default=["auto"], choices=RENDERERS, help="training step"
+    )
     parser.add_argument("--batch", type=int, nargs="+", help="default: 8 (CPU) or 8 32 64 (CUDA)")
     parser.add_argument("--kernel-batch", type=int, help="kernel batch (default 64 CUDA, 8 CPU)")
     parser.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on CUDA)")
@@ -270,38 +326,16 @@ def main(argv: list[str] | None = None) -> dict:
             ):
                 kernels.append({"config": name, **row})
         if "step" not in args.skip:
-            for variant in args.variants:
-                for batch in batches:
-                    try:
+            for variant, renderer, batch in itertools.product(
+                args.variants, args.renderers, batches
+            ):
+                common = (name, variant, batch, device, precision, repeats, warmup)
+                steps.append(_step_or_oom(*common, renderer=renderer))
+                if "consistency" not in args.skip and batch >= 4:
+                    for aow in (0.0, 1e-2):  # same stacks of T = 4, without and with the term
                         steps.append(
-                            bench_step(
-                                name, variant, batch, device, precision, repeats, warmup, 0.0
-                            )
+                            _step_or_oom(*common, aow=aow, frames_per_item=4, renderer=renderer)
                         )
-                    except torch.OutOfMemoryError:
-                        steps.append(
-                            {
-                                "config": name,
-                                "variant": variant,
-                                "batch": batch,
-                                "precision": precision,
-                                "T": 1,
-                                "consistency": False,
-                                "step_ms": float("nan"),
-                                "step_iqr_ms": float("nan"),
-                                "frames_per_s": float("nan"),
-                                "peak_mib": float("nan"),
-                                "error": "out of memory",
-                            }
-                        )
-                        torch.cuda.empty_cache()
-                    if "consistency" not in args.skip and batch >= 4:
-                        for aow in (0.0, 1e-2):  # same stacks of T = 4, without and with the term
-                            steps.append(
-                                bench_step(
-                                    name, variant, batch, device, precision, repeats, warmup, aow, 4
-                                )
-                            )
     record = {
         "device": _device_name(device),
         "device_type": device.type,
@@ -327,8 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
                                "achieved_gbps", "floor_ms", "x_floor"]))  # fmt: skip
     if steps:
         print("\n## Training step\n")
-        print(_table(steps, ["config", "variant", "batch", "T", "consistency", "step_ms",
-                             "step_iqr_ms", "frames_per_s", "peak_mib"]))  # fmt: skip
+        print(_table(steps, ["config", "variant", "renderer", "batch", "T", "consistency",
+                             "step_ms", "step_iqr_ms", "frames_per_s", "peak_mib"]))  # fmt: skip
     print(f"\nwrote {out}")
     return record
 

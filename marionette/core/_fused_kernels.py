@@ -61,8 +61,25 @@ def scatter(base, y0, x0, fy, fx, size, grad, mask):
 
 
 @triton.jit
-def slot_of(order, k, bt, m, n, layers, rows, cols, cell: tl.constexpr):
-    """Slot index, validity and window-coordinate origin of plane k over tile (m, n)."""
+def tile(cols, height, width, cell: tl.constexpr, block: tl.constexpr):
+    """This program's frame bt and tile (m, n), the tile's pixels (r, c) within it, their flat
+    index y W + x in a channel and which of them lie on the canvas."""
+    bt = tl.program_id(0).to(tl.int64)
+    m = tl.program_id(1) // (cols + 1)
+    n = tl.program_id(1) % (cols + 1)
+    r = tl.arange(0, block)[:, None]
+    c = tl.arange(0, block)[None, :]
+    y = m * cell - cell // 2 + r
+    x = n * cell - cell // 2 + c
+    mask = (r < cell) & (c < cell) & (y >= 0) & (y < height) & (x >= 0) & (x < width)
+    return bt, m, n, r.to(tl.float32), c.to(tl.float32), y * width + x, mask
+
+
+@triton.jit
+def slot_of(order, k, bt, m, n, r, c, ids, presence, offsets, layers, rows, cols,
+            cell: tl.constexpr):  # fmt: skip
+    """Plane k over tile (m, n): its slot, whether the slot exists, the slot's sprite (offset
+    into the table) and presence, and the sampling position (sy, sx) of the tile's pixels."""
     plane = tl.load(order + k)
     layer = plane // 4
     group = plane % 4
@@ -74,17 +91,27 @@ def slot_of(order, k, bt, m, n, layers, rows, cols, cell: tl.constexpr):
     i_safe = tl.minimum(tl.maximum(i, 0), rows - 1)
     j_safe = tl.minimum(tl.maximum(j, 0), cols - 1)
     slot = ((bt * layers + layer) * rows + i_safe) * cols + j_safe
-    return slot, valid, (m - i) * cell, (n - j) * cell
+    sprite = tl.load(ids + slot).to(tl.int64) * 16 * cell * cell  # 4 channels of (2P)^2
+    p = tl.where(valid, tl.load(presence + slot), 0.0)
+    sy = r + (m - i) * cell - tl.load(offsets + 2 * slot + 1) * cell
+    sx = c + (n - j) * cell - tl.load(offsets + 2 * slot) * cell
+    return slot, valid, sprite, p, sy, sx
 
 
 @triton.jit
-def tile_pixels(m, n, height, width, cell: tl.constexpr, block: tl.constexpr):
-    r = tl.arange(0, block)[:, None]
-    c = tl.arange(0, block)[None, :]
-    y = m * cell - cell // 2 + r
-    x = n * cell - cell // 2 + c
-    mask = (r < cell) & (c < cell) & (y >= 0) & (y < height) & (x >= 0) & (x < width)
-    return r.to(tl.float32), c.to(tl.float32), y * width + x, mask
+def load_rgb(base, hw, mask):
+    return (
+        tl.load(base, mask=mask, other=0.0),
+        tl.load(base + hw, mask=mask, other=0.0),
+        tl.load(base + 2 * hw, mask=mask, other=0.0),
+    )
+
+
+@triton.jit
+def store_rgb(base, hw, v0, v1, v2, mask):
+    tl.store(base, v0, mask=mask)
+    tl.store(base + hw, v1, mask=mask)
+    tl.store(base + 2 * hw, v2, mask=mask)
 
 
 @triton.jit
@@ -93,42 +120,32 @@ def forward_kernel(
     layers, rows, cols, height, width, planes,
     cell: tl.constexpr, block: tl.constexpr, original: tl.constexpr, save: tl.constexpr,
 ):  # fmt: skip
-    bt = tl.program_id(0).to(tl.int64)
-    m = tl.program_id(1) // (cols + 1)
-    n = tl.program_id(1) % (cols + 1)
     size = 2 * cell
-    r, c, pix, mask = tile_pixels(m, n, height, width, cell, block)
+    area = size * size
     hw = height * width
-    frame = bt * 3 * hw + pix
-    o0 = tl.load(background + frame, mask=mask, other=0.0)
-    o1 = tl.load(background + frame + hw, mask=mask, other=0.0)
-    o2 = tl.load(background + frame + 2 * hw, mask=mask, other=0.0)
+    bt, m, n, r, c, yx, mask = tile(cols, height, width, cell, block)
+    frame = bt * 3 * hw + yx
+    o0, o1, o2 = load_rgb(background + frame, hw, mask)
     for k in range(planes):
         if save:
-            saved = (bt * planes + k) * 3 * hw + pix
-            tl.store(behind + saved, o0, mask=mask)
-            tl.store(behind + saved + hw, o1, mask=mask)
-            tl.store(behind + saved + 2 * hw, o2, mask=mask)
-        slot, valid, v0, u0 = slot_of(order, k, bt, m, n, layers, rows, cols, cell)
-        p = tl.where(valid, tl.load(presence + slot), 0.0)
-        sy = r + v0 - tl.load(offsets + 2 * slot + 1) * cell
-        sx = c + u0 - tl.load(offsets + 2 * slot) * cell
-        base = table + tl.load(ids + slot).to(tl.int64) * 4 * size * size
+            store_rgb(behind + (bt * planes + k) * 3 * hw + yx, hw, o0, o1, o2, mask)
+        slot, valid, sprite, p, sy, sx = slot_of(
+            order, k, bt, m, n, r, c, ids, presence, offsets, layers, rows, cols, cell
+        )
+        base = table + sprite
         y0, x0, fy, fx, gy, gx = taps(sy, sx, size, True)
         c0, _, _ = sample(base, y0, x0, fy, fx, gy, gx, size, mask)
-        c1, _, _ = sample(base + size * size, y0, x0, fy, fx, gy, gx, size, mask)
-        c2, _, _ = sample(base + 2 * size * size, y0, x0, fy, fx, gy, gx, size, mask)
+        c1, _, _ = sample(base + area, y0, x0, fy, fx, gy, gx, size, mask)
+        c2, _, _ = sample(base + 2 * area, y0, x0, fy, fx, gy, gx, size, mask)
         y0, x0, fy, fx, gy, gx = taps(sy, sx, size, False)
-        a, _, _ = sample(base + 3 * size * size, y0, x0, fy, fx, gy, gx, size, mask)
+        a, _, _ = sample(base + 3 * area, y0, x0, fy, fx, gy, gx, size, mask)
         a = a * p
         if original:
             c0, c1, c2 = c0 * p, c1 * p, c2 * p
         o0 = o0 + a * (c0 - o0)
         o1 = o1 + a * (c1 - o1)
         o2 = o2 + a * (c2 - o2)
-    tl.store(out + frame, o0, mask=mask)
-    tl.store(out + frame + hw, o1, mask=mask)
-    tl.store(out + frame + 2 * hw, o2, mask=mask)
+    store_rgb(out + frame, hw, o0, o1, o2, mask)
 
 
 @triton.jit
@@ -138,24 +155,17 @@ def backward_kernel(
     layers, rows, cols, height, width, planes,
     cell: tl.constexpr, block: tl.constexpr, original: tl.constexpr,
 ):  # fmt: skip
-    bt = tl.program_id(0).to(tl.int64)
-    m = tl.program_id(1) // (cols + 1)
-    n = tl.program_id(1) % (cols + 1)
     size = 2 * cell
     area = size * size
-    r, c, pix, mask = tile_pixels(m, n, height, width, cell, block)
     hw = height * width
-    frame = bt * 3 * hw + pix
-    g0 = tl.load(grad_out + frame, mask=mask, other=0.0)
-    g1 = tl.load(grad_out + frame + hw, mask=mask, other=0.0)
-    g2 = tl.load(grad_out + frame + 2 * hw, mask=mask, other=0.0)
+    bt, m, n, r, c, yx, mask = tile(cols, height, width, cell, block)
+    frame = bt * 3 * hw + yx
+    g0, g1, g2 = load_rgb(grad_out + frame, hw, mask)
     for step in range(planes):
         k = planes - 1 - step
-        slot, valid, v0, u0 = slot_of(order, k, bt, m, n, layers, rows, cols, cell)
-        p = tl.where(valid, tl.load(presence + slot), 0.0)
-        sy = r + v0 - tl.load(offsets + 2 * slot + 1) * cell
-        sx = c + u0 - tl.load(offsets + 2 * slot) * cell
-        sprite = tl.load(ids + slot).to(tl.int64) * 4 * area
+        slot, valid, sprite, p, sy, sx = slot_of(
+            order, k, bt, m, n, r, c, ids, presence, offsets, layers, rows, cols, cell
+        )
         base = table + sprite
         cy0, cx0, cfy, cfx, cgy, cgx = taps(sy, sx, size, True)
         c0, c0_x, c0_y = sample(base, cy0, cx0, cfy, cfx, cgy, cgx, size, mask)
@@ -164,10 +174,7 @@ def backward_kernel(
         ay0, ax0, afy, afx, agy, agx = taps(sy, sx, size, False)
         alpha, a_x, a_y = sample(base + 3 * area, ay0, ax0, afy, afx, agy, agx, size, mask)
         a = alpha * p
-        saved = (bt * planes + k) * 3 * hw + pix
-        b0 = tl.load(behind + saved, mask=mask, other=0.0)
-        b1 = tl.load(behind + saved + hw, mask=mask, other=0.0)
-        b2 = tl.load(behind + saved + 2 * hw, mask=mask, other=0.0)
+        b0, b1, b2 = load_rgb(behind + (bt * planes + k) * 3 * hw + yx, hw, mask)
         if original:
             d_a = g0 * (p * c0 - b0) + g1 * (p * c1 - b1) + g2 * (p * c2 - b2)
             d_p = d_a * alpha + a * (g0 * c0 + g1 * c1 + g2 * c2)
@@ -196,6 +203,4 @@ def backward_kernel(
         g0 = g0 * (1 - a)
         g1 = g1 * (1 - a)
         g2 = g2 * (1 - a)
-    tl.store(grad_background + frame, g0, mask=mask)
-    tl.store(grad_background + frame + hw, g1, mask=mask)
-    tl.store(grad_background + frame + 2 * hw, g2, mask=mask)
+    store_rgb(grad_background + frame, hw, g0, g1, g2, mask)

@@ -348,7 +348,7 @@ def train(
     reinit_generator = torch.Generator().manual_seed(t.seed + 7)
     last_good = None
     metrics: dict[str, float] = {}
-    warned_collapse = False
+    warned: set[str] = set()
 
     def checkpoint(final: bool = False):
         nonlocal last_good
@@ -405,11 +405,11 @@ def train(
                 if step % t.log_every == 0 or step == t.num_steps:
                     metrics.update(_measure(model, encoding, out, frames, terms, precision))
                     monitor.scalars(step, metrics)
-                    if not warned_collapse and _collapsed(metrics, step, t):
-                        warned_collapse = True
-                        message = _collapse_message(metrics, config)
-                        warnings.warn(message, stacklevel=2)
-                        monitor.write(message)
+                    for kind, message in _diagnose(metrics, step, config).items():
+                        if kind not in warned:
+                            warned.add(kind)
+                            warnings.warn(message, stacklevel=2)
+                            monitor.write(message)
                 monitor.step(
                     step,
                     {
@@ -509,26 +509,42 @@ def _measure(model, encoding, out, frames, terms, precision) -> dict[str, float]
     return values
 
 
-def _collapsed(metrics: dict, step: int, t) -> bool:
-    """Foreground collapse: presence near 0 while the reconstruction is no better than the
-    background alone."""
-    settle = max(500, t.presence_warmup + 200, t.num_steps // 20)
-    return (
-        step >= settle
-        and metrics["presence"] < 0.02
-        and metrics["psnr"] < metrics["psnr_background"] + 1.0
-    )
+def _diagnose(metrics: dict, step: int, config: Config) -> dict[str, str]:
+    """Warnings about how training is going, by kind, once the model had time to settle.
 
-
-def _collapse_message(metrics: dict, config: Config) -> str:
-    cell = config.model.grid.cell
-    return (
-        f"foreground collapse: mean presence {metrics['presence']:.4f} while the soft PSNR "
-        f"({metrics['psnr']:.1f} dB) is no better than the background alone "
-        f"({metrics['psnr_background']:.1f} dB). Sprites are not being learned. Try a cell size "
-        f"close to the sprites' size (now {cell} px; --layer_size sets it), a presence "
-        f"warm-up (--presence_warmup), or a lower --w_probs."
-    )
+    ``collapse``: presence near 0 while the soft reconstruction is no better than the
+    background alone. ``hard_gap``: the hard decomposition (arg-max sprites, rounded presence)
+    explains the frames more than 6 dB worse than the soft one, so the decomposition a user
+    exports is poor even though the soft loss looks fine.
+    """
+    t = config.train
+    if step < max(500, t.presence_warmup + 200, t.hard_warmup + 200, t.num_steps // 20):
+        return {}
+    found = {}
+    psnr, hard, background = metrics["psnr"], metrics["psnr_hard"], metrics["psnr_background"]
+    if metrics["presence"] < 0.02 and psnr < background + 1.0:
+        found["collapse"] = (
+            f"foreground collapse: mean presence {metrics['presence']:.4f} while the soft PSNR "
+            f"({psnr:.1f} dB) is no better than the background alone ({background:.1f} dB). "
+            f"Sprites are not being learned. Try a cell size close to the sprites' size (now "
+            f"{config.model.grid.cell} px; --layer_size sets it), a presence warm-up "
+            f"(--presence_warmup), or a lower --w_probs."
+        )
+    elif psnr - hard > 6.0:
+        lever = (
+            "train with the straight-through hard reconstruction in the loss "
+            "(--hard_mix 1 --hard_warmup 100)"
+            if t.hard_mix == 0
+            else f"raise --hard_mix (now {t.hard_mix})"
+        )
+        found["hard_gap"] = (
+            f"the hard decomposition is {psnr - hard:.1f} dB worse than the soft reconstruction "
+            f"(hard PSNR {hard:.1f} dB, soft {psnr:.1f} dB, background alone "
+            f"{background:.1f} dB): partly present or blended sprites explain the frames, and "
+            f"rounding them loses that. To make the decomposition itself explain the frames, "
+            f"{lever}."
+        )
+    return found
 
 
 @torch.no_grad()

@@ -180,13 +180,19 @@ class TestTrain:
                 tiny_config(data=str(tmp_path / "frames"), height=64, width=64), tmp_path / "run"
             )
 
-    def test_collapse_is_detected(self):
-        t = tiny_config(num_steps=1000).train
-        collapsed = {"presence": 0.001, "psnr": 20.2, "psnr_background": 20.0}
-        healthy = {"presence": 0.08, "psnr": 30.0, "psnr_background": 20.0}
-        assert trainer_module._collapsed(collapsed, 600, t)
-        assert not trainer_module._collapsed(healthy, 600, t)
-        assert not trainer_module._collapsed(collapsed, 100, t)  # too early to tell
+    def test_collapse_and_a_poor_hard_decomposition_are_detected(self):
+        config = tiny_config(num_steps=1000)
+        collapsed = {"presence": 0.001, "psnr": 20.2, "psnr_hard": 20.0, "psnr_background": 20.0}
+        healthy = {"presence": 0.08, "psnr": 30.0, "psnr_hard": 29.0, "psnr_background": 20.0}
+        gap = {**healthy, "psnr": 31.7, "psnr_hard": 19.4}
+        diagnose = trainer_module._diagnose
+        assert set(diagnose(collapsed, 600, config)) == {"collapse"}
+        assert diagnose(healthy, 600, config) == {}
+        assert diagnose(collapsed, 100, config) == {}  # too early to tell
+        message = diagnose(gap, 600, config)["hard_gap"]
+        assert "12.3 dB worse" in message and "--hard_mix 1" in message
+        mixed = config.replace(hard_mix=0.5, hard_warmup=100)
+        assert "raise --hard_mix (now 0.5)" in diagnose(gap, 600, mixed)["hard_gap"]
 
 
 def marionette_cli(argv):

@@ -88,7 +88,7 @@ def _base_config(args: argparse.Namespace) -> Config:
 
 def _train(args: argparse.Namespace) -> int:
     from .presets import preset_config
-    from .trainer import CONFIG_FILE, ConfigMismatch, TrainingDiverged, train
+    from .trainer import CONFIG_FILE, ConfigMismatch, RunInUse, TrainingDiverged, train
 
     settings = _settings(args)
     if args.data is not None:
@@ -119,7 +119,7 @@ def _train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             tensorboard=not args.no_tensorboard,
         )
-    except (ConfigMismatch, TrainingDiverged) as error:
+    except (ConfigMismatch, RunInUse, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ configuration in the same directory resumes it up to the same total number of st
 import os
 import random
 import signal
+import socket
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -41,6 +42,7 @@ from .viz import panel, sprite_sheet
 
 __all__ = [
     "ConfigMismatch",
+    "RunInUse",
     "TrainResult",
     "TrainingDiverged",
     "build_data",
@@ -73,6 +75,10 @@ class ConfigMismatch(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class RunInUse(RuntimeError):
+    """Another process is training in the run directory."""
 
 
 @dataclass
@@ -306,9 +312,46 @@ def train(
 
     Raises:
         ConfigMismatch: ``run_dir`` holds another configuration (and ``resume`` cannot bridge it).
+        RunInUse: another process is training in ``run_dir``.
         TrainingDiverged: the loss became NaN or infinite (the last good checkpoint is named).
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_lock(run_dir):
+        return _train(config, run_dir, resume, progress, tensorboard)
+
+
+@contextmanager
+def _run_lock(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir/.lock`` while training, so that a second trainer
+    started in the same directory fails instead of interleaving checkpoints and logs. The
+    operating system releases the lock when the process ends, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): train without one
+        yield
+        return
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise RunInUse(
+                f"{run_dir} is being trained by {owner}; wait for it, stop it (Ctrl-C writes a "
+                f"checkpoint), or train into another --out directory"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train(config: Config, run_dir: Path, resume: bool, progress: bool, tensorboard: bool):
     config = _prepare_run(config, run_dir, resume)
     t = config.train
     device = resolve_device(t.device)

@@ -16,7 +16,7 @@ from marionette.checkpoint import (
     load_checkpoint,
 )
 from marionette.config import Config
-from marionette.trainer import ConfigMismatch, TrainingDiverged, train
+from marionette.trainer import ConfigMismatch, RunInUse, TrainingDiverged, train
 
 TINY = dict(
     synthetic="tiny",
@@ -89,6 +89,19 @@ class TestTrain:
         assert "--resume" in str(info.value) and "new --out" in str(info.value)
         with pytest.raises(ConfigMismatch, match="num_layers"):
             quiet_train(tiny_config(num_layers=1), tmp_path / "run", resume=True)
+
+    def test_a_run_directory_in_use_is_refused(self, tmp_path):
+        fcntl = pytest.importorskip("fcntl")
+        run = tmp_path / "run"
+        run.mkdir()
+        with open(run / ".lock", "w") as held:  # what a trainer running there holds
+            held.write("process 1234 on elsewhere\n")
+            held.flush()
+            fcntl.flock(held, fcntl.LOCK_EX)
+            with pytest.raises(RunInUse, match="being trained by process 1234 on elsewhere"):
+                quiet_train(tiny_config(), run)
+            assert not (run / "config.json").exists()  # refused before touching the run
+        assert quiet_train(tiny_config(), run).step == tiny_config().train.num_steps  # free again
 
     def test_corrupt_checkpoint_falls_back(self, tmp_path):
         run = tmp_path / "run"

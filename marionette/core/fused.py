@@ -23,6 +23,7 @@ which the tests use).
 """
 
 import os
+import warnings
 from functools import cache
 
 import torch
@@ -32,7 +33,13 @@ from .compositing import GATING_MODES
 from .geometry import Grid
 from .selection import check_ids
 
-__all__ = ["RENDERERS", "render_fused", "resolve_renderer", "triton_unavailable_reason"]
+__all__ = [
+    "RENDERERS",
+    "render_fused",
+    "resolve_renderer",
+    "self_check",
+    "triton_unavailable_reason",
+]
 
 #: ``"auto"``: the fused kernel where it can run (CUDA and Triton), else PyTorch;
 #: ``"torch"``: always the PyTorch reference; ``"triton"``: always the fused kernel.
@@ -66,15 +73,29 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 
 
 def resolve_renderer(renderer: str, device: torch.device) -> str:
-    """``"torch"`` or ``"triton"``: which renderer ``renderer`` means on ``device``."""
+    """``"torch"`` or ``"triton"``: which renderer ``renderer`` means on ``device``.
+
+    ``"auto"`` takes the fused kernel on CUDA devices where it passes :func:`self_check` (once
+    per device and process); where it does not, it warns and takes the PyTorch path.
+    """
     if renderer not in RENDERERS:
         raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
     if renderer == "torch":
         return "torch"
     reason = triton_unavailable_reason(device)
-    if renderer == "triton" and reason is not None:
-        raise RuntimeError(f"renderer='triton' cannot run: {reason}; use renderer='auto'")
-    if renderer == "auto" and (reason is not None or device.type != "cuda"):
+    if renderer == "triton":
+        if reason is not None:
+            raise RuntimeError(f"renderer='triton' cannot run: {reason}; use renderer='auto'")
+        return "triton"
+    if reason is not None or device.type != "cuda":
+        return "torch"
+    failure = self_check(device)
+    if failure is not None:
+        warnings.warn(
+            f"the fused renderer failed its self-check on {device} ({failure}); rendering "
+            f"with PyTorch instead (same results, slower). Please report this.",
+            stacklevel=2,
+        )
         return "torch"
     return "triton"
 
@@ -140,6 +161,61 @@ class _FusedRender(torch.autograd.Function):
         )  # fmt: skip
         grads = [g.to(d) for g, d in zip([*grads, grad_background], dtypes, strict=True)]
         return grads[0], None, grads[1], grads[2], grads[3], None, None, None, None
+
+
+@cache
+def self_check(device: torch.device) -> str | None:
+    """Render a small random scene with the fused kernel on ``device`` and with the PyTorch
+    path, frames and gradients; None when they agree (to 1e-3), else what went wrong."""
+    from .compositing import plane_order
+
+    grid = Grid(16, 24, 8)
+    g = torch.Generator().manual_seed(0)
+    shape = (1, 1, 2, grid.rows, grid.cols)
+    inputs = [
+        torch.rand(3, 4, grid.sprite, grid.sprite, generator=g),
+        torch.rand(shape, generator=g),
+        torch.rand(*shape, 2, generator=g) - 0.5,
+        torch.rand(1, 1, 3, grid.height, grid.width, generator=g),
+    ]
+    ids = torch.randint(0, 3, shape, generator=g).to(device)
+    order = plane_order(2, shuffle_groups=True, generator=g).to(device)
+    weight = torch.rand(1, 1, 3, grid.height, grid.width, generator=g).to(device)
+    try:
+        with (  # float32 with gradients, whatever the caller's context
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast(device.type, enabled=False),
+        ):
+            results = [
+                _render_and_grad(fused, device, inputs, ids, order, grid, weight)
+                for fused in (True, False)
+            ]
+    except Exception as error:  # any failure to build or run the kernel means: do not use it
+        return f"{type(error).__name__}: {error}"
+    names = ("frames", "sprite gradient", "presence gradient", "offset gradient",
+             "background gradient")  # fmt: skip
+    for name, fused, reference in zip(names, *results, strict=True):
+        difference = float((fused - reference).abs().max())
+        if not difference <= 1e-3:
+            return f"{name} differs from the PyTorch path by {difference:.3g}"
+    return None
+
+
+def _render_and_grad(fused, device, inputs, ids, order, grid, weight) -> list[Tensor]:
+    """Frames and the gradients of (weight * frames).sum() from one renderer (self-check)."""
+    from .render import render_windows
+
+    leaves = [x.to(device).requires_grad_() for x in inputs]
+    table, presence, offsets, background = leaves
+    if fused:
+        frames = render_fused(table, ids, presence, offsets, background, order, grid)
+    else:
+        frames = render_windows(
+            table[ids], presence, background, order, grid, offsets=offsets
+        ).reconstruction
+    (frames * weight).sum().backward()
+    return [frames.detach(), *(x.grad for x in leaves)]
 
 
 @typed

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from marionette.core import Grid, MarioNette, ModelConfig, plane_order, render_windows
-from marionette.core.fused import render_fused, resolve_renderer
+from marionette.core import fused as fused_module
+from marionette.core.fused import render_fused, resolve_renderer, self_check
 
 triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -113,6 +114,30 @@ def test_renderer_choice(monkeypatch):
         resolve_renderer("triton", cpu)
     with pytest.raises(ValueError, match="renderer must be one of"):
         MarioNette(ModelConfig(height=16, width=16, layer_size=2), renderer="fast")
+
+
+def test_self_check_passes_and_reports_a_broken_kernel(monkeypatch):
+    self_check.cache_clear()
+    assert self_check(torch.device(DEVICE)) is None
+
+    def broken():
+        raise RuntimeError("ptxas fatal: unsupported")
+
+    monkeypatch.setattr(fused_module, "_kernels", broken)
+    self_check.cache_clear()
+    assert self_check(torch.device(DEVICE)) == "RuntimeError: ptxas fatal: unsupported"
+    self_check.cache_clear()
+
+
+def test_auto_takes_the_fused_kernel_only_where_it_passes_its_self_check(monkeypatch):
+    cuda = torch.device("cuda")  # a device name only: nothing runs on it here
+    monkeypatch.setattr(fused_module, "triton_unavailable_reason", lambda device: None)
+    monkeypatch.setattr(fused_module, "self_check", lambda device: None)
+    assert resolve_renderer("auto", cuda) == "triton"
+    monkeypatch.setattr(fused_module, "self_check", lambda device: "frames differ by 0.5")
+    with pytest.warns(UserWarning, match=r"self-check on cuda \(frames differ by 0.5\)"):
+        assert resolve_renderer("auto", cuda) == "torch"
+    assert resolve_renderer("triton", cuda) == "triton"  # asked for explicitly: no check
 
 
 _COMPILE = """

@@ -46,6 +46,20 @@ def sample(base, y0, x0, fy, fx, gy, gx, size, mask):
 
 
 @triton.jit
+def sample_rgba(base, sy, sx, size, mask):
+    """A sprite's colour (border padding) and alpha (zero padding) at (sy, sx), and their
+    derivatives along x and y, as :func:`marionette.core.shift_bilinear` samples them."""
+    area = size * size
+    y0, x0, fy, fx, gy, gx = taps(sy, sx, size, True)
+    c0, c0_x, c0_y = sample(base, y0, x0, fy, fx, gy, gx, size, mask)
+    c1, c1_x, c1_y = sample(base + area, y0, x0, fy, fx, gy, gx, size, mask)
+    c2, c2_x, c2_y = sample(base + 2 * area, y0, x0, fy, fx, gy, gx, size, mask)
+    y0, x0, fy, fx, gy, gx = taps(sy, sx, size, False)
+    a, a_x, a_y = sample(base + 3 * area, y0, x0, fy, fx, gy, gx, size, mask)
+    return c0, c1, c2, a, c0_x, c1_x, c2_x, a_x, c0_y, c1_y, c2_y, a_y
+
+
+@triton.jit
 def add_tap(base, yy, xx, size, value, mask):
     inside = mask & (yy >= 0) & (yy < size) & (xx >= 0) & (xx < size)
     tl.atomic_add(base + yy * size + xx, value, mask=inside)
@@ -121,7 +135,6 @@ def forward_kernel(
     cell: tl.constexpr, block: tl.constexpr, original: tl.constexpr, save: tl.constexpr,
 ):  # fmt: skip
     size = 2 * cell
-    area = size * size
     hw = height * width
     bt, m, n, r, c, yx, mask = tile(cols, height, width, cell, block)
     frame = bt * 3 * hw + yx
@@ -132,13 +145,7 @@ def forward_kernel(
         slot, valid, sprite, p, sy, sx = slot_of(
             order, k, bt, m, n, r, c, ids, presence, offsets, layers, rows, cols, cell
         )
-        base = table + sprite
-        y0, x0, fy, fx, gy, gx = taps(sy, sx, size, True)
-        c0, _, _ = sample(base, y0, x0, fy, fx, gy, gx, size, mask)
-        c1, _, _ = sample(base + area, y0, x0, fy, fx, gy, gx, size, mask)
-        c2, _, _ = sample(base + 2 * area, y0, x0, fy, fx, gy, gx, size, mask)
-        y0, x0, fy, fx, gy, gx = taps(sy, sx, size, False)
-        a, _, _ = sample(base + 3 * area, y0, x0, fy, fx, gy, gx, size, mask)
+        c0, c1, c2, a, _, _, _, _, _, _, _, _ = sample_rgba(table + sprite, sy, sx, size, mask)
         a = a * p
         if original:
             c0, c1, c2 = c0 * p, c1 * p, c2 * p
@@ -166,13 +173,9 @@ def backward_kernel(
         slot, valid, sprite, p, sy, sx = slot_of(
             order, k, bt, m, n, r, c, ids, presence, offsets, layers, rows, cols, cell
         )
-        base = table + sprite
-        cy0, cx0, cfy, cfx, cgy, cgx = taps(sy, sx, size, True)
-        c0, c0_x, c0_y = sample(base, cy0, cx0, cfy, cfx, cgy, cgx, size, mask)
-        c1, c1_x, c1_y = sample(base + area, cy0, cx0, cfy, cfx, cgy, cgx, size, mask)
-        c2, c2_x, c2_y = sample(base + 2 * area, cy0, cx0, cfy, cfx, cgy, cgx, size, mask)
-        ay0, ax0, afy, afx, agy, agx = taps(sy, sx, size, False)
-        alpha, a_x, a_y = sample(base + 3 * area, ay0, ax0, afy, afx, agy, agx, size, mask)
+        c0, c1, c2, alpha, c0_x, c1_x, c2_x, a_x, c0_y, c1_y, c2_y, a_y = sample_rgba(
+            table + sprite, sy, sx, size, mask
+        )
         a = alpha * p
         b0, b1, b2 = load_rgb(behind + (bt * planes + k) * 3 * hw + yx, hw, mask)
         if original:
@@ -196,6 +199,8 @@ def backward_kernel(
         tl.atomic_add(grad_offsets + 2 * slot + 1, used * tl.sum(tl.sum(d_y, 1), 0))
         write = mask & (r * 0 + used > 0)
         target = grad_table + sprite
+        cy0, cx0, cfy, cfx, _, _ = taps(sy, sx, size, True)
+        ay0, ax0, afy, afx, _, _ = taps(sy, sx, size, False)
         scatter(target, cy0, cx0, cfy, cfx, size, d0, write)
         scatter(target + area, cy0, cx0, cfy, cfx, size, d1, write)
         scatter(target + 2 * area, cy0, cx0, cfy, cfx, size, d2, write)

@@ -7,25 +7,10 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from .config import _FIELDS, _SECTIONS, Config
-from .core.fused import RENDERERS
+from .config import _FIELDS, _SECTIONS, CHOICES, Config
+from .core import CODE_KINDS
 
 __all__ = ["main"]
-
-#: The original's boolean flags take no value (``--shuffle_all``); ``--flag false`` also works.
-_CHOICES = {
-    "background": ("color", "strip", "strip_st"),
-    "gating": ("premultiplied", "original"),
-    "transform_encoder": ("conv", "anchor", "match"),
-    "dictionary": ("mlp", "pixels"),
-    "resize": ("keep", "crop", "resize", "pad"),
-    "precision": ("auto", "fp32", "bf16"),
-    "renderer": RENDERERS,
-    "typecheck": ("first", "on", "off"),
-    "sprite_init": ("random", "data"),
-    "consistency_code": ("codes", "queries", "weights"),
-}
-
 
 #: Settings with flags of their own (``--data DIR``, ``--synthetic NAME``).
 _SOURCE_FLAGS = ("data", "synthetic")
@@ -49,14 +34,14 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             if "_" in f.name:
                 names.append(f"--{f.name.replace('_', '-')}")
             kwargs: dict = {"default": argparse.SUPPRESS, "dest": f.name}
-            if f.type is bool:
+            if f.type is bool:  # the original's flags take no value; --flag false works too
                 kwargs.update(nargs="?", const="true", metavar="BOOL")
             elif typing.get_origin(f.type) is tuple:
                 kwargs.update(nargs="+", metavar="X")
             elif f.name == "background":  # the original's --background means the learned strip
-                kwargs.update(nargs="?", const="strip", choices=_CHOICES[f.name])
-            elif f.name in _CHOICES:
-                kwargs.update(choices=_CHOICES[f.name])
+                kwargs.update(nargs="?", const="strip", choices=CHOICES[f.name])
+            elif f.name in CHOICES:
+                kwargs.update(choices=CHOICES[f.name])
             group.add_argument(*names, **kwargs)
     group.add_argument(
         "--spatial_transformer_bg",
@@ -364,6 +349,22 @@ def _data_mario(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_arguments(
+    parser: argparse.ArgumentParser, data_help: str, default_out: str, batch_size: int
+) -> None:
+    """The flags of commands that apply a trained run to frames (decompose, eval)."""
+    parser.add_argument("--run", required=True, help="run directory")
+    parser.add_argument("--data", help=data_help)
+    parser.add_argument("--out", help=f"output folder (default: {default_out})")
+    parser.add_argument("--checkpoint", help="a specific checkpoint file")
+    parser.add_argument(
+        "--resize", choices=CHOICES["resize"], help="resize policy for --data (default: the run's)"
+    )
+    parser.add_argument("--frames", type=int, default=0, help="only the first N frames")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``marionette`` command."""
     parser = argparse.ArgumentParser(
@@ -406,19 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
         "sprites, hard reconstructions, per-layer images, the sprite sheet and a "
         "summary picture.",
     )
-    decompose.add_argument("--run", required=True, help="run directory")
-    decompose.add_argument(
-        "--data",
-        help="frame folder (default: the run's held-out synthetic clips, or its training folder)",
+    _add_run_arguments(
+        decompose,
+        "frame folder (default: the run's held-out synthetic clips, or its training folder)",
+        "RUN/decomposition",
+        batch_size=16,
     )
-    decompose.add_argument("--out", help="output folder (default: RUN/decomposition)")
-    decompose.add_argument("--checkpoint", help="a specific checkpoint file")
-    decompose.add_argument(
-        "--resize", choices=_CHOICES["resize"], help="resize policy for --data (default: the run's)"
-    )
-    decompose.add_argument("--frames", type=int, default=0, help="only the first N frames")
-    decompose.add_argument("--batch-size", type=int, default=16)
-    decompose.add_argument("--device", default="auto")
     decompose.add_argument("--no-progress", action="store_true")
     decompose.set_defaults(handler=_decompose)
 
@@ -428,24 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate the objects of a trained run against ground truth (the "
         "generators' groundtruth.csv). Writes metrics.json and a row of metrics_eval.csv.",
     )
-    evaluation.add_argument("--run", required=True, help="run directory")
-    evaluation.add_argument(
-        "--data", help="dataset folder with groundtruth.csv (default: the run's held-out data)"
+    _add_run_arguments(
+        evaluation,
+        "dataset folder with groundtruth.csv (default: the run's held-out data)",
+        "RUN/eval",
+        batch_size=32,
     )
-    evaluation.add_argument("--out", help="output folder (default: RUN/eval)")
-    evaluation.add_argument("--checkpoint", help="a specific checkpoint file")
     evaluation.add_argument(
         "--code",
         default="codes",
-        choices=("codes", "queries", "weights"),
+        choices=CODE_KINDS,
         help="object vector: anchor code (MOC's z_what), projected query, or selection weights",
     )
     evaluation.add_argument("--game", help="HUD filter of the relevant view (default: the data's)")
-    evaluation.add_argument("--frames", type=int, default=0, help="only the first N frames")
     evaluation.add_argument("--seed", type=int, default=0, help="k-means and random splits")
-    evaluation.add_argument("--resize", choices=_CHOICES["resize"])
-    evaluation.add_argument("--batch-size", type=int, default=32)
-    evaluation.add_argument("--device", default="auto")
     evaluation.add_argument("--no-tensorboard", action="store_true")
     evaluation.set_defaults(handler=_eval)
 

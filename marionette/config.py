@@ -15,10 +15,40 @@ from pathlib import Path
 from typing import Any
 
 from ._io import write_json
+from .core.background import BACKGROUNDS
+from .core.compositing import GATING_MODES
+from .core.consistency import CODE_KINDS
+from .core.dictionary import DECODERS
 from .core.fused import RENDERERS
-from .core.model import ModelConfig
+from .core.model import SELECTIONS, TRANSFORM_ENCODERS, ModelConfig
+from .data.frames import RESIZE_POLICIES
 
 __all__ = ["Config", "DataConfig", "TrainConfig"]
+
+
+#: Allowed values of every setting that names one of a few choices: the configs check them and
+#: the command line offers them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "background": BACKGROUNDS,
+    "gating": GATING_MODES,
+    "transform_encoder": TRANSFORM_ENCODERS,
+    "dictionary": DECODERS,
+    "selection": SELECTIONS,
+    "resize": RESIZE_POLICIES,
+    "precision": ("auto", "fp32", "bf16"),
+    "renderer": RENDERERS,
+    "typecheck": ("first", "on", "off"),
+    "consistency_code": CODE_KINDS,
+    "sprite_init": ("random", "data"),
+}
+
+
+def _check_choices(config) -> None:
+    """Raise unless every choice setting of ``config`` is one of :data:`CHOICES`."""
+    for f in fields(config):
+        allowed = CHOICES.get(f.name)
+        if allowed is not None and getattr(config, f.name) not in allowed:
+            raise ValueError(f"{f.name} must be one of {allowed}, got {getattr(config, f.name)!r}")
 
 
 @dataclass(frozen=True)
@@ -100,16 +130,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.lr_bg <= 0:
             raise ValueError(f"learning rates must be > 0, got lr={self.lr}, lr_bg={self.lr_bg}")
-        choices = {
-            "precision": ("auto", "fp32", "bf16"),
-            "renderer": RENDERERS,
-            "typecheck": ("first", "on", "off"),
-            "consistency_code": ("codes", "queries", "weights"),
-            "sprite_init": ("random", "data"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        _check_choices(self)
 
 
 @dataclass(frozen=True)
@@ -140,6 +161,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.frames_per_item < 1:
             raise ValueError(f"frames_per_item must be >= 1, got {self.frames_per_item}")
+        _check_choices(self)
 
 
 _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}

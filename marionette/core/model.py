@@ -177,10 +177,9 @@ class MarioNetteOutput:
     Positions are global pixels in (x, y) order; ``offsets`` are local, (x, y), in units of P.
 
     Attributes:
-        reconstruction: composited frames.
         background: the canvas under the sprites.
-        rendering: the reconstruction with its planes and placed alphas (see :attr:`planes`,
-            :attr:`alpha`).
+        rendering: the composited frames with their planes and placed alphas (see
+            :attr:`reconstruction`, :attr:`planes`, :attr:`alpha`).
         plane_order: back-to-front order of the planes used for this reconstruction.
         weights: selection weights over the dictionary (one-hot when ``hard``).
         presence: presence per slot (0 / 1 when ``hard``).
@@ -194,7 +193,6 @@ class MarioNetteOutput:
         gating: how presence gated the sprites.
     """
 
-    reconstruction: Float[Tensor, "B T 3 H W"]
     background: Float[Tensor, "B T 3 H W"]
     rendering: Rendering
     plane_order: Int64[Tensor, " N"]
@@ -213,6 +211,11 @@ class MarioNetteOutput:
     def grid(self) -> Grid:
         """Canvas and anchor-grid geometry."""
         return Grid(self.reconstruction.shape[-2], self.reconstruction.shape[-1], self.cell)
+
+    @property
+    def reconstruction(self) -> Float[Tensor, "B T 3 H W"]:
+        """Composited frames."""
+        return self.rendering.reconstruction
 
     @property
     def planes(self) -> Float[Tensor, "B T NL G 4 H W"]:
@@ -478,7 +481,6 @@ class MarioNette(nn.Module):
             renderer=self.renderer,
         )
         return MarioNetteOutput(
-            reconstruction=rendering.reconstruction,
             background=split(e.background),
             rendering=rendering,
             plane_order=plane_order,

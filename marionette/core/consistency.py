@@ -1,11 +1,21 @@
 """Object consistency over time: the same object in consecutive frames should keep its code.
 
-The contrastive form of MOC (Delfosse et al.), fixed where the public MarioNette fork was wrong:
-positions are **global** pixel centres (x, y) rather than each slot's local offset; candidates
-come from every layer within a radius in pixels rather than the same layer's 3 x 3 cells (with
-replicate padding that counted border cells several times); the sum is normalised by the number
-of matched objects; and it is one batched computation with no host synchronisation (the fork's
-Python loop with ``.item()`` made each step about 40x slower).
+MOC's idea (Delfosse et al.: an object's code at t + 1 is found where the object went), fixed
+where the public MarioNette fork was wrong, and in two places where MOC's own loss fails on a
+model whose codes also decide presence:
+
+- positions are **global** pixel centres (x, y), not each slot's local offset; the match comes
+  from every layer within a radius in pixels, not from the same layer's 3 x 3 cells (with
+  replicate padding that counted border cells several times); one batched computation with no
+  host synchronisation (the fork's Python loop with ``.item()`` made each step about 40x slower);
+- the objective is contrastive (InfoNCE against the other objects of frame t + 1) instead of MOC's
+  linear "-w cos(match) + sum cos(candidates)": that one is lowest when all codes are equal (an
+  isolated object's term is -(w - 1) cos), so it rewards codes that no longer tell an object from
+  an empty slot, and the presence head, which reads the same codes, loses the objects;
+- the sum is a mean over all slots (non-objects count 0), not over matched objects: divided by
+  the matched count, the whole weight fell on the first few objects to appear, pulling their
+  codes 3 to 70 times harder than the reconstruction did (measured on the tiny world), which
+  kept them from ever becoming present.
 """
 
 from typing import TYPE_CHECKING, NamedTuple
@@ -31,8 +41,8 @@ CODE_KINDS = ("codes", "queries", "weights")
 
 
 class ConsistencyResult(NamedTuple):
-    """The normalised loss (scalar) and the number of matched objects (a tensor, so that reading
-    it is the caller's choice of when to synchronise with the device)."""
+    """The loss (scalar) and the number of matched objects (a tensor, so that reading it is the
+    caller's choice of when to synchronise with the device)."""
 
     loss: Tensor
     matched: Tensor
@@ -44,54 +54,69 @@ def consistency_loss(
     presence: Float[Tensor, "B T N"],
     centers: Float[Tensor, "B T N 2"],
     radius: float,
-    match_weight: float = 5.0,
+    temperature: float = 0.1,
     threshold: float = 0.5,
     agreement: bool = True,
 ) -> ConsistencyResult:
-    """MOC's object-consistency loss between frames t and t + 1, over all N slots of a frame.
+    """Contrastive object consistency between frames t and t + 1, over all N slots of a frame.
 
-    Slot i at time t is an object if p_i > threshold. Its candidates at t + 1 are the present
-    slots j (any layer) with ||x_i - x_j|| <= radius, x the global centre in pixels. With cosine
-    similarities c_ij of the codes, n* = argmax_j c_ij and m* = argmin_j ||x_i - x_j||, the
-    object is *matched* if it has a candidate and (with ``agreement``) n* = m*; it contributes
+    Slot i at time t is an object if p_i > threshold, and so is slot j at t + 1. The match of i
+    is m* = argmin_j ||x_i - x_j|| over the objects j of t + 1 within ``radius`` pixels (x the
+    global centre, any layer). With ``agreement`` (MOC's rule), i counts only if m* is also the
+    most similar of those candidates, so an ambiguous association is never reinforced. With
+    cosine similarities c_ij of the codes and tau = ``temperature``, a matched object contributes
 
-        l_i = -w c_in* + sum_{j in C_i} c_ij,
+        l_i = -log( exp(c_im* / tau) / sum_{j object at t + 1} exp(c_ij / tau) ),
 
-    pulling its code towards its best match and away from the other candidates (w =
-    ``match_weight``; a single candidate gives -(w - 1) c). The loss is sum_i l_i over matched
-    objects divided by their number (0 when none match). Presence and positions only select;
-    gradients reach the codes.
+    which is small once its code is closer to its match than to every other object of the next
+    frame, and then stops pulling (a code collapse is never a minimum: it costs log of the number
+    of objects). The loss is sum_i l_i / (B (T - 1) N), a mean over slots like the presence
+    penalty, so an object's weight does not depend on how many others were matched. Presence and
+    positions only select; gradients reach the codes.
 
     Args:
         codes: per-slot codes; N = NL * Lh * Lw slots of a frame, in any fixed order.
         presence: per-slot presence probabilities.
         centers: global (x, y) centres in pixels.
-        radius: candidate distance in pixels (about one cell: an object moves less than that).
+        radius: match distance in pixels (about one cell: an object moves less than that).
+        temperature: softness of the contrast, in units of cosine similarity.
 
     Returns:
         The loss and the number of matched objects.
+
+    Example:
+        >>> codes = torch.eye(2).expand(1, 2, 2, 2)  # two objects that keep their codes
+        >>> centers = torch.tensor([[0.0, 0.0], [10.0, 0.0]]).expand(1, 2, 2, 2)
+        >>> result = consistency_loss(codes, torch.ones(1, 2, 2), centers, radius=4.0)
+        >>> int(result.matched), round(float(result.loss), 4)
+        (2, 0.0)
+        >>> swapped = torch.stack([torch.eye(2), torch.eye(2).flip(0)])[None]  # codes swap at t + 1
+        >>> swapped = consistency_loss(swapped, torch.ones(1, 2, 2), centers, 4.0, agreement=False)
+        >>> round(float(swapped.loss), 2)
+        10.0
     """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     if codes.shape[1] < 2:
         zero = codes.sum() * 0.0
         return ConsistencyResult(zero, zero.detach())
     unit = F.normalize(codes, dim=-1)
     cos = torch.einsum("btid,btjd->btij", unit[:, :-1], unit[:, 1:])  # [B, T-1, N, N]
     source = presence[:, :-1] > threshold
-    target = presence[:, 1:] > threshold
+    target = presence[:, 1:, None, :] > threshold
     distance = torch.cdist(centers[:, :-1], centers[:, 1:])  # [B, T-1, N, N]
-    candidate = target[..., None, :] & (distance <= radius)
-    count = candidate.sum(-1)
-    best = torch.where(candidate, cos, -torch.inf).argmax(-1)
-    matched = source & (count > 0)
+    candidate = target & (distance <= radius)
+    match = torch.where(candidate, distance, torch.inf).argmin(-1, keepdim=True)
+    matched = source & candidate.any(-1)
     if agreement:
-        nearest = torch.where(candidate, distance, torch.inf).argmin(-1)
-        matched = matched & (best == nearest)
-    best_cos = cos.gather(-1, best[..., None])[..., 0]
-    spread = torch.where(candidate, cos, 0.0).sum(-1)
-    per_object = -match_weight * best_cos + spread
+        best = torch.where(candidate, cos, -torch.inf).argmax(-1, keepdim=True)
+        matched = matched & (best == match)[..., 0]
+    # Non-objects of t + 1 get the lowest finite logit, not -inf, so that rows without any
+    # object stay finite in the backward pass (they are masked out below).
+    logits = (cos / temperature).masked_fill(~target, torch.finfo(cos.dtype).min)
+    per_object = torch.logsumexp(logits, -1) - logits.gather(-1, match)[..., 0]
     total = torch.where(matched, per_object, 0.0).sum()
-    number = matched.sum()
-    return ConsistencyResult(total / number.clamp(min=1), number)
+    return ConsistencyResult(total / source.numel(), matched.sum())
 
 
 def encoding_consistency(
@@ -100,7 +125,7 @@ def encoding_consistency(
     grid: Grid,
     code: str = "codes",
     radius: float = 0.0,
-    match_weight: float = 5.0,
+    temperature: float = 0.1,
 ) -> ConsistencyResult:
     """:func:`consistency_loss` of a model's encoding of ``batch`` stacks of T frames.
 
@@ -117,5 +142,5 @@ def encoding_consistency(
         rearrange(encoding.presence.float(), slots, B=batch),
         rearrange(centers.float(), slots, B=batch),
         radius=radius if radius > 0 else float(grid.cell),
-        match_weight=match_weight,
+        temperature=temperature,
     )

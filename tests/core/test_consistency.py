@@ -10,36 +10,32 @@ from marionette.core import Grid, consistency_loss, encoding_consistency
 from marionette.core.model import MarioNette, ModelConfig
 
 
-def naive_consistency(codes, presence, centers, radius, w=5.0, threshold=0.5):
-    """Object by object, candidate by candidate, as MOC describes it."""
+def naive_consistency(codes, presence, centers, radius, tau=0.1, threshold=0.5):
+    """Object by object: the nearest object of the next frame within the radius is the match
+    (if it is also the most similar candidate); -log of its softmax share over all objects."""
     total, matched = 0.0, 0
     batch, steps, slots, _ = codes.shape
     for b in range(batch):
         for t in range(steps - 1):
+            objects = [j for j in range(slots) if presence[b, t + 1, j] > threshold]
             for i in range(slots):
                 if presence[b, t, i] <= threshold:
                     continue
-                candidates = [
-                    j
-                    for j in range(slots)
-                    if presence[b, t + 1, j] > threshold
-                    and torch.dist(centers[b, t, i], centers[b, t + 1, j]) <= radius
-                ]
+                distance = {j: float(torch.dist(centers[b, t, i], centers[b, t + 1, j])) for j in objects}
+                candidates = [j for j in objects if distance[j] <= radius]
                 if not candidates:
                     continue
                 cos = {
-                    j: F.cosine_similarity(codes[b, t, i], codes[b, t + 1, j], dim=0)
-                    for j in candidates
+                    j: float(F.cosine_similarity(codes[b, t, i], codes[b, t + 1, j], dim=0))
+                    for j in objects
                 }
-                best = max(candidates, key=lambda j: cos[j])
-                nearest = min(
-                    candidates, key=lambda j: torch.dist(centers[b, t, i], centers[b, t + 1, j])
-                )
-                if best != nearest:
+                nearest = min(candidates, key=lambda j: distance[j])
+                if max(candidates, key=lambda j: cos[j]) != nearest:
                     continue
-                total = total - w * cos[best] + sum(cos.values())
+                share = math.exp(cos[nearest] / tau) / sum(math.exp(c / tau) for c in cos.values())
+                total -= math.log(share)
                 matched += 1
-    return total / max(matched, 1), matched
+    return total / (batch * (steps - 1) * slots), matched
 
 
 def random_case(seed, batch=2, steps=3, slots=12, dim=5):
@@ -59,7 +55,7 @@ def test_equals_the_naive_loop(seed):
     torch.testing.assert_close(loss, torch.as_tensor(expected, dtype=loss.dtype))
 
 
-def test_gradient_pulls_the_match_and_pushes_the_other_candidate():
+def test_gradient_pulls_the_match_and_pushes_the_other_object():
     # One object at t; at t + 1 its match (same place, similar code) and a neighbour 4 px away.
     codes = torch.tensor([[[[1.0, 0.2, 0.0], [0.0, 0.0, 0.0]], [[1.0, 0.0, 0.3], [0.5, 1.0, 0.0]]]])
     codes.requires_grad_(True)
@@ -92,29 +88,46 @@ def test_global_positions_and_other_layers():
     # t = 0: layer 0, cell (1, 1), offset +0.4 x -> x = 1.5 * 8 + 3.2 = 15.2.
     presence[0, 0, 1, 1] = 1
     offsets[0, 0, 1, 1] = torch.tensor([0.4, 0.0])
-    # t = 1: layer 1, cell (1, 2), offset -0.45 x -> x = 2.5 * 8 - 3.6 = 16.4.
+    # t = 1: layer 1, cell (1, 2), offset -0.45 x -> x = 2.5 * 8 - 3.6 = 16.4; and another object
+    # far away (layer 0, cell (3, 3)) with the same code: a negative, however far.
     presence[1, 1, 1, 2] = 1
     offsets[1, 1, 1, 2] = torch.tensor([-0.45, 0.0])
     codes[1, 1, 1, 2] = codes[0, 0, 1, 1]
+    presence[1, 0, 3, 3] = 1
+    codes[1, 0, 3, 3] = codes[0, 0, 1, 1]
     moved = encoding.__class__(
         **{**encoding.__dict__, "presence": presence, "offsets": offsets, "codes": codes}
     )
     loss, matched = encoding_consistency(moved, 1, grid, radius=2.0)
     assert matched == 1
-    assert math.isclose(float(loss), -4.0, rel_tol=1e-5)  # one candidate, identical code
+    expected = math.log(2) / 32  # its match and the far object look the same; 32 slots
+    assert math.isclose(float(loss), expected, rel_tol=1e-4)
 
 
-def test_normalised_by_matched_objects():
+def test_an_objects_weight_does_not_depend_on_the_others():
+    """A mean over slots: adding frames without objects scales the loss by the slot count only,
+    so the first objects to appear are not pulled harder than later ones (the old normalisation
+    by matched objects put the whole weight on them)."""
     codes, presence, centers = random_case(3)
     single = consistency_loss(codes, presence, centers, radius=8.0)
-    double = consistency_loss(
+    padded = consistency_loss(
         torch.cat([codes, codes]),
-        torch.cat([presence, presence]),
+        torch.cat([presence, torch.zeros_like(presence)]),
         torch.cat([centers, centers]),
         radius=8.0,
     )
-    torch.testing.assert_close(single.loss, double.loss)
-    assert int(double.matched) == 2 * int(single.matched)
+    torch.testing.assert_close(padded.loss, single.loss / 2)
+    assert int(padded.matched) == int(single.matched) > 0
+
+
+def test_equal_codes_are_no_minimum():
+    """MOC's linear loss was lowest when every code is the same; the contrastive one is not."""
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]]).expand(1, 2, 3, 2)
+    presence = torch.ones(1, 2, 3)
+    same = consistency_loss(torch.ones(1, 2, 3, 4), presence, centers, 4.0)
+    distinct = consistency_loss(torch.eye(3, 4).expand(1, 2, 3, 4), presence, centers, 4.0)
+    assert float(same.loss) > 10 * float(distinct.loss)
+    assert math.isclose(float(same.loss), math.log(3), rel_tol=1e-5)
 
 
 def test_agreement_check():
@@ -141,6 +154,12 @@ def test_swapped_time_and_batch_is_refused():
     codes, presence, centers = random_case(0, batch=2, steps=3)
     with pytest.raises(Exception, match="presence"):
         consistency_loss(codes, presence.transpose(0, 1), centers, 8.0)
+
+
+def test_temperature_must_be_positive():
+    codes, presence, centers = random_case(0)
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        consistency_loss(codes, presence, centers, 8.0, temperature=0.0)
 
 
 def test_unknown_code_kind():

@@ -25,20 +25,24 @@ from pathlib import Path
 
 import torch
 
+from marionette.build import build_model
 from marionette.config import Config
 from marionette.core import (
+    RENDERER_CHOICES,
+    Decomposition,
     Grid,
     composite_layers,
     consistency_loss,
     mix_sprites,
     place_sprites,
     plane_order,
+    render_fused,
     render_windows,
     set_typecheck,
     shift_bilinear,
+    triton_unavailable_reason,
 )
-from marionette.core.fused import RENDERERS, render_fused, triton_unavailable_reason
-from marionette.trainer import _loss_terms, build_model, build_optimisers
+from marionette.step import TrainingStep
 
 #: Model settings measured. ``default`` is the original's default model on a 128 px canvas (the
 #: configuration of the issue's baseline table), ``space_invaders`` the fork's SI settings.
@@ -121,18 +125,16 @@ def kernel_cases(config: dict, batch: int, device: torch.device, dtype: torch.dt
     )
     render_bytes = (windows.numel() + n * 3 + 2 * background.numel()) * size
 
-    def render_reference(table, presence, offsets, background):
-        windows = table.reshape(*presence.shape, 4, s, s)
-        return render_windows(windows, presence, background, order, grid, offsets=offsets)
+    def soft(table, presence, offsets, background) -> Decomposition:
+        return Decomposition(table, None, presence, offsets, background, order, grid.cell)
 
     renders = [
         ("render (PyTorch: shift, place, composite)",
-         lambda *x: render_reference(*x).reconstruction, render_inputs, render_bytes),
+         lambda *x: render_windows(soft(*x)).reconstruction, render_inputs, render_bytes),
     ]  # fmt: skip
     if device.type == "cuda" and triton_unavailable_reason(device) is None:
         renders.append(
-            ("render (fused Triton kernel)",
-             lambda w, p, o, b: render_fused(w, None, p, o, b, order, grid),
+            ("render (fused Triton kernel)", lambda *x: render_fused(soft(*x)),
              render_inputs, render_bytes)
         )  # fmt: skip
     return renders + [
@@ -194,29 +196,18 @@ def bench_step(
     hard pass only runs (without autograd) when metrics are logged, so it is not timed here."""
     stacks = max(batch // frames_per_item, 1)
     config = Config().replace(
-        **CONFIGS[name], **VARIANTS[variant], bs=stacks, frames_per_item=frames_per_item, aow=aow
-    )
+        **CONFIGS[name], **VARIANTS[variant], bs=stacks, frames_per_item=frames_per_item,
+        aow=aow, renderer=renderer, precision=precision,
+    )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(config).to(device)
-    model.renderer = renderer
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimisers = build_optimisers(model, config)
+    update = TrainingStep(model, config, device)
     frames = torch.rand(
         stacks, frames_per_item, 3, config.model.height, config.model.width, device=device
     )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    def step():
-        with autocast:
-            terms, _, _ = _loss_terms(model, frames, config, step=10**6)
-        for optimiser in optimisers:
-            optimiser.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        for optimiser in optimisers:
-            optimiser.step()
-
-    result = measure(step, device, repeats, warmup)
+    result = measure(lambda: update(frames, step=10**6), device, repeats, warmup)
     print(f"  step {name}/{variant}/{renderer} batch {stacks * frames_per_item} "
           f"T {frames_per_item} aow {aow}: {result['median_ms']:.1f} ms",
           file=sys.stderr, flush=True)  # fmt: skip
@@ -293,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--variants", nargs="+", default=["faithful", "match"], choices=list(VARIANTS)
     )
     parser.add_argument(
-        "--renderers", nargs="+", default=["auto"], choices=RENDERERS, help="training step"
+        "--renderers", nargs="+", default=["auto"], choices=RENDERER_CHOICES, help="training step"
     )
     parser.add_argument("--batch", type=int, nargs="+", help="default: 8 (CPU) or 8 32 64 (CUDA)")
     parser.add_argument("--kernel-batch", type=int, help="kernel batch (default 64 CUDA, 8 CPU)")

@@ -8,7 +8,7 @@ import torch
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from .config import Config
 from .core import MarioNette
-from .trainer import CONFIG_FILE
+from .rundir import CONFIG_FILE
 
 __all__ = ["load"]
 

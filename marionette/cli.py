@@ -4,10 +4,9 @@ import argparse
 import sys
 import typing
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
-from .config import _FIELDS, _SECTIONS, CHOICES, Config
+from .config import CHOICES, Config
 from .core import CODE_KINDS
 
 __all__ = ["main"]
@@ -26,23 +25,22 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="square canvas side (sets --height and --width)",
     )
-    for section_cls in _SECTIONS.values():
-        for f in fields(section_cls):
-            if f.name in _SOURCE_FLAGS:
-                continue
-            names = [f"--{f.name}"]
-            if "_" in f.name:
-                names.append(f"--{f.name.replace('_', '-')}")
-            kwargs: dict = {"default": argparse.SUPPRESS, "dest": f.name}
-            if f.type is bool:  # the original's flags take no value; --flag false works too
-                kwargs.update(nargs="?", const="true", metavar="BOOL")
-            elif typing.get_origin(f.type) is tuple:
-                kwargs.update(nargs="+", metavar="X")
-            elif f.name == "background":  # the original's --background means the learned strip
-                kwargs.update(nargs="?", const="strip", choices=CHOICES[f.name])
-            elif f.name in CHOICES:
-                kwargs.update(choices=CHOICES[f.name])
-            group.add_argument(*names, **kwargs)
+    for f in Config.fields():
+        if f.name in _SOURCE_FLAGS:
+            continue
+        names = [f"--{f.name}"]
+        if "_" in f.name:
+            names.append(f"--{f.name.replace('_', '-')}")
+        kwargs: dict = {"default": argparse.SUPPRESS, "dest": f.name}
+        if f.type is bool:  # the original's flags take no value; --flag false works too
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif typing.get_origin(f.type) is tuple:
+            kwargs.update(nargs="+", metavar="X")
+        elif f.name == "background":  # the original's --background means the learned strip
+            kwargs.update(nargs="?", const="strip", choices=CHOICES[f.name])
+        elif f.name in CHOICES:
+            kwargs.update(choices=CHOICES[f.name])
+        group.add_argument(*names, **kwargs)
     group.add_argument(
         "--spatial_transformer_bg",
         "--spatial-transformer-bg",
@@ -55,7 +53,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    names = (set(_FIELDS) | {"canvas_size"}) - set(_SOURCE_FLAGS)
+    names = (set(Config.names()) | {"canvas_size"}) - set(_SOURCE_FLAGS)
     return {k: v for k, v in vars(args).items() if k in names}
 
 
@@ -73,7 +71,8 @@ def _base_config(args: argparse.Namespace) -> Config:
 
 def _train(args: argparse.Namespace) -> int:
     from .presets import preset_config
-    from .trainer import CONFIG_FILE, ConfigMismatch, RunInUse, TrainingDiverged, train
+    from .rundir import CONFIG_FILE, ConfigMismatch, RunInUse
+    from .trainer import TrainingDiverged, train
 
     settings = _settings(args)
     if args.data is not None:
@@ -120,9 +119,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _decompose(args: argparse.Namespace) -> int:
     from .api import load
+    from .build import build_data, resolve_device
     from .data import FrameFolder
     from .decompose import decompose_frames
-    from .trainer import build_data, resolve_device
 
     model, config = load(args.run, args.checkpoint)
     if args.data:
@@ -201,9 +200,9 @@ def _data_synthetic(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .api import load
+    from .build import build_eval_data, resolve_device
     from .data import load_dataset
-    from .eval import evaluate, first_frames, flatten_metrics, write_metrics
-    from .trainer import build_eval_data, resolve_device
+    from .eval import evaluate, first_frames, summary, write_metrics
 
     model, config = load(args.run, args.checkpoint)
     if args.data:
@@ -223,17 +222,9 @@ def _eval(args: argparse.Namespace) -> int:
     path = write_metrics(out, metrics, step)
     if not args.no_tensorboard:
         _log_tensorboard(Path(args.run) / "tensorboard", metrics, step)
-    flat = flatten_metrics(metrics)
-    shown = [k for k in flat if k.startswith("relevant/") and "/std/" not in k and "/ap/" not in k]
-    shown += [
-        k
-        for k in ("relevant/ap/mean", "temporal/sprite", "temporal/code_nn", "foreground_ari")
-        if k in flat
-    ]
     print(f"evaluated {metrics['frames']} frames, {metrics['objects']} objects ({args.code} codes)")
-    for key in shown:
-        value = flat[key]
-        print(f"  {key:36s} {value:.4f}" if isinstance(value, float) else f"  {key:36s} {value}")
+    for key, value in summary(metrics).items():
+        print(f"  {key:36s} {value:.4f}")
     print(f"metrics: {path} (and a row in {out / 'metrics_eval.csv'})")
     return 0
 
@@ -365,15 +356,7 @@ def _add_run_arguments(
     parser.add_argument("--device", default="auto")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``marionette`` command."""
-    parser = argparse.ArgumentParser(
-        prog="marionette",
-        description="Self-supervised sprite learning: train MarioNette, decompose frames into "
-        "sprites, generate data, evaluate object representations.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_train(commands) -> None:
     train = commands.add_parser(
         "train",
         help="train a model (with no data argument: the built-in demo world)",
@@ -400,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(train)
     train.set_defaults(handler=_train)
 
+
+def _add_decompose(commands) -> None:
     decompose = commands.add_parser(
         "decompose",
         help="write the explicit decomposition of frames (JSON, PNGs)",
@@ -416,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     decompose.add_argument("--no-progress", action="store_true")
     decompose.set_defaults(handler=_decompose)
 
+
+def _add_eval(commands) -> None:
     evaluation = commands.add_parser(
         "eval",
         help="evaluate a run's objects against ground truth (few-shot, AMI, detection, ...)",
@@ -439,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--no-tensorboard", action="store_true")
     evaluation.set_defaults(handler=_eval)
 
+
+def _add_sweep(commands) -> None:
     sweep = commands.add_parser(
         "sweep",
         help="train and evaluate a grid of settings and seeds; mean +- std table",
@@ -457,8 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(handler=_sweep)
 
-    data = commands.add_parser("data", help="generate datasets (synthetic worlds, Atari, Mario)")
-    generators = data.add_subparsers(dest="generator", required=True)
+
+def _add_data_synthetic(generators) -> None:
     synthetic = generators.add_parser(
         "synthetic", help="a built-in synthetic world with ground truth"
     )
@@ -472,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--overwrite", action="store_true")
     synthetic.set_defaults(handler=_data_synthetic)
 
+
+def _add_data_atari(generators) -> None:
     atari = generators.add_parser(
         "atari",
         help="Atari clips with OCAtari ground truth (pip install 'marionette[atari]')",
@@ -504,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     atari.add_argument("--no-progress", action="store_true")
     atari.set_defaults(handler=_data_atari)
 
+
+def _add_data_mario(generators) -> None:
     mario = generators.add_parser(
         "mario",
         help="Super Mario Bros frames with Mario's box (pip install 'marionette[mario]')",
@@ -516,6 +509,22 @@ def build_parser() -> argparse.ArgumentParser:
     mario.add_argument("--overwrite", action="store_true")
     mario.add_argument("--no-progress", action="store_true")
     mario.set_defaults(handler=_data_mario)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``marionette`` command."""
+    parser = argparse.ArgumentParser(
+        prog="marionette",
+        description="Self-supervised sprite learning: train MarioNette, decompose frames into "
+        "sprites, generate data, evaluate object representations.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_decompose, _add_eval, _add_sweep):
+        add(commands)
+    data = commands.add_parser("data", help="generate datasets (synthetic worlds, Atari, Mario)")
+    generators = data.add_subparsers(dest="generator", required=True)
+    for add in (_add_data_synthetic, _add_data_atari, _add_data_mario):
+        add(generators)
     return parser
 
 

@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from ._io import write_json
-from .core.background import BACKGROUNDS
-from .core.compositing import GATING_MODES
-from .core.consistency import CODE_KINDS
-from .core.dictionary import DECODERS
-from .core.fused import RENDERERS
-from .core.model import SELECTIONS, TRANSFORM_ENCODERS, ModelConfig
+from .core import (
+    BACKGROUNDS,
+    CODE_KINDS,
+    DECODERS,
+    GATING_MODES,
+    OFFSET_PREDICTORS,
+    RENDERER_CHOICES,
+    SELECTIONS,
+    ModelConfig,
+)
 from .data.frames import RESIZE_POLICIES
 
 __all__ = ["Config", "DataConfig", "TrainConfig"]
@@ -29,14 +33,14 @@ __all__ = ["Config", "DataConfig", "TrainConfig"]
 #: Allowed values of every setting that names one of a few choices: the configs check them and
 #: the command line offers them.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "background": BACKGROUNDS,
+    "background": tuple(BACKGROUNDS),
     "gating": GATING_MODES,
-    "transform_encoder": TRANSFORM_ENCODERS,
+    "transform_encoder": tuple(OFFSET_PREDICTORS),
     "dictionary": DECODERS,
-    "selection": SELECTIONS,
+    "selection": tuple(SELECTIONS),
     "resize": RESIZE_POLICIES,
     "precision": ("auto", "fp32", "bf16"),
-    "renderer": RENDERERS,
+    "renderer": RENDERER_CHOICES,
     "typecheck": ("first", "on", "off"),
     "consistency_code": CODE_KINDS,
     "sprite_init": ("random", "data"),
@@ -241,6 +245,11 @@ class Config:
     def names() -> list[str]:
         """Every setting's flat name."""
         return list(_FIELDS)
+
+    @staticmethod
+    def fields() -> list[dataclasses.Field]:
+        """Every setting's dataclass field (name, type, default), section by section."""
+        return [f for cls in _SECTIONS.values() for f in fields(cls)]
 
     def get(self, name: str) -> Any:
         """A setting by flat name."""

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ._io import atomic_write, write_json
-from .core import PARITY_GROUPS, Decomposition, MarioNette, flatten_layers
+from .core import PARITY_GROUPS, Decomposition, MarioNette, plane_order_for
 from .data import FrameSource
 from .viz import panel, save_png, sprite_sheet, to_uint8
 
@@ -35,9 +36,10 @@ def _rgba_uint8(image: torch.Tensor) -> np.ndarray:
     return array.permute(1, 2, 0).numpy()
 
 
-def _records(d: Decomposition, names: list[str]) -> list[dict]:
-    """One JSON record per frame, listing every present slot."""
-    boxes, visible = d.boxes()
+def _records(d: Decomposition, footprints: tuple[Tensor, Tensor], names: list[str]) -> list[dict]:
+    """One JSON record per frame, listing every present slot (``footprints``: its global boxes
+    and whether each is visible, see :meth:`Decomposition.boxes`)."""
+    boxes, visible = footprints
     centers = d.centers()
     order = d.plane_order.tolist()
     depth_of_plane = {plane: depth for depth, plane in enumerate(order)}
@@ -66,6 +68,87 @@ def _records(d: Decomposition, names: list[str]) -> list[dict]:
     return records
 
 
+class _Summary:
+    """What the whole pass accumulates besides the per-frame files: usage, squared error,
+    per-frame backgrounds and the first frames for the summary picture."""
+
+    def __init__(self, num_sprites: int, summary_frames: int) -> None:
+        self.usage = torch.zeros(num_sprites, dtype=torch.long)
+        self.squared_error, self.pixels = 0.0, 0
+        self.backgrounds: list[torch.Tensor] = []
+        self.first: Decomposition | None = None
+        self.pictures: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.room = summary_frames
+
+    def add(self, images, d: Decomposition, reconstruction, layers, per_frame: bool) -> None:
+        present = d.sprite_ids[d.presence > 0.5].flatten().cpu()
+        self.usage += torch.bincount(present, minlength=len(self.usage))
+        self.squared_error += float(((reconstruction - images) ** 2).sum())
+        self.pixels += images.numel()
+        if per_frame:
+            self.backgrounds.append(d.background[:, 0].float().cpu())
+        if self.first is None:
+            self.first = d
+        if self.room > 0:
+            take = slice(0, self.room)
+            self.pictures.append(
+                (images[take, 0].cpu(), reconstruction[take, 0].cpu(), layers[take, 0].cpu())
+            )
+            self.room -= len(self.pictures[-1][0])
+
+    @property
+    def psnr(self) -> float:
+        return float(-10 * np.log10(max(self.squared_error / max(self.pixels, 1), 1e-10)))
+
+
+def _write_frames(out: Path, names: list[str], reconstruction, layers) -> None:
+    """Each frame's hard reconstruction and its layers as PNGs."""
+    for i, name in enumerate(names):
+        stem = Path(name).stem
+        save_png(to_uint8(reconstruction[i, 0]), out / "reconstructions" / f"{stem}.png")
+        for layer in range(layers.shape[2]):
+            save_png(_rgba_uint8(layers[i, 0, layer]), out / "layers" / f"{stem}_layer{layer}.png")
+
+
+def _write_dictionary(out: Path, model: MarioNette, summary: _Summary) -> dict:
+    """Sprites, backgrounds, the sprite sheet and the summary picture; returns the document's
+    ``background`` entry."""
+    sprites = summary.first.sprites.float().cpu()
+    for k in range(len(sprites)):
+        save_png(_rgba_uint8(sprites[k]), out / "sprites" / f"{k}.png")
+    with atomic_write(out / "sprites.npy") as handle:
+        np.save(handle, sprites.numpy())
+    save_png(sprite_sheet(sprites, summary.usage), out / "sprite_sheet.png")
+    save_png(panel(*(torch.cat(parts) for parts in zip(*summary.pictures, strict=True))),
+             out / "summary.png")  # fmt: skip
+    if summary.backgrounds:
+        with atomic_write(out / "backgrounds.npy") as handle:
+            np.save(handle, torch.cat(summary.backgrounds).numpy())
+        return {"kind": "per_frame", "file": "backgrounds.npy"}
+    return {"kind": "color", "color": [float(v) for v in summary.first.background[0, 0, :, 0, 0]]}
+
+
+def _document(model: MarioNette, summary: _Summary, background: dict, records: list) -> dict:
+    grid, first = model.grid, summary.first
+    return {
+        "format": FORMAT_VERSION,
+        "canvas": {"height": grid.height, "width": grid.width},
+        "cell": grid.cell,
+        "sprite_size": grid.sprite,
+        "grid": {"rows": grid.rows, "cols": grid.cols},
+        "num_layers": model.config.num_layers,
+        "num_sprites": len(first.sprites),
+        "gating": model.config.gating,
+        "plane_order": first.plane_order.tolist(),
+        "background": background,
+        "coordinates": "pixels; (x, y) with x the column; boxes (x0, y0, x1, y1), x1/y1 "
+        "exclusive; offsets in units of the cell size",
+        "sprite_usage": summary.usage.tolist(),
+        "psnr_hard": summary.psnr,
+        "frames": records,
+    }
+
+
 @torch.no_grad()
 def decompose_frames(
     model: MarioNette,
@@ -85,82 +168,25 @@ def decompose_frames(
     for sub in ("sprites", "reconstructions", "layers"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     model = model.eval().to(device)
-    grid = model.grid
-    records, usage = [], torch.zeros(model.config.num_classes, dtype=torch.long)
-    backgrounds, squared_error, pixels = [], 0.0, 0
-    first: Decomposition | None = None
-    summary_inputs, summary_outputs, summary_layers = [], [], []
+    order = plane_order_for(model.config, training=False)
+    summary, records = _Summary(model.config.num_classes, summary_frames), []
     batches = range(0, len(frames), batch_size)
     for start in progress(batches) if progress else batches:
         indices = list(range(start, min(start + batch_size, len(frames))))
         images = frames.frames(indices).float().div(255).to(device)[:, None]
-        d = model.decompose(images)
-        output = model(images, hard=True, plane_order=d.plane_order)
-        names = [frames.names[i] for i in indices]
-        records += _records(d, names)
-        usage += torch.bincount(
-            d.sprite_ids[d.presence > 0.5].flatten().cpu(), minlength=len(usage)
-        )
-        squared_error += float(((output.reconstruction - images) ** 2).sum())
-        pixels += images.numel()
-        layers = flatten_layers(output.planes, d.plane_order)
-        for i, name in enumerate(names):
-            stem = Path(name).stem
-            save_png(to_uint8(output.reconstruction[i, 0]), out / "reconstructions" / f"{stem}.png")
-            for layer in range(layers.shape[2]):
-                save_png(
-                    _rgba_uint8(layers[i, 0, layer]), out / "layers" / f"{stem}_layer{layer}.png"
-                )
-        if model.config.background != "color":
-            backgrounds.append(d.background[:, 0].float().cpu())
-        if first is None:
-            first = d
-        if len(summary_inputs) < summary_frames:
-            take = slice(0, summary_frames - len(summary_inputs))
-            summary_inputs.append(images[take, 0].cpu())
-            summary_outputs.append(output.reconstruction[take, 0].cpu())
-            summary_layers.append(layers[take, 0].cpu())
-    sprites = first.sprites.float().cpu()
-    for k in range(len(sprites)):
-        save_png(_rgba_uint8(sprites[k]), out / "sprites" / f"{k}.png")
-    with atomic_write(out / "sprites.npy") as handle:
-        np.save(handle, sprites.numpy())
-    background: dict
-    if backgrounds:
-        with atomic_write(out / "backgrounds.npy") as handle:
-            np.save(handle, torch.cat(backgrounds).numpy())
-        background = {"kind": "per_frame", "file": "backgrounds.npy"}
-    else:
-        background = {"kind": "color", "color": [float(v) for v in first.background[0, 0, :, 0, 0]]}
-    save_png(sprite_sheet(sprites, usage), out / "sprite_sheet.png")
-    save_png(
-        panel(torch.cat(summary_inputs), torch.cat(summary_outputs), torch.cat(summary_layers)),
-        out / "summary.png",
-    )
-    psnr_hard = -10 * np.log10(max(squared_error / max(pixels, 1), 1e-10))
-    document = {
-        "format": FORMAT_VERSION,
-        "canvas": {"height": grid.height, "width": grid.width},
-        "cell": grid.cell,
-        "sprite_size": grid.sprite,
-        "grid": {"rows": grid.rows, "cols": grid.cols},
-        "num_layers": model.config.num_layers,
-        "num_sprites": len(sprites),
-        "gating": model.config.gating,
-        "plane_order": first.plane_order.tolist(),
-        "background": background,
-        "coordinates": "pixels; (x, y) with x the column; boxes (x0, y0, x1, y1), x1/y1 "
-        "exclusive; offsets in units of the cell size",
-        "sprite_usage": usage.tolist(),
-        "psnr_hard": psnr_hard,
-        "frames": records,
-    }
-    write_json(out / "decomposition.json", document)
+        output = model(images, "hard", order)
+        d, names = output.decomposition, [frames.names[i] for i in indices]
+        layers = output.layers()
+        records += _records(d, output.boxes(), names)
+        _write_frames(out, names, output.reconstruction, layers)
+        summary.add(images, d, output.reconstruction, layers, model.background.per_frame)
+    background = _write_dictionary(out, model, summary)
+    write_json(out / "decomposition.json", _document(model, summary, background, records))
     counts = [sum(s["visible"] for s in r["sprites"]) for r in records]  # not transparent ones
     return {
         "frames": len(records),
         "sprites_per_frame": float(np.mean(counts)) if counts else 0.0,
-        "psnr_hard": psnr_hard,
+        "psnr_hard": summary.psnr,
         "sprite_sheet": out / "sprite_sheet.png",
         "summary": out / "summary.png",
         "json": out / "decomposition.json",

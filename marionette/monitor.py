@@ -1,10 +1,10 @@
 """What a user sees while training: a progress bar, TensorBoard scalars and images, a process title.
 
 Each piece is optional: without tqdm a line is printed every log interval, without tensorboard
-the scalars go to ``metrics.csv`` only (always written), without setproctitle the title is left.
+the scalars go to ``metrics.csv`` only (written by :class:`marionette.rundir.MetricsLog`),
+without setproctitle the title is left.
 """
 
-import csv
 import os
 import sys
 import time
@@ -25,10 +25,10 @@ def format_duration(seconds: float) -> str:
 
 
 class Monitor:
-    """Progress bar, ``metrics.csv``, TensorBoard and process title for one run.
+    """Progress bar, TensorBoard and process title for one run.
 
     Args:
-        run_dir: where ``metrics.csv`` and TensorBoard events go.
+        run_dir: where the TensorBoard events go (``RUN/tensorboard``).
         start, total: first and last step.
         name: run name shown in the process title.
         progress: show a progress bar (tqdm if installed, else a line per log interval).
@@ -75,11 +75,6 @@ class Monitor:
             self._title = setproctitle.setproctitle
         except ImportError:
             self._title = None
-        self._csv_path = self.run_dir / "metrics.csv"
-        self._csv_keys: list[str] | None = None
-        if self._csv_path.exists():
-            with open(self._csv_path, newline="") as handle:
-                self._csv_keys = next(csv.reader(handle), None)
 
     def eta(self, step: int) -> float:
         """Seconds left, from the speed since this monitor started."""
@@ -95,14 +90,7 @@ class Monitor:
             self.bar.refresh()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        """Log scalars to ``metrics.csv``, TensorBoard and (without tqdm) the console."""
-        row = {"step": step, "time": round(time.monotonic() - self.start_time, 3), **values}
-        keys = list(row)
-        if self._csv_keys is None or not set(keys) <= set(self._csv_keys):
-            self._csv_keys = list(dict.fromkeys((self._csv_keys or []) + keys))
-            self._rewrite_csv_header()
-        with open(self._csv_path, "a", newline="") as handle:
-            csv.DictWriter(handle, self._csv_keys).writerow(row)
+        """Log scalars to TensorBoard and (without tqdm) the console; update the title."""
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
@@ -118,16 +106,6 @@ class Monitor:
             self._title(
                 f"marionette:{self.name} {step}/{self.total} eta {format_duration(self.eta(step))}"
             )
-
-    def _rewrite_csv_header(self) -> None:
-        rows = []
-        if self._csv_path.exists():
-            with open(self._csv_path, newline="") as handle:
-                rows = list(csv.DictReader(handle))
-        with open(self._csv_path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, self._csv_keys)
-            writer.writeheader()
-            writer.writerows(rows)
 
     def images(self, step: int, images: dict[str, np.ndarray]) -> None:
         """Log [H, W, 3] uint8 images to TensorBoard."""

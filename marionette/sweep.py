@@ -15,34 +15,30 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write
+from .api import load
+from .build import build_eval_data, resolve_device
 from .checkpoint import CHECKPOINT_DIR, FINAL
 from .config import Config
+from .eval import evaluate, first_frames, flatten_metrics, summary_keys, write_metrics
+from .trainer import train
 
-__all__ = ["SUMMARY_METRICS", "parse_grid", "run_name", "run_sweep", "summarise"]
+__all__ = [
+    "TRAINING_METRICS",
+    "parse_grid",
+    "run_name",
+    "run_sweep",
+    "summarise",
+    "summary_metrics",
+]
 
-#: Metrics of the summary table (flattened names of ``eval/metrics.json``, then training).
-SUMMARY_METRICS = (
-    "relevant/few_shot/ordered/1",
-    "relevant/few_shot/ordered/4",
-    "relevant/few_shot/ordered/16",
-    "relevant/few_shot/ordered/64",
-    "relevant/few_shot/mean/1",
-    "relevant/few_shot/mean/4",
-    "relevant/few_shot/mean/16",
-    "relevant/few_shot/mean/64",
-    "relevant/ami",
-    "relevant/ari",
-    "relevant/sprite_purity",
-    "relevant/f_score",
-    "all/f_score",
-    "relevant/ap/mean",
-    "temporal/sprite",
-    "temporal/code_nn",
-    "temporal/code_cos",
-    "foreground_ari",
-    "psnr",
-    "psnr_hard",
-)
+#: Training scalars of the summary table (from ``metrics.csv``), after the evaluation's
+#: summary results (:func:`marionette.eval.summary_keys`).
+TRAINING_METRICS = ("psnr", "psnr_hard")
+
+
+def summary_metrics() -> list[str]:
+    """The columns of the summary table: evaluation summary results, then training scalars."""
+    return [*summary_keys(), *TRAINING_METRICS]
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -87,10 +83,6 @@ def run_sweep(
     Finished runs (final checkpoint and evaluation present) are skipped; a run that stopped
     part-way resumes. Returns each point's settings and run directory, in grid order.
     """
-    from .api import load
-    from .eval import evaluate, first_frames, write_metrics
-    from .trainer import build_eval_data, resolve_device, train
-
     out = Path(out)
     keys = list(grid)
     runs = []
@@ -119,8 +111,6 @@ def run_sweep(
 
 
 def _flat_metrics(run_dir: Path) -> dict[str, float]:
-    from .eval import flatten_metrics
-
     values: dict[str, float] = {}
     path = run_dir / "eval" / "metrics.json"
     if path.exists():
@@ -130,7 +120,7 @@ def _flat_metrics(run_dir: Path) -> dict[str, float]:
         with open(csv_path, newline="") as handle:
             rows = list(csv.DictReader(handle))
         if rows:
-            for key in ("psnr", "psnr_hard"):
+            for key in TRAINING_METRICS:
                 if rows[-1].get(key):
                     values[key] = float(rows[-1][key])
     return values
@@ -145,16 +135,16 @@ def summarise(
     for settings, run_dir in runs:
         key = tuple((k, settings[k]) for k in grid if k != "seed")
         groups.setdefault(key, []).append(_flat_metrics(run_dir))
-    rows = []
+    rows, columns_of_metrics = [], summary_metrics()
     for key, members in groups.items():
         row: dict = dict(key) | {"runs": len(members)}
-        for metric in SUMMARY_METRICS:
+        for metric in columns_of_metrics:
             values = [m[metric] for m in members if isinstance(m.get(metric), int | float)]
             if values:
                 row[metric] = (float(np.mean(values)), float(np.std(values)))
         rows.append(row)
     columns = [k for k in grid if k != "seed"] + ["runs"]
-    metrics = [m for m in SUMMARY_METRICS if any(m in r for r in rows)]
+    metrics = [m for m in columns_of_metrics if any(m in r for r in rows)]
     with atomic_write(out / "summary.csv", "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(columns + [f"{m} {s}" for m in metrics for s in ("mean", "std")])

@@ -62,7 +62,7 @@ def test_api_load_decompose_edit_render(run):
     model, config = marionette.load(run)
     frames = torch.rand(1, 1, 3, 32, 32)
     decomposition = model.decompose(frames)
-    hard = model(frames, hard=True, plane_order=decomposition.plane_order).reconstruction
+    hard = model(frames, "hard", decomposition.plane_order).reconstruction
     torch.testing.assert_close(marionette.render(decomposition), hard)
     swapped = decomposition.replace(sprite_ids=(decomposition.sprite_ids + 1) % 4)
     assert marionette.render(swapped).shape == (1, 1, 3, 32, 32)

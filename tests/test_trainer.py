@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import marionette
-import marionette.trainer as trainer_module
+import marionette.core.objective as objective_module
+import marionette.diagnostics
+import marionette.step as step_module
 from marionette.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -128,7 +130,7 @@ class TestTrain:
         assert state["step"] == 2 and isinstance(state["model"], dict)
 
     def test_nan_loss_stops_with_the_step_and_last_checkpoint(self, tmp_path, monkeypatch):
-        real = trainer_module.reconstruction_loss
+        real = objective_module.reconstruction_loss
         calls = {"n": 0}
 
         def poisoned(*args):
@@ -136,12 +138,12 @@ class TestTrain:
             value = real(*args)
             return value * float("nan") if calls["n"] == 4 else value
 
-        monkeypatch.setattr(trainer_module, "reconstruction_loss", poisoned)
+        monkeypatch.setattr(objective_module, "reconstruction_loss", poisoned)
         with pytest.raises(TrainingDiverged, match="loss became nan at step 3.*step_000000002.pt"):
             quiet_train(tiny_config(), tmp_path / "run")
 
     def test_interrupt_writes_a_checkpoint_and_resumes(self, tmp_path, monkeypatch):
-        real = trainer_module._loss_terms
+        real = step_module.training_objective
         calls = {"n": 0}
 
         def interrupt(*args):
@@ -150,11 +152,11 @@ class TestTrain:
                 raise KeyboardInterrupt
             return real(*args)
 
-        monkeypatch.setattr(trainer_module, "_loss_terms", interrupt)
+        monkeypatch.setattr(step_module, "training_objective", interrupt)
         with pytest.raises(KeyboardInterrupt):
             quiet_train(tiny_config(), tmp_path / "run")
         assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["step"] == 3
-        monkeypatch.setattr(trainer_module, "_loss_terms", real)
+        monkeypatch.setattr(step_module, "training_objective", real)
         assert quiet_train(tiny_config(), tmp_path / "run").step == 6
         quiet_train(tiny_config(), tmp_path / "straight")
         assert losses(tmp_path / "run")[-1] == losses(tmp_path / "straight")[-1]
@@ -198,7 +200,7 @@ class TestTrain:
         collapsed = {"presence": 0.001, "psnr": 20.2, "psnr_hard": 20.0, "psnr_background": 20.0}
         healthy = {"presence": 0.08, "psnr": 30.0, "psnr_hard": 29.0, "psnr_background": 20.0}
         gap = {**healthy, "psnr": 31.7, "psnr_hard": 19.4}
-        diagnose = trainer_module._diagnose
+        diagnose = marionette.diagnostics.diagnose
         assert set(diagnose(collapsed, 600, config)) == {"collapse"}
         assert diagnose(healthy, 600, config) == {}
         assert diagnose(collapsed, 100, config) == {}  # too early to tell
@@ -218,7 +220,7 @@ def marionette_cli(argv):
 def test_learns_the_tiny_world(tmp_path):
     """End to end: the matched model learns the tiny world's sprites in a few hundred steps."""
     from marionette.data import FrameStacks
-    from marionette.trainer import build_data
+    from marionette.build import build_data
 
     config = tiny_config(
         num_steps=300,
@@ -234,7 +236,7 @@ def test_learns_the_tiny_world(tmp_path):
     frames = torch.stack([FrameStacks(test, 1)[i] for i in range(0, 200, 4)])
     model = result.model.eval()
     with torch.no_grad():
-        soft, hard = model(frames), model(frames, hard=True)
+        soft, hard = model(frames), model(frames, "hard")
     soft_psnr = float(marionette.core.psnr(soft.reconstruction, frames))
     hard_psnr = float(marionette.core.psnr(hard.reconstruction, frames))
     background_psnr = float(marionette.core.psnr(soft.background, frames))
@@ -262,3 +264,26 @@ def test_periodic_evaluation_and_consistency_terms(tmp_path):
 def test_consistency_needs_frame_stacks():
     with pytest.raises(ValueError, match="frames_per_item must be at least 2"):
         tiny_config(aow=1.0)
+
+
+@pytest.mark.slow
+def test_the_demo_preset_trains_as_before_the_redesign(tmp_path):
+    """The first 50 steps of the demo preset give the losses recorded before the architecture
+    redesign. The tolerance grows from 1e-5 with the step (doubling every 3 steps, at most 10 %):
+    training amplifies float rounding, e.g. 1 against 2 threads differ by 3e-5 at step 21 and
+    3 % at step 46 (measured); a changed term or random draw differs at once."""
+    from pathlib import Path
+
+    recorded = json.loads(
+        (Path(__file__).parent / "fixtures" / "demo_first_50_steps.json").read_text()
+    )
+    config = marionette.preset_config("demo").replace(
+        num_steps=50, log_every=1, image_every=0, checkpoint_every=1000, renderer="torch",
+        threads=1, device="cpu",
+    )  # fmt: skip
+    quiet_train(config, tmp_path / "run")
+    now = losses(tmp_path / "run")
+    assert len(now) == len(recorded["loss"]) == 50
+    for step, (value, before) in enumerate(zip(now, recorded["loss"], strict=True), start=1):
+        tolerance = min(0.1, 1e-5 * 2 ** (step / 3))
+        assert abs(value - before) <= tolerance * abs(before), (step, value, before)

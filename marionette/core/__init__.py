@@ -2,53 +2,109 @@
 
 from ._typing import check_finite, check_range, set_typecheck, typecheck, typecheck_enabled, typed
 from .background import (
+    BACKGROUNDS,
     ColorBackground,
+    SlidingStripBackground,
     StripBackground,
     estimate_background_color,
     scroll_strip,
     slide_strip_window,
 )
 from .compositing import (
+    GATING_MODES,
     composite_layers,
     composite_over,
     flatten_layers,
     gate_presence,
     plane_order,
 )
-from .consistency import CODE_KINDS, consistency_loss, encoding_consistency
-from .dictionary import SpriteDictionary, decode_sprites, foreground_patches
+from .consistency import CODE_KINDS, ConsistencyResult, consistency_loss, encoding_consistency
+from .decomposition import Decomposition, shift_slots, slot_sprites
+from .dictionary import DECODERS, SpriteDictionary, decode_sprites, foreground_patches
 from .encoders import CompensatedConv2d, GridEncoder, MLPHead, compensated_conv2d
+from .encoding import Encoding
+from .fused import render_fused, triton_unavailable_reason
 from .geometry import Grid, footprint_boxes, global_centers, window_origins
 from .losses import beta_prior_loss, presence_loss, psnr, reconstruction_loss
-from .model import Encoding, MarioNette, MarioNetteOutput, ModelConfig
-from .placement import PARITY_GROUPS, extract_windows, place_sprites
-from .render import Decomposition, Rendering, render, render_decomposition, render_windows
+from .model import MarioNette, MarioNetteOutput, ModelConfig, plane_order_for
+from .modes import RENDER_MODES, decompose_encoding
+from .objective import Objective, ObjectiveWeights, ramp, training_objective
+from .offsets import (
+    OFFSET_HEADS,
+    OFFSET_PREDICTORS,
+    AnchorOffsets,
+    BilinearOffsetHead,
+    ConvOffsets,
+    DiscreteOffsetHead,
+    MatchOffsets,
+    Offsets,
+)
+from .placement import PARITY_GROUPS, AnchorWindows, extract_windows, place_sprites
+from .renderers import (
+    RENDERER_CHOICES,
+    RENDERERS,
+    Rendering,
+    render,
+    render_decomposition,
+    render_windows,
+    resolve_renderer,
+)
 from .selection import (
+    SELECTIONS,
+    Selection,
     gather_sprites,
     hard_presence,
     hard_weights,
+    learned_selection,
+    match_selection,
     mix_sprites,
     selection_logits,
     straight_through,
 )
-from .shifts import discrete_offsets, match_offsets, shift_bilinear, shift_discrete
+from .shifts import (
+    discrete_offsets,
+    expected_displacement,
+    match_gains,
+    match_offsets,
+    shift_bilinear,
+    shift_discrete,
+)
 
 __all__ = [
+    "BACKGROUNDS",
     "CODE_KINDS",
-    "consistency_loss",
-    "encoding_consistency",
+    "DECODERS",
+    "GATING_MODES",
+    "OFFSET_HEADS",
+    "OFFSET_PREDICTORS",
     "PARITY_GROUPS",
+    "RENDERERS",
+    "RENDERER_CHOICES",
+    "RENDER_MODES",
+    "SELECTIONS",
+    "AnchorOffsets",
+    "AnchorWindows",
+    "BilinearOffsetHead",
     "ColorBackground",
     "CompensatedConv2d",
+    "ConsistencyResult",
+    "ConvOffsets",
     "Decomposition",
+    "DiscreteOffsetHead",
     "Encoding",
     "Grid",
     "GridEncoder",
     "MLPHead",
     "MarioNette",
     "MarioNetteOutput",
+    "MatchOffsets",
     "ModelConfig",
+    "Objective",
+    "ObjectiveWeights",
+    "Offsets",
     "Rendering",
+    "Selection",
+    "SlidingStripBackground",
     "SpriteDictionary",
     "StripBackground",
     "beta_prior_loss",
@@ -57,9 +113,13 @@ __all__ = [
     "compensated_conv2d",
     "composite_layers",
     "composite_over",
+    "consistency_loss",
     "decode_sprites",
+    "decompose_encoding",
     "discrete_offsets",
+    "encoding_consistency",
     "estimate_background_color",
+    "expected_displacement",
     "extract_windows",
     "flatten_layers",
     "footprint_boxes",
@@ -69,23 +129,34 @@ __all__ = [
     "global_centers",
     "hard_presence",
     "hard_weights",
+    "learned_selection",
+    "match_gains",
     "match_offsets",
+    "match_selection",
     "mix_sprites",
     "place_sprites",
     "plane_order",
+    "plane_order_for",
     "presence_loss",
     "psnr",
+    "ramp",
     "reconstruction_loss",
     "render",
     "render_decomposition",
+    "render_fused",
     "render_windows",
+    "resolve_renderer",
     "scroll_strip",
     "selection_logits",
     "set_typecheck",
     "shift_bilinear",
     "shift_discrete",
+    "shift_slots",
     "slide_strip_window",
+    "slot_sprites",
     "straight_through",
+    "training_objective",
+    "triton_unavailable_reason",
     "typecheck",
     "typecheck_enabled",
     "typed",

@@ -129,3 +129,51 @@ def estimate_background_reference(frames: Tensor) -> Tensor:
 def beta22_density(x: float) -> float:
     """Beta(2, 2) density Gamma(4) / (Gamma(2) Gamma(2)) x (1 - x)."""
     return math.gamma(4) / (math.gamma(2) ** 2) * x * (1 - x)
+
+
+def match_gains_reference(image_windows: Tensor, background_windows: Tensor, sprites: Tensor):
+    """Pixel by pixel: the squared-error change of placing each (binary-alpha) sprite displaced
+    by o over the background, a (||s - b||^2 - 2 (s - b).(I - b)), summed over the sprite's
+    pixels (image and background are zero outside the window), negated and divided by the
+    sprite's mass. Entry [m, k, i, j] is the displacement (x, y) = (j - P/2, i - P/2)."""
+    m_count, k_count, s = image_windows.shape[0], sprites.shape[0], sprites.shape[-1]
+    half = s // 4
+    out = torch.zeros(m_count, k_count, 2 * half + 1, 2 * half + 1, dtype=sprites.dtype)
+    for m in range(m_count):
+        image, behind = image_windows[m], background_windows[m]
+        for k in range(k_count):
+            alpha, colour = sprites[k, 3], sprites[k, :3]
+            mass = max(float(alpha.sum()), 1.0)
+            for i in range(2 * half + 1):
+                for j in range(2 * half + 1):
+                    dy, dx = i - half, j - half
+                    total = 0.0
+                    for vy in range(s):
+                        for vx in range(s):
+                            a, c = alpha[vy, vx], colour[:, vy, vx]
+                            term = a * (c * c).sum()
+                            y, x = vy + dy, vx + dx
+                            if 0 <= y < s and 0 <= x < s:
+                                pixel, bg = image[:, y, x], behind[:, y, x]
+                                term = term + a * (
+                                    -2 * (c * pixel).sum()
+                                    + 2 * (bg * pixel).sum()
+                                    - (bg * bg).sum()
+                                )
+                            total = total + term
+                    out[m, k, i, j] = -total / mass
+    return out
+
+
+def expected_displacement_reference(gains: Tensor, temperature: float) -> Tensor:
+    """Loop over the displacements: sum_o softmax(g / tau)_o * (o_x, o_y) / P, P = Q - 1."""
+    q = gains.shape[-1]
+    flat = gains.reshape(-1, q, q)
+    out = torch.zeros(flat.shape[0], 2, dtype=gains.dtype)
+    for n in range(flat.shape[0]):
+        weights = torch.softmax(flat[n].flatten() / temperature, 0).reshape(q, q)
+        for i in range(q):
+            for j in range(q):
+                offset = torch.tensor([j - (q - 1) / 2, i - (q - 1) / 2], dtype=gains.dtype)
+                out[n] += weights[i, j] * offset / (q - 1)
+    return out.reshape(*gains.shape[:-2], 2)

@@ -115,7 +115,7 @@ def _switch(fn: _F, checked: Callable) -> _F:
 
 def check_finite(x: Tensor, name: str) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or infinity (only while checks are active)."""
-    if checks_active() and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if checks_active() and x.is_floating_point() and not bool(torch.isfinite(x.detach()).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} must be finite, got {bad} NaN or infinite values of {x.numel()}")
 
@@ -123,6 +123,6 @@ def check_finite(x: Tensor, name: str) -> None:
 def check_range(x: Tensor, name: str, low: float, high: float) -> None:
     """Raise ``ValueError`` if ``x`` leaves ``[low, high]`` (only while checks are active)."""
     if checks_active() and x.numel() > 0:
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(x.detach().min()), float(x.detach().max())
         if lo < low or hi > high:
             raise ValueError(f"{name} must lie in [{low}, {high}], got min={lo:.4g}, max={hi:.4g}")

@@ -1,4 +1,12 @@
-"""Backgrounds: a colour estimated from the data, and a learned horizontally scrolling strip."""
+"""Backgrounds: a color estimated from the data, and learned horizontally scrolling strips.
+
+Every background is a module named in :data:`BACKGROUNDS` (the ``background`` setting) that
+says what it needs: ``own_learning_rate`` (its parameters train at ``lr_bg`` in an optimizer
+of their own, as the original's strip) and ``per_frame`` (it differs from frame to frame, so a
+decomposition stores it per frame).
+"""
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -8,16 +16,18 @@ from torch import nn
 from ._typing import Float, Shaped, Tensor, check_range, typed
 from .encoders import GridEncoder, MLPHead
 
+if TYPE_CHECKING:
+    from .model import ModelConfig
+
 __all__ = [
     "BACKGROUNDS",
     "ColorBackground",
+    "SlidingStripBackground",
     "StripBackground",
     "estimate_background_color",
     "scroll_strip",
     "slide_strip_window",
 ]
-
-BACKGROUNDS: tuple[str, ...] = ("color", "strip", "strip_st")
 
 
 @typed
@@ -101,13 +111,16 @@ def slide_strip_window(
 
 
 class ColorBackground(nn.Module):
-    """A constant colour canvas (the original's default), fixed or learned.
+    """A constant color canvas (the original's default), fixed or learned.
 
     Args:
         height, width: canvas size.
         color: initial RGB in [0, 1] (usually :func:`estimate_background_color` of the data).
-        learnable: train the colour (through a logit) instead of keeping it fixed.
+        learnable: train the color (through a logit) instead of keeping it fixed.
     """
+
+    own_learning_rate = False
+    per_frame = False
 
     def __init__(
         self, height: int, width: int, color: Tensor | None = None, learnable: bool = False
@@ -121,13 +134,17 @@ class ColorBackground(nn.Module):
         else:
             self.register_buffer("logit", logit)
 
+    @classmethod
+    def from_config(cls, config: "ModelConfig", color: Tensor | None) -> "ColorBackground":
+        return cls(config.height, config.width, color, learnable=config.learn_background)
+
     @property
     def color(self) -> Tensor:
-        """Current RGB colour in (0, 1)."""
+        """Current RGB color in (0, 1)."""
         return torch.sigmoid(self.logit)
 
     def set_color(self, color: Tensor) -> None:
-        """Set the colour (e.g. from :func:`estimate_background_color`)."""
+        """Set the color (e.g. from :func:`estimate_background_color`)."""
         with torch.no_grad():
             self.logit.copy_(torch.logit(color.float().clamp(1e-3, 1 - 1e-3)))
 
@@ -138,22 +155,28 @@ class ColorBackground(nn.Module):
         )
 
 
-class StripBackground(nn.Module):
-    """A learned strip 4W wide that scrolls horizontally behind the sprites.
+class _LearnedStrip(nn.Module):
+    """A learned strip 4W wide behind the sprites, and an encoder of the frame that says where
+    the W-wide window sits (``positions`` outputs through ``final``).
 
     The strip is decoded from a 4-dim latent (LayerNorm -> Linear(4, 32) -> GroupNorm(8) ->
-    ReLU -> Linear(32, 3 H 4W) -> sigmoid). An encoder of the frame predicts where the window
-    sits: a softmax over the 3W + 1 integer offsets (``mode="softmax"``) or a bilinear window at a
-    continuous position (``mode="spatial_transformer"``).
+    ReLU -> Linear(32, 3 H 4W) -> sigmoid); with a color it starts as that color.
     """
 
+    own_learning_rate = True
+    per_frame = True
+
     def __init__(
-        self, height: int, width: int, dim: int, mode: str = "softmax", color: Tensor | None = None
+        self,
+        height: int,
+        width: int,
+        dim: int,
+        positions: int,
+        final: nn.Module,
+        color: Tensor | None = None,
     ) -> None:
         super().__init__()
-        if mode not in ("softmax", "spatial_transformer"):
-            raise ValueError(f"strip mode must be 'softmax' or 'spatial_transformer', got {mode!r}")
-        self.height, self.width, self.mode = height, width, mode
+        self.height, self.width = height, width
         self.latent = nn.Parameter(torch.randn(1, 4))
         self.decoder = nn.Sequential(
             nn.Linear(4, 32),
@@ -162,25 +185,56 @@ class StripBackground(nn.Module):
             nn.Linear(32, 3 * height * 4 * width),
             nn.Sigmoid(),
         )
-        if color is not None:  # start from the data's colour rather than grey noise
+        if color is not None:  # start from the data's color rather than grey noise
             with torch.no_grad():
                 bias = torch.logit(color.float().clamp(1e-3, 1 - 1e-3))
                 self.decoder[3].bias.copy_(bias.repeat_interleave(height * 4 * width))
         self.encoder = GridEncoder(3, dim, (height, width), (1, 1))
-        outputs = 3 * width + 1 if mode == "softmax" else 1
-        final = nn.Softmax(dim=-1) if mode == "softmax" else nn.Tanh()
-        self.position = MLPHead(dim, outputs, final)
+        self.position = MLPHead(dim, positions, final)
+
+    @classmethod
+    def from_config(cls, config: "ModelConfig", color: Tensor | None) -> "_LearnedStrip":
+        return cls(config.height, config.width, config.dim_z, color)
 
     def strip(self) -> Float[Tensor, "3 H Ws"]:
         """The decoded strip [3, H, 4W]."""
         latent = F.layer_norm(self.latent, (4,))
         return self.decoder(latent).reshape(3, self.height, 4 * self.width)
 
+    def _position(self, frames: Tensor) -> Tensor:
+        return self.position(self.encoder(frames)[:, 0, 0, 0])
+
+
+class StripBackground(_LearnedStrip):
+    """The original's scrolling background: a softmax over the 3W + 1 integer offsets of the
+    window along the strip (:func:`scroll_strip`)."""
+
+    def __init__(self, height: int, width: int, dim: int, color: Tensor | None = None) -> None:
+        super().__init__(height, width, dim, 3 * width + 1, nn.Softmax(dim=-1), color)
+
     @typed
     def forward(self, frames: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
-        code = self.encoder(frames)[:, 0, 0, 0]
+        return scroll_strip(self.strip().to(frames.dtype), self._position(frames))
+
+
+class SlidingStripBackground(_LearnedStrip):
+    """The original's spatial-transformer background: a bilinear window at a continuous
+    position along the strip (:func:`slide_strip_window`)."""
+
+    def __init__(self, height: int, width: int, dim: int, color: Tensor | None = None) -> None:
+        super().__init__(height, width, dim, 1, nn.Tanh(), color)
+
+    @typed
+    def forward(self, frames: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
         strip = self.strip().to(frames.dtype)
-        if self.mode == "softmax":
-            return scroll_strip(strip, self.position(code))
         limit = 1 - self.width / strip.shape[-1]
-        return slide_strip_window(strip, self.position(code)[:, 0] * limit, self.width)
+        return slide_strip_window(strip, self._position(frames)[:, 0] * limit, self.width)
+
+
+#: Background kinds by name (the ``background`` setting); each is built with
+#: ``cls.from_config(model_config, color)``.
+BACKGROUNDS: dict[str, type[nn.Module]] = {
+    "color": ColorBackground,
+    "strip": StripBackground,
+    "strip_st": SlidingStripBackground,
+}

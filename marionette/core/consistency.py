@@ -18,7 +18,7 @@ model whose codes also decide presence:
   kept them from ever becoming present.
 """
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +27,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._typing import typed
+from .encoding import Encoding
 from .geometry import Grid, global_centers
-
-if TYPE_CHECKING:
-    from .model import Encoding
 
 __all__ = ["CODE_KINDS", "ConsistencyResult", "consistency_loss", "encoding_consistency"]
 
@@ -101,7 +99,7 @@ def consistency_loss(
         zero = codes.sum() * 0.0
         return ConsistencyResult(zero, zero.detach())
     unit = F.normalize(codes, dim=-1)
-    cos = torch.einsum("btid,btjd->btij", unit[:, :-1], unit[:, 1:])  # [B, T-1, N, N]
+    cos = unit[:, :-1] @ unit[:, 1:].transpose(-1, -2)  # [B, T-1, N, N]: slot i at t, j at t + 1
     source = presence[:, :-1] > threshold
     target = presence[:, 1:, None, :] > threshold
     distance = torch.cdist(centers[:, :-1], centers[:, 1:])  # [B, T-1, N, N]
@@ -120,27 +118,25 @@ def consistency_loss(
 
 
 def encoding_consistency(
-    encoding: "Encoding",
-    batch: int,
+    encoding: Encoding,
     grid: Grid,
     code: str = "codes",
     radius: float = 0.0,
     temperature: float = 0.1,
 ) -> ConsistencyResult:
-    """:func:`consistency_loss` of a model's encoding of ``batch`` stacks of T frames.
+    """:func:`consistency_loss` of a model's encoding of stacks of T frames.
 
     ``code`` picks the vector (see :data:`CODE_KINDS`); ``radius`` is in pixels, 0 meaning one
     cell size P. Slot centres are global: anchor-cell centre plus local offset times P.
     """
     if code not in CODE_KINDS:
         raise ValueError(f"code must be one of {CODE_KINDS}, got {code!r}")
-    vectors = getattr(encoding, code)
+    slots = "B T NL Lh Lw ... -> B T (NL Lh Lw) ..."
     centers = global_centers(encoding.offsets, grid)
-    slots = "(B T) NL Lh Lw ... -> B T (NL Lh Lw) ..."
     return consistency_loss(  # in float32 also under bf16 autocast: distances need the bits
-        rearrange(vectors.float(), slots, B=batch),
-        rearrange(encoding.presence.float(), slots, B=batch),
-        rearrange(centers.float(), slots, B=batch),
+        rearrange(getattr(encoding, code).float(), slots),
+        rearrange(encoding.presence.float(), slots),
+        rearrange(centers.float(), slots),
         radius=radius if radius > 0 else float(grid.cell),
         temperature=temperature,
     )

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._typing import Float, Tensor, typed
+from ._typing import Float, Int64, Tensor, typed
 
 __all__ = ["DECODERS", "SpriteDictionary", "decode_sprites", "foreground_patches"]
 
@@ -104,6 +104,24 @@ class SpriteDictionary(nn.Module):
         last.bias.copy_(solution[-1])
         sprites, _ = self()
         return float(F.mse_loss(sprites, targets))
+
+    @torch.no_grad()
+    def reseed_unused(self, usage: Int64[Tensor, " K"], generator: torch.Generator) -> int:
+        """Give every entry that no slot used a perturbed copy of a used entry's latent, the
+        donors drawn in proportion to their use (the vector-quantisation trick of re-seeding
+        dead codes). Returns how many entries were re-seeded."""
+        unused = (usage == 0).nonzero().flatten()
+        used = (usage > 0).nonzero().flatten()
+        if len(unused) == 0 or len(used) == 0:
+            return 0
+        probabilities = usage[used].float() / usage[used].sum()
+        picks = torch.multinomial(probabilities, len(unused), replacement=True, generator=generator)
+        donors = used[picks].to(self.latents.device)
+        noise = torch.randn(len(unused), self.latents.shape[1], generator=generator)
+        self.latents[unused.to(self.latents.device)] = self.latents[donors] + 0.5 * noise.to(
+            self.latents
+        )
+        return len(unused)
 
     @typed
     def forward(self) -> tuple[Float[Tensor, "K C S S"], Float[Tensor, "K D"]]:

@@ -141,5 +141,5 @@ class MLPHead(nn.Sequential):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-1]
-        return super().forward(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+        lead, out_features = x.shape[:-1], self[3].out_features
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(*lead, out_features)

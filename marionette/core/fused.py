@@ -19,31 +19,23 @@ background's gradient.
 
 :func:`marionette.core.render_windows` is the reference and the fallback wherever Triton cannot
 run (no CUDA device; on the CPU Triton's interpreter runs the kernels with ``TRITON_INTERPRET=1``,
-which the tests use).
+which the tests use); :mod:`marionette.core.renderers` chooses between them.
 """
 
 import os
-import warnings
 from functools import cache
+from typing import TYPE_CHECKING
 
 import torch
 
-from ._typing import Float, Int64, Tensor, typed
-from .compositing import GATING_MODES
+from ._typing import Float, Tensor, typed
 from .geometry import Grid
 from .selection import check_ids
 
-__all__ = [
-    "RENDERERS",
-    "render_fused",
-    "resolve_renderer",
-    "self_check",
-    "triton_unavailable_reason",
-]
+if TYPE_CHECKING:
+    from .decomposition import Decomposition
 
-#: ``"auto"``: the fused kernel where it can run (CUDA and Triton), else PyTorch;
-#: ``"torch"``: always the PyTorch reference; ``"triton"``: always the fused kernel.
-RENDERERS: tuple[str, ...] = ("auto", "torch", "triton")
+__all__ = ["render_fused", "triton_unavailable_reason"]
 
 
 def _interpreting() -> bool:
@@ -70,34 +62,6 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
         f"the fused kernel runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1), "
         f"got device {device}"
     )
-
-
-def resolve_renderer(renderer: str, device: torch.device) -> str:
-    """``"torch"`` or ``"triton"``: which renderer ``renderer`` means on ``device``.
-
-    ``"auto"`` takes the fused kernel on CUDA devices where it passes :func:`self_check` (once
-    per device and process); where it does not, it warns and takes the PyTorch path.
-    """
-    if renderer not in RENDERERS:
-        raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
-    if renderer == "torch":
-        return "torch"
-    reason = triton_unavailable_reason(device)
-    if renderer == "triton":
-        if reason is not None:
-            raise RuntimeError(f"renderer='triton' cannot run: {reason}; use renderer='auto'")
-        return "triton"
-    if reason is not None or device.type != "cuda":
-        return "torch"
-    failure = self_check(device)
-    if failure is not None:
-        warnings.warn(
-            f"the fused renderer failed its self-check on {device} ({failure}); rendering "
-            f"with PyTorch instead (same results, slower). Please report this.",
-            stacklevel=2,
-        )
-        return "torch"
-    return "triton"
 
 
 def _kernels():
@@ -163,107 +127,34 @@ class _FusedRender(torch.autograd.Function):
         return grads[0], None, grads[1], grads[2], grads[3], None, None, None, None
 
 
-@cache
-def self_check(device: torch.device) -> str | None:
-    """Render a small random scene with the fused kernel on ``device`` and with the PyTorch
-    path, frames and gradients; None when they agree (to 1e-3), else what went wrong."""
-    from .compositing import plane_order
-
-    grid = Grid(16, 24, 8)
-    g = torch.Generator().manual_seed(0)
-    shape = (1, 1, 2, grid.rows, grid.cols)
-    inputs = [
-        torch.rand(3, 4, grid.sprite, grid.sprite, generator=g),
-        torch.rand(shape, generator=g),
-        torch.rand(*shape, 2, generator=g) - 0.5,
-        torch.rand(1, 1, 3, grid.height, grid.width, generator=g),
-    ]
-    ids = torch.randint(0, 3, shape, generator=g).to(device)
-    order = plane_order(2, shuffle_groups=True, generator=g).to(device)
-    weight = torch.rand(1, 1, 3, grid.height, grid.width, generator=g).to(device)
-    try:
-        with (  # float32 with gradients, whatever the caller's context
-            torch.inference_mode(False),
-            torch.enable_grad(),
-            torch.autocast(device.type, enabled=False),
-        ):
-            results = [
-                _render_and_grad(fused, device, inputs, ids, order, grid, weight)
-                for fused in (True, False)
-            ]
-    except Exception as error:  # any failure to build or run the kernel means: do not use it
-        return f"{type(error).__name__}: {error}"
-    names = ("frames", "sprite gradient", "presence gradient", "offset gradient",
-             "background gradient")  # fmt: skip
-    for name, fused, reference in zip(names, *results, strict=True):
-        difference = float((fused - reference).abs().max())
-        if not difference <= 1e-3:
-            return f"{name} differs from the PyTorch path by {difference:.3g}"
-    return None
-
-
-def _render_and_grad(fused, device, inputs, ids, order, grid, weight) -> list[Tensor]:
-    """Frames and the gradients of (weight * frames).sum() from one renderer (self-check)."""
-    from .render import render_windows
-
-    leaves = [x.to(device).requires_grad_() for x in inputs]
-    table, presence, offsets, background = leaves
-    if fused:
-        frames = render_fused(table, ids, presence, offsets, background, order, grid)
-    else:
-        frames = render_windows(
-            table[ids], presence, background, order, grid, offsets=offsets
-        ).reconstruction
-    (frames * weight).sum().backward()
-    return [frames.detach(), *(x.grad for x in leaves)]
-
-
 @typed
-def render_fused(
-    table: Float[Tensor, "M 4 S S"],
-    sprite_ids: Int64[Tensor, "B T NL Lh Lw"] | None,
-    presence: Float[Tensor, "B T NL Lh Lw"],
-    offsets: Float[Tensor, "B T NL Lh Lw 2"],
-    background: Float[Tensor, "B T 3 H W"],
-    order: Int64[Tensor, " N"],
-    grid: Grid,
-    gating: str = "premultiplied",
-) -> Float[Tensor, "B T 3 H W"]:
-    """Frames from the sprite ``table[sprite_ids]`` of every slot, in one fused kernel pass.
+def render_fused(decomposition: "Decomposition") -> Float[Tensor, "B T 3 H W"]:
+    """Frames of a decomposition with bilinear offsets, in one fused kernel pass.
 
-    Equals :func:`marionette.core.render_windows` of ``table[sprite_ids]`` with bilinear
-    ``offsets`` (values, and gradients with respect to ``table``, ``presence``, ``offsets`` and
-    ``background``). ``table`` is the dictionary with the chosen ids (hard rendering) or, with
-    ``sprite_ids=None``, one sprite per slot in slot order (soft rendering: the mixed sprites).
-    Computes in float32 and returns float32.
+    Equals :func:`marionette.core.render_windows` (values, and gradients with respect to the
+    sprites, presence, offsets and background). The sprite table is the dictionary with chosen
+    ids (hard rendering) or one sprite per slot (soft rendering: the mixed sprites). Computes in
+    float32 and returns float32.
     """
-    if gating not in GATING_MODES:
-        raise ValueError(f"gating must be one of {GATING_MODES}, got {gating!r}")
-    if table.shape[-1] != grid.sprite:
-        raise ValueError(
-            f"sprites must be {grid.sprite} px (2 x cell {grid.cell}), got {table.shape[-1]}"
-        )
-    b, t, nl, lh, lw = presence.shape
-    if (lh, lw) != (grid.rows, grid.cols):
-        raise ValueError(f"slots must form a {grid.rows} x {grid.cols} grid, got {lh} x {lw}")
-    if sprite_ids is None:
-        if table.shape[0] != presence.numel():
-            raise ValueError(
-                f"without sprite_ids the table needs one sprite per slot ({presence.numel()}), "
-                f"got {table.shape[0]}"
-            )
-        sprite_ids = torch.arange(presence.numel(), device=table.device)
+    d = decomposition
+    if d.offset_weights is not None:
+        raise ValueError("the fused renderer draws bilinear offsets only, got offset_weights")
+    grid = d.grid
+    b, t, nl = d.presence.shape[:3]
+    if d.sprite_ids is None:
+        ids = torch.arange(d.presence.numel(), device=d.sprites.device)
     else:
-        check_ids(sprite_ids, table.shape[0])
+        check_ids(d.sprite_ids, d.sprites.shape[0])
+        ids = d.sprite_ids.reshape(-1)
     out = _FusedRender.apply(
-        table,
-        sprite_ids.reshape(-1),
-        presence.reshape(-1),
-        offsets.reshape(-1, 2),
-        background.reshape(b * t, 3, grid.height, grid.width),
-        order.to(background.device),
+        d.sprites,
+        ids,
+        d.presence.reshape(-1),
+        d.offsets.reshape(-1, 2),
+        d.background.reshape(b * t, 3, grid.height, grid.width),
+        d.plane_order.to(d.background.device),
         grid,
         nl,
-        gating == "original",
+        d.gating == "original",
     )
     return out.reshape(b, t, 3, grid.height, grid.width)

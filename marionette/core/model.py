@@ -5,31 +5,24 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
-from einops import einsum, rearrange, repeat
+from einops import rearrange
 from torch import nn
 
 from ._typing import Bool, Float, Int64, Tensor, check_finite, check_range, typed
-from .background import BACKGROUNDS, ColorBackground, StripBackground
+from .background import BACKGROUNDS
 from .compositing import GATING_MODES, flatten_layers, plane_order
+from .decomposition import Decomposition
 from .dictionary import DECODERS, SpriteDictionary
 from .encoders import GridEncoder, MLPHead
-from .fused import RENDERERS
-from .geometry import Grid, footprint_boxes, global_centers
-from .placement import extract_windows
-from .render import Decomposition, Rendering, render_slots
-from .selection import (
-    hard_presence,
-    hard_weights,
-    mix_sprites,
-    selection_logits,
-)
-from .selection import straight_through as straight_through_fn
-from .shifts import discrete_offsets, expected_displacement, match_gains, match_offsets
+from .encoding import Encoding
+from .geometry import Grid, footprint_boxes
+from .modes import decompose_encoding
+from .offsets import OFFSET_PREDICTORS
+from .placement import AnchorWindows
+from .renderers import RENDERER_CHOICES, Rendering, render_decomposition
+from .selection import SELECTIONS, mix_sprites
 
-__all__ = ["Encoding", "MarioNette", "MarioNetteOutput", "ModelConfig"]
-
-TRANSFORM_ENCODERS: tuple[str, ...] = ("conv", "anchor", "match")
-SELECTIONS: tuple[str, ...] = ("learned", "match")
+__all__ = ["MarioNette", "MarioNetteOutput", "ModelConfig", "plane_order_for"]
 
 
 @dataclass(frozen=True)
@@ -117,11 +110,11 @@ class ModelConfig:
         if self.xform_dim < 0 or self.xform_dim % 8:
             raise ValueError(f"xform_dim must be 0 or a multiple of 8, got {self.xform_dim}")
         choices = (
-            ("background", BACKGROUNDS),
+            ("background", tuple(BACKGROUNDS)),
             ("gating", GATING_MODES),
-            ("transform_encoder", TRANSFORM_ENCODERS),
+            ("transform_encoder", tuple(OFFSET_PREDICTORS)),
             ("dictionary", DECODERS),
-            ("selection", SELECTIONS),
+            ("selection", tuple(SELECTIONS)),
         )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -139,78 +132,30 @@ class ModelConfig:
 
 @typed
 @dataclass(frozen=True)
-class Encoding:
-    """Per-slot quantities inferred from frames, before rendering (B and T flattened).
-
-    Attributes:
-        codes: layer-normalised anchor codes.
-        queries: projected, layer-normalised codes scored against the dictionary.
-        presence: presence probability per slot.
-        weights: softmax selection weights over the K sprites.
-        windows: soft (weighted) sprite per slot.
-        offsets: local offset (x, y) in units of P (the expected offset in discrete mode).
-        offset_weights: (x, y) distributions over the P + 1 integer offsets (discrete mode).
-        sprite_offsets: with matched selection and offsets, every sprite's own matched offset
-            per anchor (shared by the layers); ``offsets`` is their selection-weighted mean.
-        sprites, dict_codes: the decoded dictionary and its codes.
-        background: canvas under the sprites.
-    """
-
-    codes: Float[Tensor, "BT NL Lh Lw D"]
-    queries: Float[Tensor, "BT NL Lh Lw D"]
-    presence: Float[Tensor, "BT NL Lh Lw"]
-    weights: Float[Tensor, "BT NL Lh Lw K"]
-    windows: Float[Tensor, "BT NL Lh Lw 4 S S"]
-    offsets: Float[Tensor, "BT NL Lh Lw 2"]
-    offset_weights: tuple[Float[Tensor, "BT NL Lh Lw Q"], Float[Tensor, "BT NL Lh Lw Q"]] | None
-    sprite_offsets: Float[Tensor, "BT Lh Lw K 2"] | None
-    sprites: Float[Tensor, "K 4 S S"]
-    dict_codes: Float[Tensor, "K D"]
-    background: Float[Tensor, "BT 3 H W"]
-
-
-@typed
-@dataclass(frozen=True)
 class MarioNetteOutput:
-    """Everything one forward pass produces, with named dimensions.
+    """One rendering of an encoding: what was drawn, and how, with named dimensions.
 
     Positions are global pixels in (x, y) order; ``offsets`` are local, (x, y), in units of P.
 
     Attributes:
-        background: the canvas under the sprites.
-        rendering: the composited frames with their planes and placed alphas (see
-            :attr:`reconstruction`, :attr:`planes`, :attr:`alpha`).
-        plane_order: back-to-front order of the planes used for this reconstruction.
-        weights: selection weights over the dictionary (one-hot when ``hard``).
-        presence: presence per slot (0 / 1 when ``hard``).
-        offsets: local offset (x, y) of each slot in units of P.
-        centers: global sprite centre (x, y) of each slot in pixels.
-        codes: anchor codes (the object representation before projection).
-        queries: projected codes that select sprites.
-        sprites: the dictionary.
-        cell: cell size P in pixels.
-        hard: whether this is the discrete (arg-max sprite, rounded presence) rendering.
-        gating: how presence gated the sprites.
+        encoding: what the encoders inferred (codes, queries, soft weights and presence, ...).
+        weights: the selection weights this rendering used (one-hot when hard).
+        decomposition: the slots as drawn: presence (0 / 1 when hard), offsets, background,
+            depth order and sprite table.
+        rendering: the composited frames with their planes and placed alphas.
+        mode: ``soft``, ``hard`` or ``straight_through`` (see :data:`RENDER_MODES`).
     """
 
-    background: Float[Tensor, "B T 3 H W"]
-    rendering: Rendering
-    plane_order: Int64[Tensor, " N"]
+    encoding: Encoding
     weights: Float[Tensor, "B T NL Lh Lw K"]
-    presence: Float[Tensor, "B T NL Lh Lw"]
-    offsets: Float[Tensor, "B T NL Lh Lw 2"]
-    centers: Float[Tensor, "B T NL Lh Lw 2"]
-    codes: Float[Tensor, "B T NL Lh Lw D"]
-    queries: Float[Tensor, "B T NL Lh Lw D"]
-    sprites: Float[Tensor, "K 4 S S"]
-    cell: int
-    hard: bool
-    gating: str
+    decomposition: Decomposition
+    rendering: Rendering
+    mode: str
 
     @property
     def grid(self) -> Grid:
         """Canvas and anchor-grid geometry."""
-        return Grid(self.reconstruction.shape[-2], self.reconstruction.shape[-1], self.cell)
+        return self.decomposition.grid
 
     @property
     def reconstruction(self) -> Float[Tensor, "B T 3 H W"]:
@@ -228,6 +173,46 @@ class MarioNetteOutput:
         return self.rendering.alpha
 
     @property
+    def presence(self) -> Float[Tensor, "B T NL Lh Lw"]:
+        """Presence per slot as drawn (0 / 1 when hard)."""
+        return self.decomposition.presence
+
+    @property
+    def offsets(self) -> Float[Tensor, "B T NL Lh Lw 2"]:
+        """Local offset (x, y) of each slot in units of P."""
+        return self.decomposition.offsets
+
+    @property
+    def centers(self) -> Float[Tensor, "B T NL Lh Lw 2"]:
+        """Global sprite centre (x, y) of each slot in pixels."""
+        return self.decomposition.centers()
+
+    @property
+    def background(self) -> Float[Tensor, "B T 3 H W"]:
+        """The canvas under the sprites."""
+        return self.decomposition.background
+
+    @property
+    def plane_order(self) -> Int64[Tensor, " NL*4"]:
+        """Back-to-front order of the planes used for this reconstruction."""
+        return self.decomposition.plane_order
+
+    @property
+    def codes(self) -> Float[Tensor, "B T NL Lh Lw D"]:
+        """Anchor codes (the object representation before projection)."""
+        return self.encoding.codes
+
+    @property
+    def queries(self) -> Float[Tensor, "B T NL Lh Lw D"]:
+        """Projected codes that select sprites."""
+        return self.encoding.queries
+
+    @property
+    def sprites(self) -> Float[Tensor, "K 4 S S"]:
+        """The dictionary."""
+        return self.encoding.sprites
+
+    @property
     def sprite_ids(self) -> Int64[Tensor, "B T NL Lh Lw"]:
         """Arg-max dictionary index per slot."""
         return self.weights.argmax(dim=-1)
@@ -242,35 +227,23 @@ class MarioNetteOutput:
         """Global alpha-footprint boxes (x0, y0, x1, y1) in pixels and whether each is visible."""
         return footprint_boxes(self.alpha, self.grid, threshold)
 
-    def decomposition(self) -> Decomposition:
-        """The editable decomposition (sprite ids, presence, offsets, background, depth order)."""
-        return Decomposition(
-            sprites=self.sprites,
-            sprite_ids=self.sprite_ids,
-            presence=self.presence,
-            offsets=self.offsets,
-            background=self.background,
-            plane_order=self.plane_order,
-            cell=self.cell,
-            gating=self.gating,
-        )
-
 
 class MarioNette(nn.Module):
     """Self-supervised sprite decomposition (Smirnov et al., NeurIPS 2021).
 
     An image encoder gives one code per (layer, anchor). Each code yields a presence probability
-    and, through a projection scored against the dictionary codes, selection weights over the K
-    sprites. A transform encoder predicts each slot's sub-cell offset. Sprites are shifted, gated
-    by presence, placed on the anchor grid and composited back to front over the background.
+    and, through a projection, selection weights over the K sprites (:data:`SELECTIONS`). An
+    offset predictor places each slot's sprite inside its cell (:data:`OFFSET_PREDICTORS`).
+    Sprites are shifted, gated by presence, placed on the anchor grid and composited back to
+    front over the background (:data:`BACKGROUNDS`).
 
     Args:
-        config: architecture.
-        background_color: initial background colour (RGB in [0, 1]) for ``"color"`` backgrounds,
+        config: architecture (default: the original's, :class:`ModelConfig`).
+        background_color: initial background color (RGB in [0, 1]) for ``"color"`` backgrounds,
             usually :func:`marionette.core.estimate_background_color` of the training frames.
         renderer: ``"auto"`` (the fused Triton kernel on CUDA, PyTorch elsewhere), ``"torch"``
             or ``"triton"``; an execution choice, not part of the architecture (see
-            :func:`marionette.core.render_slots`). Set :attr:`renderer` to change it later.
+            :func:`marionette.core.render_decomposition`).
 
     Example:
         >>> model = MarioNette(ModelConfig(height=32, width=48, layer_size=4, num_classes=6,
@@ -282,25 +255,20 @@ class MarioNette(nn.Module):
 
     def __init__(
         self,
-        config: ModelConfig,
+        config: ModelConfig | None = None,
         background_color: Tensor | None = None,
         renderer: str = "auto",
     ) -> None:
         super().__init__()
-        if renderer not in RENDERERS:
-            raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
-        self.renderer = renderer
-        self.config = config
-        grid = config.grid
-        self.grid = grid
-        d = config.dim_z
+        if renderer not in RENDERER_CHOICES:
+            raise ValueError(f"renderer must be one of {RENDERER_CHOICES}, got {renderer!r}")
+        config = ModelConfig() if config is None else config
+        self.config, self.renderer, self.grid = config, renderer, config.grid
+        grid, d = config.grid, config.dim_z
         self.dictionary = SpriteDictionary(
-            config.num_classes,
-            grid.sprite,
-            d,
-            alpha_init=config.alpha_init,
+            config.num_classes, grid.sprite, d, alpha_init=config.alpha_init,
             decoder=config.dictionary,
-        )
+        )  # fmt: skip
         self.image_encoder = GridEncoder(
             3, d, (grid.height, grid.width), (grid.rows, grid.cols), config.num_layers
         )
@@ -308,204 +276,70 @@ class MarioNette(nn.Module):
         with torch.no_grad():
             self.presence_head[3].bias.fill_(config.presence_bias)
         self.project = nn.Linear(d, d)
-        if config.transform_encoder == "conv":
-            xform_dim = config.xform_dim or d
-            self.transform_encoder = GridEncoder(7, xform_dim, (grid.sprite, grid.sprite), (1, 1))
-        else:
-            xform_dim = d
-            self.transform_encoder = None
-        if config.transform_encoder == "match":
-            pass  # offsets come from matching: no learned offset head
-        elif config.no_spatial_transformer:
-            self.offset_heads = nn.ModuleList(
-                MLPHead(xform_dim, grid.cell + 1, nn.Softmax(dim=-1)) for _ in range(2)
-            )
-        else:
-            self.shift_head = MLPHead(xform_dim, 2, nn.Tanh())
-        if config.background == "color":
-            self.background = ColorBackground(
-                grid.height, grid.width, background_color, learnable=config.learn_background
-            )
-        else:
-            mode = "softmax" if config.background == "strip" else "spatial_transformer"
-            self.background = StripBackground(grid.height, grid.width, d, mode, background_color)
+        self.offsets = OFFSET_PREDICTORS[config.transform_encoder](config)
+        self.background = BACKGROUNDS[config.background].from_config(config, background_color)
+        self._register_load_state_dict_pre_hook(_rename_old_keys)
 
     @typed
     def encode(self, frames: Float[Tensor, "B T 3 H W"]) -> Encoding:
         """Infer codes, presence, selection weights, soft sprites and offsets of every slot."""
         self._check_frames(frames)
-        grid, config = self.grid, self.config
+        config, t = self.config, frames.shape[1]
         images = rearrange(frames, "B T C H W -> (B T) C H W")
         sprites, dict_codes = self.dictionary()
-        codes = self.image_encoder(images)
+
+        def split(x: Tensor) -> Tensor:  # by T, so that an empty batch (B = 0) splits too
+            return rearrange(x, "(B T) ... -> B T ...", T=t)
+
+        codes = split(self.image_encoder(images))
         presence = self.presence_head(codes)[..., 0]
         queries = F.layer_norm(self.project(codes), (config.dim_z,))
-        logits = selection_logits(queries, dict_codes)
-        background = self.background(images)
-        matched = config.selection == "match" or config.transform_encoder == "match"
-        if matched:
-            image_windows = extract_windows(images, grid)
-            background_windows = extract_windows(background, grid)
-        sprite_offsets = None
-        if config.selection == "match":
-            per_anchor = "BT Lh Lw C Sy Sx -> (BT Lh Lw) C Sy Sx"
-            gains = match_gains(
-                rearrange(image_windows, per_anchor),
-                rearrange(background_windows, per_anchor),
-                sprites,
-            )
-            gains = rearrange(
-                gains, "(BT Lh Lw) K Qy Qx -> BT Lh Lw K Qy Qx", Lh=grid.rows, Lw=grid.cols
-            )
-            tau = config.match_temperature
-            logits = logits + torch.logsumexp(gains.flatten(-2) / tau, dim=-1)[:, None]
-            if config.transform_encoder == "match":
-                sprite_offsets = expected_displacement(gains, tau)
-        weights = torch.softmax(logits, dim=-1)
-        windows = mix_sprites(weights, sprites)
-        offset_weights = None
-        if sprite_offsets is not None:
-            offsets = einsum(
-                weights, sprite_offsets, "BT NL Lh Lw K, BT Lh Lw K xy -> BT NL Lh Lw xy"
-            )
-        elif config.transform_encoder == "match":
-            per_slot = "BT Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx"
-            offsets = match_offsets(
-                repeat(image_windows, per_slot, NL=config.num_layers),
-                rearrange(windows, "BT NL Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx"),
-                repeat(background_windows, per_slot, NL=config.num_layers),
-                config.match_temperature,
-            ).reshape(*presence.shape, 2)
-        else:
-            if self.transform_encoder is not None:
-                image_windows = repeat(
-                    extract_windows(images, grid),
-                    "BT Lh Lw C Sy Sx -> BT NL Lh Lw C Sy Sx",
-                    NL=config.num_layers,
-                )
-                stacked = torch.cat([image_windows, windows], dim=-3)
-                xform = self.transform_encoder(
-                    rearrange(stacked, "BT NL Lh Lw C Sy Sx -> (BT NL Lh Lw) C Sy Sx")
-                )
-                xform = xform.reshape(*presence.shape, -1)
-            else:
-                xform = codes
-            if config.no_spatial_transformer:
-                offset_weights = (self.offset_heads[0](xform), self.offset_heads[1](xform))
-                offsets = discrete_offsets(*offset_weights)
-            else:
-                offsets = self.shift_head(xform) / 2
-        return Encoding(
-            codes,
-            queries,
-            presence,
-            weights,
-            windows,
-            offsets,
-            offset_weights,
-            sprite_offsets,
-            sprites,
-            dict_codes,
-            background,
+        background = split(self.background(images))
+        windows = AnchorWindows(frames, background, self.grid)
+        selection = SELECTIONS[config.selection](
+            queries, dict_codes, sprites, windows, config.match_temperature
         )
+        weights = torch.softmax(selection.logits, dim=-1)
+        mixed = mix_sprites(weights, sprites)
+        offsets = self.offsets(codes, windows, mixed, weights, selection)
+        return Encoding(
+            codes, queries, presence, weights, mixed, offsets.offsets, offsets.weights,
+            offsets.per_sprite, sprites, dict_codes, background,
+        )  # fmt: skip
 
     @typed
     def render(
         self,
         encoding: Encoding,
-        batch: int,
-        *,
-        hard: bool = False,
-        straight_through: bool = False,
-        plane_order: Int64[Tensor, " N"] | None = None,
+        mode: str = "soft",
+        plane_order: Int64[Tensor, " _"] | None = None,
     ) -> MarioNetteOutput:
-        """Render an encoding softly (training) or hard (arg-max sprite, rounded presence, one-hot
-        discrete offsets). The hard rendering reuses the encoders' outputs: it needs no second pass.
+        """Render an encoding in a mode of :data:`RENDER_MODES`: ``soft`` (training), ``hard``
+        (arg-max sprite, rounded presence, one-hot discrete offsets) or ``straight_through``
+        (the hard values with soft gradients, so a loss on it trains the model). The hard
+        rendering reuses the encoders' outputs: it needs no second pass.
 
-        Args:
-            encoding: from :meth:`encode`.
-            batch: B (the encoding flattens B and T).
-            hard: discrete rendering.
-            straight_through: with ``hard``, keep gradients: the forward values are the hard
-                ones, the gradients those of the soft weights and presence (straight-through
-                estimator), so a loss on the hard reconstruction can train the model.
-            plane_order: back-to-front plane order; by default random parity groups while
-                training (as configured) and the fixed layer-major order in eval mode.
+        ``plane_order``: back-to-front plane order; by default random parity groups while
+        training (as configured) and the fixed layer-major order in eval mode.
         """
-        config, e = self.config, encoding
         if plane_order is None:
-            plane_order = plane_order_for(config, self.training)
-        offset_weights = e.offset_weights
-        table, ids = e.windows, None  # one sprite per slot, in slot order
-        if hard and straight_through:
-            weights = straight_through_fn(hard_weights(e.weights), e.weights)
-            presence = straight_through_fn(hard_presence(e.presence), e.presence)
-            table = mix_sprites(weights, e.sprites)
-            if offset_weights is not None:
-                offset_weights = tuple(
-                    straight_through_fn(hard_weights(w), w) for w in offset_weights
-                )
-        elif hard:
-            weights, presence = hard_weights(e.weights), hard_presence(e.presence)
-            table, ids = e.sprites, e.weights.argmax(dim=-1)
-            if offset_weights is not None:
-                offset_weights = tuple(hard_weights(w) for w in offset_weights)
-        else:
-            weights, presence = e.weights, e.presence
-            if config.straight_through_probs:
-                presence = straight_through_fn(hard_presence(presence), presence)
-        if offset_weights is not None:
-            offsets = discrete_offsets(*offset_weights)
-        elif hard and e.sprite_offsets is not None:  # the chosen sprite's own matched offset
-            offsets = einsum(
-                weights, e.sprite_offsets, "BT NL Lh Lw K, BT Lh Lw K xy -> BT NL Lh Lw xy"
-            )
-        else:
-            offsets = e.offsets
-
-        def split(x: Tensor) -> Tensor:
-            return rearrange(x, "(B T) ... -> B T ...", B=batch)
-
-        rendering = render_slots(
-            table if ids is not None else table.flatten(0, -4),
-            None if ids is None else split(ids),
-            split(presence),
-            split(e.background),
-            plane_order,
-            self.grid,
-            offsets=split(offsets) if offset_weights is None else None,
-            offset_weights=None
-            if offset_weights is None
-            else (split(offset_weights[0]), split(offset_weights[1])),
-            gating=config.gating,
-            renderer=self.renderer,
-        )
-        return MarioNetteOutput(
-            background=split(e.background),
-            rendering=rendering,
-            plane_order=plane_order,
-            weights=split(weights),
-            presence=split(presence),
-            offsets=split(offsets),
-            centers=global_centers(split(offsets), self.grid),
-            codes=split(e.codes),
-            queries=split(e.queries),
-            sprites=e.sprites,
-            cell=self.grid.cell,
-            hard=hard,
-            gating=config.gating,
-        )
+            plane_order = plane_order_for(self.config, self.training)
+        weights, decomposition = decompose_encoding(
+            encoding, mode, plane_order, self.grid.cell, self.config.gating,
+            round_presence=self.config.straight_through_probs,
+        )  # fmt: skip
+        rendering = render_decomposition(decomposition, self.renderer)
+        return MarioNetteOutput(encoding, weights, decomposition, rendering, mode)
 
     @typed
     def forward(
         self,
         frames: Float[Tensor, "B T 3 H W"],
-        *,
-        hard: bool = False,
-        plane_order: Int64[Tensor, " N"] | None = None,
+        mode: str = "soft",
+        plane_order: Int64[Tensor, " _"] | None = None,
     ) -> MarioNetteOutput:
-        """Reconstruct ``frames`` in [0, 1] (see :meth:`render` for ``hard``, ``plane_order``)."""
-        return self.render(self.encode(frames), frames.shape[0], hard=hard, plane_order=plane_order)
+        """Reconstruct ``frames`` in [0, 1] (see :meth:`render` for ``mode``, ``plane_order``)."""
+        return self.render(self.encode(frames), mode, plane_order)
 
     @torch.no_grad()
     def decompose(self, frames: Float[Tensor, "B T 3 H W"]) -> Decomposition:
@@ -513,8 +347,9 @@ class MarioNette(nn.Module):
 
         :func:`marionette.core.render` of the result reproduces the hard reconstruction.
         """
+        encoding = self.encode(frames)
         order = plane_order_for(self.config, training=False)
-        return self(frames, hard=True, plane_order=order).decomposition()
+        return decompose_encoding(encoding, "hard", order, self.grid.cell, self.config.gating)[1]
 
     def _check_frames(self, frames: Tensor) -> None:
         grid = self.grid
@@ -526,6 +361,21 @@ class MarioNette(nn.Module):
             )
         check_finite(frames, "frames")
         check_range(frames, "frames", 0.0, 1.0)
+
+
+#: Parameter names of models saved before the offset predictors and backgrounds had a registry.
+_OLD_KEYS = (
+    ("transform_encoder.", "offsets.encoder."),
+    ("shift_head.", "offsets.head.mlp."),
+    ("offset_heads.", "offsets.head.axes."),
+)
+
+
+def _rename_old_keys(state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        for old, new in _OLD_KEYS:
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
 
 
 def plane_order_for(config: ModelConfig, training: bool) -> Tensor:

@@ -1,12 +1,15 @@
 """Placement of per-anchor sprite windows onto full-canvas planes, one plane per parity group."""
 
+from dataclasses import dataclass
+from functools import cached_property
+
 import torch.nn.functional as F
 from einops import rearrange
 
 from ._typing import Float, Tensor, typed
 from .geometry import Grid
 
-__all__ = ["PARITY_GROUPS", "extract_windows", "place_sprites"]
+__all__ = ["PARITY_GROUPS", "AnchorWindows", "extract_windows", "place_sprites"]
 
 #: (row parity, column parity) of the anchors in each of the 4 planes of a layer, in the
 #: original's order: (even, even), (odd, odd), (odd row, even column), (even row, odd column).
@@ -62,3 +65,30 @@ def extract_windows(
     padded = F.pad(images, (half, half, half, half))
     windows = padded.unfold(-2, grid.sprite, grid.cell).unfold(-2, grid.sprite, grid.cell)
     return rearrange(windows, "... C Lh Lw Sy Sx -> ... Lh Lw C Sy Sx")
+
+
+@typed
+@dataclass(frozen=True, eq=False)
+class AnchorWindows:
+    """The frames and the background around every anchor, cut out on first use (only matched
+    selection and offsets and the per-slot transform encoder look at them).
+
+    Attributes:
+        frames: the frames being explained.
+        background: the canvas under the sprites for those frames.
+        grid: the anchor grid.
+    """
+
+    frames: Float[Tensor, "B T 3 H W"]
+    background: Float[Tensor, "B T 3 H W"]
+    grid: Grid
+
+    @cached_property
+    def image(self) -> Float[Tensor, "B T Lh Lw 3 S S"]:
+        """The frames' window around every anchor."""
+        return extract_windows(self.frames, self.grid)
+
+    @cached_property
+    def behind(self) -> Float[Tensor, "B T Lh Lw 3 S S"]:
+        """The background's window around every anchor."""
+        return extract_windows(self.background, self.grid)

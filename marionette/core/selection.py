@@ -1,14 +1,27 @@
-"""Sprite selection: scaled dot-product scores, soft and hard weights, and sprite mixing."""
+"""Sprite selection: which dictionary sprite each slot draws, soft, hard or straight-through.
+
+Two selection schemes, named in :data:`SELECTIONS`: ``learned`` (the original: the scaled dot
+product of a slot's projected code with the dictionary codes) and ``match`` (those logits plus,
+per sprite, how much placing it at its best displacement would reduce the window's error).
+"""
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
-from einops import einsum
+from einops import einsum, rearrange
 
-from ._typing import Float, Int64, Tensor, typed
+from ._typing import Float, Int64, Tensor, checks_active, typed
+from .placement import AnchorWindows
+from .shifts import match_gains
 
 __all__ = [
+    "SELECTIONS",
+    "Selection",
     "gather_sprites",
+    "learned_selection",
+    "match_selection",
     "hard_presence",
     "hard_weights",
     "mix_sprites",
@@ -56,8 +69,11 @@ def gather_sprites(
 
 
 def check_ids(sprite_ids: Tensor, k: int) -> None:
-    """Raise unless every id indexes one of ``k`` sprites."""
-    if sprite_ids.numel() and (int(sprite_ids.min()) < 0 or int(sprite_ids.max()) >= k):
+    """Raise unless every id indexes one of ``k`` sprites (only while checks are active: it
+    reads the ids on the host)."""
+    if not checks_active() or sprite_ids.numel() == 0:
+        return
+    if int(sprite_ids.min()) < 0 or int(sprite_ids.max()) >= k:
         raise ValueError(
             f"sprite ids must lie in [0, {k - 1}], got min={int(sprite_ids.min())}, "
             f"max={int(sprite_ids.max())}"
@@ -88,3 +104,63 @@ def straight_through(
 ) -> Float[Tensor, "*batch"]:
     """Forward value of ``hard`` with the gradient of ``soft`` (straight-through estimator)."""
     return hard + (soft - soft.detach())
+
+
+class Selection(NamedTuple):
+    """What a selection scheme says about every slot.
+
+    Attributes:
+        logits: scores over the K dictionary sprites (softmax gives the selection weights).
+        gains: with matching, the per-pixel gain of every sprite at every integer displacement
+            of every anchor window (see :func:`marionette.core.match_gains`); else None.
+    """
+
+    logits: Float[Tensor, "B T NL Lh Lw K"]
+    gains: Float[Tensor, "B T Lh Lw K Q Q"] | None
+
+
+@typed
+def learned_selection(
+    queries: Float[Tensor, "B T NL Lh Lw D"],
+    dict_codes: Float[Tensor, "K D"],
+    sprites: Float[Tensor, "K 4 S S"],
+    windows: AnchorWindows,
+    temperature: float,
+) -> Selection:
+    """The original's selection: logits q . z_k / sqrt(D) (see :func:`selection_logits`)."""
+    return Selection(selection_logits(queries, dict_codes), None)
+
+
+@typed
+def match_selection(
+    queries: Float[Tensor, "B T NL Lh Lw D"],
+    dict_codes: Float[Tensor, "K D"],
+    sprites: Float[Tensor, "K 4 S S"],
+    windows: AnchorWindows,
+    temperature: float,
+) -> Selection:
+    """Learned logits plus the soft-maximal matching gain of each sprite over its displacements:
+
+        logit_k = q . z_k / sqrt(D) + log sum_o exp(gain_k(o) / tau),
+
+    with the gains of :func:`marionette.core.match_gains`
+    of the anchor's window (the same for every layer), tau = ``temperature``. A slot thus picks
+    the sprite that explains its window before the learned part has learned anything.
+    """
+    b, t, _, lh, lw, _ = queries.shape
+    anchors = "B T Lh Lw C Sy Sx -> (B T Lh Lw) C Sy Sx"
+    gains = match_gains(
+        rearrange(windows.image, anchors), rearrange(windows.behind, anchors), sprites
+    )
+    gains = rearrange(gains, "(B T Lh Lw) K Qy Qx -> B T Lh Lw K Qy Qx", B=b, T=t, Lh=lh, Lw=lw)
+    evidence = torch.logsumexp(gains.flatten(-2) / temperature, dim=-1)
+    logits = selection_logits(queries, dict_codes) + evidence[:, :, None]
+    return Selection(logits, gains)
+
+
+#: Selection schemes by name (the ``selection`` setting): ``fn(queries, dict_codes, sprites,
+#: windows, temperature) -> Selection``.
+SELECTIONS: dict[str, Callable[..., Selection]] = {
+    "learned": learned_selection,
+    "match": match_selection,
+}

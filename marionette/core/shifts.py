@@ -32,6 +32,8 @@ def shift_bilinear(
         [[1, 2]]
     """
     n, _, s, _ = sprites.shape
+    if n == 0:  # affine_grid refuses an empty batch
+        return sprites.clone()
     one, zero = torch.ones_like(offsets[:, 0]), torch.zeros_like(offsets[:, 0])
     row_x = torch.stack([one, zero, -offsets[:, 0]], dim=-1)
     row_y = torch.stack([zero, one, -offsets[:, 1]], dim=-1)
@@ -121,6 +123,8 @@ def match_gains(
     """
     s = sprites.shape[-1]
     q = s // 2 + 1
+    if image_windows.shape[0] == 0:  # no windows: FFT libraries refuse empty batches
+        return sprites.new_zeros(0, sprites.shape[0], q, q)
     signals, kernels, energy, mass = _gain_terms(image_windows, background_windows, sprites)
     size = signals.shape[-2:]
     spectrum = torch.einsum(
@@ -161,6 +165,8 @@ def match_offsets(
     """
     s = sprites.shape[-1]
     q = s // 2 + 1
+    if image_windows.shape[0] == 0:  # no windows: FFT libraries refuse empty batches
+        return sprites.new_zeros(0, 2)
     signals, kernels, energy, mass = _gain_terms(image_windows, background_windows, sprites)
     size = signals.shape[-2:]
     spectrum = torch.fft.rfft2(signals.float()) * torch.fft.rfft2(kernels.float(), s=size).conj()

@@ -10,7 +10,7 @@ from .frames import (
     load_image,
 )
 from .groundtruth import GT_COLUMNS, GroundTruth
-from .stacks import FrameStacks, stack_starts
+from .stacks import FrameStacks, batch_indices, stack_starts
 from .synthetic import (
     SYNTHETIC_WORLDS,
     GeneratedData,
@@ -34,6 +34,7 @@ __all__ = [
     "InMemoryFrames",
     "SpriteWorldConfig",
     "TetrominoesConfig",
+    "batch_indices",
     "frame_sort_key",
     "generate",
     "generate_sprite_world",

@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 
 from .frames import FrameSource
 
-__all__ = ["FrameStacks", "stack_starts"]
+__all__ = ["FrameStacks", "batch_indices", "stack_starts"]
 
 
 def stack_starts(clips: np.ndarray, times: np.ndarray, length: int) -> np.ndarray:
@@ -82,3 +82,12 @@ def _longest_run(clips: np.ndarray, times: np.ndarray) -> int:
     while len(stack_starts(clips, times, length + 1)):
         length += 1
     return length
+
+
+def batch_indices(num_items: int, batch: int, seed: int, step: int) -> torch.Tensor:
+    """Items of step ``step``: a function of (seed, step) only, so a resumed run sees the same
+    batches as an uninterrupted one. Without replacement inside a batch when possible."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    if batch <= num_items:
+        return torch.randperm(num_items, generator=g)[:batch]
+    return torch.randint(num_items, (batch,), generator=g)

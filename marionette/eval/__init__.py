@@ -7,10 +7,15 @@ precision / recall / F-score and AP, temporal consistency and foreground ARI.
 """
 
 from .evaluate import (
+    METRICS,
+    Metric,
+    View,
     check_groundtruth,
     evaluate,
     first_frames,
     flatten_metrics,
+    summary,
+    summary_keys,
     temporal_consistency,
     write_metrics,
 )
@@ -29,10 +34,13 @@ from .objects import ObjectTable, collect_objects, slot_segmentation
 
 __all__ = [
     "HUD_FILTERS",
+    "METRICS",
     "NO_LABEL",
     "SHOTS",
     "VIEWS",
+    "Metric",
     "ObjectTable",
+    "View",
     "assign_labels",
     "average_precision",
     "box_iou",
@@ -48,6 +56,8 @@ __all__ = [
     "precision_recall",
     "slot_segmentation",
     "sprite_purity",
+    "summary",
+    "summary_keys",
     "temporal_consistency",
     "view_labels",
     "write_metrics",

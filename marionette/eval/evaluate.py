@@ -5,6 +5,8 @@ import dataclasses
 import math
 import os
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from ..core import MarioNette
 from ..data import Dataset, GroundTruth, InMemoryFrames
 from .labels import NO_LABEL, VIEWS, box_overlap, view_labels
 from .metrics import (
+    SHOTS,
     average_precision,
     clustering_scores,
     few_shot_accuracy,
@@ -25,9 +28,15 @@ from .metrics import (
 from .objects import ObjectTable, collect_objects
 
 __all__ = [
+    "METRICS",
+    "Metric",
+    "View",
     "check_groundtruth",
     "evaluate",
+    "first_frames",
     "flatten_metrics",
+    "summary",
+    "summary_keys",
     "temporal_consistency",
     "write_metrics",
 ]
@@ -133,36 +142,148 @@ def temporal_consistency(objects: ObjectTable, groundtruth: GroundTruth) -> dict
     }
 
 
-def _view_metrics(objects, groundtruth, view, game, seed) -> dict:
-    labels, keep = view_labels(objects, groundtruth, view, game)
-    codes, kept_labels = objects.codes[keep], labels[keep]
-    result = {"objects": int(keep.sum()), "classes": len(np.unique(kept_labels))}
-    if result["classes"] < 2:
-        warnings.warn(
-            f"view {view!r} has {result['classes']} class(es) among {result['objects']} objects; "
-            f"few-shot accuracy and clustering need at least 2 and are left out",
-            stacklevel=3,
-        )
-    few_shot = few_shot_accuracy(codes, kept_labels, seed=seed)
-    if few_shot is not None:
-        result["few_shot"] = few_shot
-    clusters = clustering_scores(codes, kept_labels, seed=seed)
-    if clusters is not None:
-        result.update(clusters)
-    purity = sprite_purity(objects.sprite[keep], kept_labels)
-    if purity is not None:
-        result["sprite_purity"] = purity
+@dataclass(frozen=True)
+class View:
+    """The objects one view of the MOC protocol evaluates, with their labels.
+
+    Attributes:
+        name: ``all``, ``moving`` or ``relevant`` (see :func:`view_labels`).
+        labels: the class of every predicted object (``no_label`` where it covers none).
+        keep: which objects the view evaluates.
+        frames: per frame, (predicted boxes, confidences, ground-truth boxes) of the view.
+        seed: k-means and random-split seed.
+    """
+
+    name: str
+    labels: np.ndarray
+    keep: np.ndarray
+    frames: list
+    seed: int
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One entry of :data:`METRICS`.
+
+    Attributes:
+        name: what it measures.
+        compute: ``compute(objects, view)`` for per-view metrics, ``compute(objects,
+            groundtruth, segments, masks)`` for the others: a dict of results to merge into the
+            view's (or the top-level) metrics, or None when it cannot be computed.
+        per_view: computed for every view (into ``metrics[view]``), else once.
+        summary: the results (flattened names inside their section) that tables show: the
+            sweep's summary, the trainer's evaluation scalars and the ``eval`` printout.
+        views: for per-view metrics, the views whose ``summary`` is shown.
+    """
+
+    name: str
+    compute: Callable[..., dict | None]
+    per_view: bool
+    summary: tuple[str, ...] = ()
+    views: tuple[str, ...] = ()
+
+
+def _few_shot(objects: ObjectTable, view: View) -> dict | None:
+    result = few_shot_accuracy(objects.codes[view.keep], view.labels[view.keep], seed=view.seed)
+    return None if result is None else {"few_shot": result}
+
+
+def _clustering(objects: ObjectTable, view: View) -> dict | None:
+    return clustering_scores(objects.codes[view.keep], view.labels[view.keep], seed=view.seed)
+
+
+def _purity(objects: ObjectTable, view: View) -> dict | None:
+    purity = sprite_purity(objects.sprite[view.keep], view.labels[view.keep])
+    return None if purity is None else {"sprite_purity": purity}
+
+
+def _unlabelled(objects: ObjectTable, view: View) -> dict:
+    unlabelled = float(np.mean(view.labels == NO_LABEL)) if len(view.labels) else 0.0
+    return {"no_label_fraction": unlabelled}
+
+
+def _temporal(objects, groundtruth, segments, masks) -> dict | None:
+    result = temporal_consistency(objects, groundtruth)
+    return None if result is None else {"temporal": result}
+
+
+def _foreground(objects, groundtruth, segments, masks) -> dict | None:
+    return None if segments is None else {"foreground_ari": foreground_ari(segments, masks)}
+
+
+_SHOT_KEYS = tuple(f"few_shot/{split}/{k}" for split in ("ordered", "mean") for k in SHOTS)
+
+#: Every metric :func:`evaluate` reports, in report order. Add one here and it appears in
+#: ``metrics.json``, the sweep table, the trainer's scalars and the ``eval`` printout.
+METRICS: tuple[Metric, ...] = (
+    Metric("few-shot accuracy (ridge)", _few_shot, True, _SHOT_KEYS, ("relevant",)),
+    Metric("k-means AMI / ARI", _clustering, True, ("ami", "ari"), ("relevant",)),
+    Metric("sprite purity", _purity, True, ("sprite_purity",), ("relevant",)),
+    Metric(
+        "detection (centre criterion)",
+        lambda objects, view: precision_recall(view.frames, objects.size),
+        True,
+        ("f_score",),
+        ("all", "relevant"),
+    ),
+    Metric(
+        "AP at IoU 0.1 .. 0.9",
+        lambda objects, view: {"ap": average_precision(view.frames)},
+        True,
+        ("ap/mean",),
+        ("relevant",),
+    ),
+    Metric("unlabelled objects", _unlabelled, True),
+    Metric(
+        "temporal consistency",
+        _temporal,
+        False,
+        ("temporal/sprite", "temporal/code_nn", "temporal/code_cos"),
+    ),
+    Metric("foreground ARI", _foreground, False, ("foreground_ari",)),
+)
+
+
+def summary_keys() -> list[str]:
+    """The flattened names of the results tables show, from :data:`METRICS`."""
+    keys = ["objects_per_frame"]
+    for metric in METRICS:
+        sections = [f"{view}/" for view in metric.views] or [""]
+        keys += [section + key for section in sections for key in metric.summary]
+    return keys
+
+
+def summary(metrics: dict) -> dict[str, float]:
+    """The :func:`summary_keys` results of an :func:`evaluate` result that were computed."""
+    flat = flatten_metrics(metrics)
+    return {k: float(flat[k]) for k in summary_keys() if isinstance(flat.get(k), int | float)}
+
+
+def _view(objects: ObjectTable, groundtruth: GroundTruth, name: str, game, seed) -> View:
+    labels, keep = view_labels(objects, groundtruth, name, game)
     frames = []
-    for index, name in enumerate(objects.names):
+    for index, frame in enumerate(objects.names):
         rows = objects.of_frame(index)
-        rows = rows[keep[rows]] if view == "relevant" else rows
-        gt_rows = groundtruth.rows_of(name)
-        if view != "all":
+        rows = rows[keep[rows]] if name == "relevant" else rows
+        gt_rows = groundtruth.rows_of(frame)
+        if name != "all":
             gt_rows = gt_rows[groundtruth.moving[gt_rows]]
         frames.append((objects.boxes[rows], objects.presence[rows], groundtruth.boxes[gt_rows]))
-    result.update(precision_recall(frames, objects.size))
-    result["ap"] = average_precision(frames)
-    result["no_label_fraction"] = float(np.mean(labels == NO_LABEL)) if len(labels) else 0.0
+    return View(name, labels, keep, frames, seed)
+
+
+def _view_metrics(objects: ObjectTable, view: View) -> dict:
+    kept = view.labels[view.keep]
+    result = {"objects": int(view.keep.sum()), "classes": len(np.unique(kept))}
+    if result["classes"] < 2:
+        warnings.warn(
+            f"view {view.name!r} has {result['classes']} class(es) among {result['objects']} "
+            f"objects; few-shot accuracy and clustering need at least 2 and are left out",
+            stacklevel=3,
+        )
+    for metric in METRICS:
+        if metric.per_view:
+            result.update(metric.compute(objects, view) or {})
     return result
 
 
@@ -175,7 +296,7 @@ def evaluate(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
 ) -> dict:
-    """All metrics of a model on a dataset with ground truth (see :mod:`marionette.eval`).
+    """All metrics of :data:`METRICS` of a model on a dataset with ground truth.
 
     ``game`` picks the HUD filter of the ``relevant`` view (default: the dataset's recorded
     game). Metrics that cannot be computed (too few classes, no consecutive frames, no masks)
@@ -204,13 +325,11 @@ def evaluate(
             "(0) is reported; the model may have collapsed to the background",
             stacklevel=2,
         )
-    for view in VIEWS:
-        metrics[view] = _view_metrics(objects, groundtruth, view, game, seed)
-    temporal = temporal_consistency(objects, groundtruth)
-    if temporal is not None:
-        metrics["temporal"] = temporal
-    if segments is not None:
-        metrics["foreground_ari"] = foreground_ari(segments, data.masks)
+    for name in VIEWS:
+        metrics[name] = _view_metrics(objects, _view(objects, groundtruth, name, game, seed))
+    for metric in METRICS:
+        if not metric.per_view:
+            metrics.update(metric.compute(objects, groundtruth, segments, data.masks) or {})
     return metrics
 
 

@@ -7,9 +7,15 @@ import torch
 from jaxtyping import Float, Int64
 from torch import Tensor
 
-from ..core import CODE_KINDS, Grid, MarioNette, footprint_boxes, typed
-from ..core.model import plane_order_for
-from ..core.placement import PARITY_GROUPS
+from ..core import (
+    CODE_KINDS,
+    PARITY_GROUPS,
+    Grid,
+    MarioNette,
+    footprint_boxes,
+    plane_order_for,
+    typed,
+)
 from ..data import FrameSource
 
 __all__ = ["ObjectTable", "collect_objects", "slot_segmentation"]
@@ -111,12 +117,11 @@ def collect_objects(
     for start in range(0, len(frames), batch_size):
         indices = range(start, min(start + batch_size, len(frames)))
         batch = frames.frames(indices).to(device).float().div(255)[:, None]
-        encoding = model.encode(batch)
-        out = model.render(encoding, batch.shape[0], hard=True, plane_order=order)
-        presence = encoding.presence  # soft, [N, NL, Lh, Lw]: the detection confidence
+        out = model(batch, "hard", order)
+        presence = out.encoding.presence[:, 0]  # soft: the detection confidence
         boxes, visible = footprint_boxes(out.alpha[:, 0], grid)
         centers = out.centers[:, 0]
-        vectors = getattr(encoding, code)
+        vectors = getattr(out.encoding, code)[:, 0]
         present = (presence > threshold) & visible  # a transparent sprite is no object
         where = present.nonzero()
         parts["frame"].append((where[:, 0] + start).cpu())

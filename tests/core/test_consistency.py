@@ -1,5 +1,6 @@
 """The object-consistency loss: equality with a naive loop, gradients, the fork's bugs fixed."""
 
+import dataclasses
 import math
 
 import pytest
@@ -21,7 +22,9 @@ def naive_consistency(codes, presence, centers, radius, tau=0.1, threshold=0.5):
             for i in range(slots):
                 if presence[b, t, i] <= threshold:
                     continue
-                distance = {j: float(torch.dist(centers[b, t, i], centers[b, t + 1, j])) for j in objects}
+                distance = {
+                    j: float(torch.dist(centers[b, t, i], centers[b, t + 1, j])) for j in objects
+                }
                 candidates = [j for j in objects if distance[j] <= radius]
                 if not candidates:
                     continue
@@ -86,19 +89,17 @@ def test_global_positions_and_other_layers():
     offsets = torch.zeros_like(encoding.offsets)
     codes = torch.randn_like(encoding.codes)
     # t = 0: layer 0, cell (1, 1), offset +0.4 x -> x = 1.5 * 8 + 3.2 = 15.2.
-    presence[0, 0, 1, 1] = 1
-    offsets[0, 0, 1, 1] = torch.tensor([0.4, 0.0])
+    presence[0, 0, 0, 1, 1] = 1
+    offsets[0, 0, 0, 1, 1] = torch.tensor([0.4, 0.0])
     # t = 1: layer 1, cell (1, 2), offset -0.45 x -> x = 2.5 * 8 - 3.6 = 16.4; and another object
     # far away (layer 0, cell (3, 3)) with the same code: a negative, however far.
-    presence[1, 1, 1, 2] = 1
-    offsets[1, 1, 1, 2] = torch.tensor([-0.45, 0.0])
-    codes[1, 1, 1, 2] = codes[0, 0, 1, 1]
-    presence[1, 0, 3, 3] = 1
-    codes[1, 0, 3, 3] = codes[0, 0, 1, 1]
-    moved = encoding.__class__(
-        **{**encoding.__dict__, "presence": presence, "offsets": offsets, "codes": codes}
-    )
-    loss, matched = encoding_consistency(moved, 1, grid, radius=2.0)
+    presence[0, 1, 1, 1, 2] = 1
+    offsets[0, 1, 1, 1, 2] = torch.tensor([-0.45, 0.0])
+    codes[0, 1, 1, 1, 2] = codes[0, 0, 0, 1, 1]
+    presence[0, 1, 0, 3, 3] = 1
+    codes[0, 1, 0, 3, 3] = codes[0, 0, 0, 1, 1]
+    moved = dataclasses.replace(encoding, presence=presence, offsets=offsets, codes=codes)
+    loss, matched = encoding_consistency(moved, grid, radius=2.0)
     assert matched == 1
     expected = math.log(2) / 32  # its match and the far object look the same; 32 slots
     assert math.isclose(float(loss), expected, rel_tol=1e-4)
@@ -166,4 +167,4 @@ def test_unknown_code_kind():
     model = MarioNette(ModelConfig(height=32, width=32, layer_size=4, num_layers=1, dim_z=8))
     encoding = model.encode(torch.rand(1, 2, 3, 32, 32))
     with pytest.raises(ValueError, match="code must be one of"):
-        encoding_consistency(encoding, 1, model.grid, code="z_what")
+        encoding_consistency(encoding, model.grid, code="z_what")

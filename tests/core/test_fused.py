@@ -8,9 +8,19 @@ import sys
 import pytest
 import torch
 
-from marionette.core import Grid, MarioNette, ModelConfig, plane_order, render_windows
+from marionette.core import (
+    Decomposition,
+    Grid,
+    MarioNette,
+    ModelConfig,
+    plane_order,
+    render_fused,
+    render_windows,
+    resolve_renderer,
+)
 from marionette.core import fused as fused_module
-from marionette.core.fused import render_fused, resolve_renderer, self_check
+from marionette.core import renderers as render_module
+from marionette.core.renderers import self_check
 
 triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -50,13 +60,14 @@ def test_fused_render_equals_reference_values_and_gradients(
     weight = torch.rand(1, frames, 3, height, width, generator=torch.Generator().manual_seed(4))
     weight = weight.to(DEVICE)
 
-    def fused(table, ids, presence, offsets, background):
-        return render_fused(table, ids, presence, offsets, background, order, grid, gating)
+    def slots(table, ids, presence, offsets, background) -> Decomposition:
+        return Decomposition(table, ids, presence, offsets, background, order, cell, gating)
 
-    def reference(table, ids, presence, offsets, background):
-        return render_windows(
-            table[ids], presence, background, order, grid, offsets=offsets, gating=gating
-        ).reconstruction
+    def fused(*inputs):
+        return render_fused(slots(*inputs))
+
+    def reference(*inputs):
+        return render_windows(slots(*inputs)).reconstruction
 
     out, grads = _render_and_grad(fused, inputs, weight)
     expected, expected_grads = _render_and_grad(reference, inputs, weight)
@@ -71,28 +82,30 @@ def test_fused_render_one_sprite_per_slot_and_bad_ids():
     grid = Grid(16, 16, 8)
     table, ids, presence, offsets, background = _slots(grid, 1, 1, 1, 3, seed=1)
     order = plane_order(1, shuffle_groups=False)
-    per_slot = table[ids].flatten(0, -4)
-    expected = render_windows(table[ids], presence, background, order, grid, offsets=offsets)
-    out = render_fused(per_slot, None, presence, offsets, background, order, grid)
-    torch.testing.assert_close(out, expected.reconstruction, atol=1e-5, rtol=1e-5)
+    hard = Decomposition(table, ids, presence, offsets, background, order, 8)
+    per_slot = hard.replace(sprites=table[ids].flatten(0, -4), sprite_ids=None)
+    expected = render_windows(hard).reconstruction
+    torch.testing.assert_close(render_fused(per_slot), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(render_windows(per_slot).reconstruction, expected)
     with pytest.raises(ValueError, match=r"sprite ids must lie in \[0, 2\]"):
-        render_fused(table, ids + 3, presence, offsets, background, order, grid)
+        render_fused(hard.replace(sprite_ids=ids + 3))
     with pytest.raises(ValueError, match="one sprite per slot"):
-        render_fused(table, None, presence, offsets, background, order, grid)
+        hard.replace(sprite_ids=None)
 
 
 def test_model_renders_the_same_with_both_renderers():
     config = ModelConfig(height=16, width=16, layer_size=2, num_layers=1, num_classes=4, dim_z=8)
     torch.manual_seed(0)
-    model = MarioNette(config, renderer="torch").to(DEVICE).eval()
+    weights = MarioNette(config).state_dict()
     frames = torch.rand(1, 1, 3, 16, 16, device=DEVICE)
     results = {}
     for renderer in ("torch", "triton"):
-        model.renderer = renderer
-        model.zero_grad()
+        model = MarioNette(config, renderer=renderer)
+        model.load_state_dict(weights)
+        model = model.to(DEVICE).eval()
         soft = model(frames)
         soft.reconstruction.square().mean().backward()
-        hard = model(frames, hard=True)
+        hard = model(frames, "hard")
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         results[renderer] = (soft, hard, grads)
     (soft, hard, grads), (soft_f, hard_f, grads_f) = results["torch"], results["triton"]
@@ -131,10 +144,10 @@ def test_self_check_passes_and_reports_a_broken_kernel(monkeypatch):
 
 def test_auto_takes_the_fused_kernel_only_where_it_passes_its_self_check(monkeypatch):
     cuda = torch.device("cuda")  # a device name only: nothing runs on it here
-    monkeypatch.setattr(fused_module, "triton_unavailable_reason", lambda device: None)
-    monkeypatch.setattr(fused_module, "self_check", lambda device: None)
+    monkeypatch.setattr(render_module, "triton_unavailable_reason", lambda device: None)
+    monkeypatch.setattr(render_module, "self_check", lambda device: None)
     assert resolve_renderer("auto", cuda) == "triton"
-    monkeypatch.setattr(fused_module, "self_check", lambda device: "frames differ by 0.5")
+    monkeypatch.setattr(render_module, "self_check", lambda device: "frames differ by 0.5")
     with pytest.warns(UserWarning, match=r"self-check on cuda \(frames differ by 0.5\)"):
         assert resolve_renderer("auto", cuda) == "torch"
     assert resolve_renderer("triton", cuda) == "triton"  # asked for explicitly: no check

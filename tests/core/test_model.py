@@ -32,6 +32,9 @@ CONFIGS = [
     pytest.param(
         tiny(xform_dim=8, learn_background=True, straight_through_probs=True), 1, id="light-xform"
     ),
+    pytest.param(tiny(selection="match", transform_encoder="match"), 2, id="match-match"),
+    pytest.param(tiny(selection="match", transform_encoder="anchor"), 1, id="match-anchor"),
+    pytest.param(tiny(transform_encoder="match", num_layers=1), 2, id="learned-match"),
 ]
 
 
@@ -75,7 +78,7 @@ class TestModel:
     def test_hard_rendering_and_round_trip(self, config, frames_per_item):
         model = MarioNette(config).eval()
         frames = rand(2, frames_per_item, 3, config.height, config.width)
-        hard = model(frames, hard=True)
+        hard = model(frames, "hard")
         assert set(hard.weights.unique().tolist()) <= {0.0, 1.0}
         assert (hard.weights.sum(-1) == 1).all()
         assert set(hard.presence.unique().tolist()) <= {0.0, 1.0}
@@ -88,10 +91,10 @@ class TestModel:
         model = MarioNette(tiny()).eval()
         frames = rand(2, 1, 3, 32, 32)
         encoding = model.encode(frames)
-        soft = model.render(encoding, 2)
-        hard = model.render(encoding, 2, hard=True)
+        soft = model.render(encoding)
+        hard = model.render(encoding, "hard")
         torch.testing.assert_close(soft.reconstruction, model(frames).reconstruction)
-        torch.testing.assert_close(hard.reconstruction, model(frames, hard=True).reconstruction)
+        torch.testing.assert_close(hard.reconstruction, model(frames, "hard").reconstruction)
         # the hard weights are the arg-max of the soft ones
         assert torch.equal(hard.sprite_ids, soft.sprite_ids)
 

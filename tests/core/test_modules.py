@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from marionette.core import (
     ColorBackground,
     GridEncoder,
+    SlidingStripBackground,
     SpriteDictionary,
     StripBackground,
     beta_prior_loss,
@@ -156,9 +157,9 @@ class TestStrip:
             slide_strip_window(strip, position, 4)[0], strip[:, :, offset : offset + 4]
         )
 
-    @pytest.mark.parametrize("mode", ["softmax", "spatial_transformer"])
-    def test_module(self, mode):
-        strip = StripBackground(16, 24, 16, mode, color=torch.tensor([0.1, 0.5, 0.9]))
+    @pytest.mark.parametrize("kind", [StripBackground, SlidingStripBackground])
+    def test_module(self, kind):
+        strip = kind(16, 24, 16, color=torch.tensor([0.1, 0.5, 0.9]))
         out = strip(rand(2, 3, 16, 24))
         assert out.shape == (2, 3, 16, 24)
         torch.testing.assert_close(

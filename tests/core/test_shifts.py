@@ -3,8 +3,20 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from marionette.core import discrete_offsets, shift_bilinear, shift_discrete
-from marionette.core._reference import shift_bilinear_reference, shift_discrete_reference
+from marionette.core import (
+    discrete_offsets,
+    expected_displacement,
+    match_gains,
+    match_offsets,
+    shift_bilinear,
+    shift_discrete,
+)
+from marionette.core._reference import (
+    expected_displacement_reference,
+    match_gains_reference,
+    shift_bilinear_reference,
+    shift_discrete_reference,
+)
 from tests._checks import check_op, rand
 
 
@@ -108,3 +120,51 @@ class TestShiftDiscrete:
         wx = torch.softmax(rand(1, 3, dtype=torch.float64, seed=1), -1).requires_grad_()
         wy = torch.softmax(rand(1, 3, dtype=torch.float64, seed=2), -1).requires_grad_()
         assert torch.autograd.gradcheck(shift_discrete, (sprites, wx, wy), fast_mode=True)
+
+
+class TestMatching:
+    """Template matching: the FFT gains, their soft arg-max and the per-slot offsets."""
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_gains_equal_the_naive_loop(self, seed):
+        images, behind = rand(2, 3, 8, 8, seed=seed), rand(2, 3, 8, 8, seed=seed + 10)
+        sprites = rand(3, 4, 8, 8, seed=seed + 20)
+        sprites[:, 3] = (sprites[:, 3] > 0.5).float()  # binary alpha: the gain is exact
+        torch.testing.assert_close(
+            match_gains(images, behind, sprites),
+            match_gains_reference(images, behind, sprites),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+
+    def test_the_true_displacement_has_the_highest_gain(self):
+        sprite = torch.zeros(1, 4, 8, 8)
+        sprite[0, :3, 3:5, 3:5], sprite[0, 3, 3:5, 3:5] = 1.0, 1.0  # a 2 x 2 white square
+        image = torch.zeros(1, 3, 8, 8)
+        image[0, :, 4:6, 2:4] = 1.0  # the square moved by (x, y) = (-1, +1)
+        gains = match_gains(image, torch.zeros(1, 3, 8, 8), sprite)[0, 0]
+        i, j = divmod(int(gains.argmax()), gains.shape[-1])
+        assert (j - 2, i - 2) == (-1, 1)
+        offsets = expected_displacement(gains, temperature=1e-3)
+        torch.testing.assert_close(offsets, torch.tensor([-1 / 4, 1 / 4]))
+
+    @pytest.mark.parametrize("temperature", [0.05, 1.0])
+    def test_expected_displacement_equals_the_naive_loop(self, temperature):
+        gains = rand(2, 3, 5, 5) - 0.5
+        torch.testing.assert_close(
+            expected_displacement(gains, temperature),
+            expected_displacement_reference(gains, temperature),
+        )
+
+    def test_match_offsets_are_the_own_sprite_gains(self):
+        images, behind, sprites = (
+            rand(3, 3, 8, 8),
+            rand(3, 3, 8, 8, seed=1),
+            rand(3, 4, 8, 8, seed=2),
+        )
+        own = torch.stack([match_gains(images[n : n + 1], behind[n : n + 1], sprites[n : n + 1])[0, 0]
+                           for n in range(3)])  # fmt: skip
+        torch.testing.assert_close(
+            match_offsets(images, sprites, behind, 0.05), expected_displacement(own, 0.05)
+        )
+        check_op(match_offsets, images, sprites, behind, 0.05)

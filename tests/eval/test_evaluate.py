@@ -107,22 +107,39 @@ def test_first_frames(tiny):
     assert first_frames(tiny, 0) is tiny
 
 
+def temporal(metrics: dict, what: str) -> dict:
+    """The temporal-consistency metrics, or a failure that says why there are none."""
+    if "temporal" not in metrics:
+        pytest.fail(
+            f"{what}: no ground-truth instance was explained in two consecutive frames "
+            f"({metrics['objects']} objects detected in {metrics['frames']} frames, all-view "
+            f"recall {metrics['all']['recall']:.2f}), so temporal consistency cannot be measured"
+        )
+    return metrics["temporal"]
+
+
 @pytest.mark.slow
-def test_consistency_loss_raises_temporal_consistency(tmp_path):
-    """Same seed, data and steps: with the consistency term an object's code changes less
-    between consecutive frames (measured here: code_cos 0.93 -> 0.99)."""
+def test_consistency_loss_raises_temporal_consistency_and_keeps_detection(tmp_path):
+    """Same seed, data and steps, with and without the consistency term: the term makes an
+    object's code pick out its own next-frame object more often (code_nn) and detects as many
+    objects. Checked while writing it over seeds 0-4 with 1 and 2 threads (docs/learning.md):
+    code_nn rose by 0.02-0.09, the objects changed by -11 .. +7 % and the F-score by at most
+    -0.05."""
     base = Config().replace(
-        synthetic="tiny", synthetic_clips=8, height=32, width=32, layer_size=4, num_classes=4,
-        dim_z=16, bs=8, num_steps=200, log_every=100, checkpoint_every=1000, image_every=0,
+        synthetic="tiny", synthetic_clips=64, height=32, width=32, layer_size=4, num_classes=8,
+        dim_z=32, bs=8, num_steps=300, log_every=100, checkpoint_every=1000, image_every=0,
         transform_encoder="match", selection="match", sprite_init="data", lr=1e-3,
-        frames_per_item=2, seed=0, aow_warmup=100,
+        hard_mix=1.0, hard_warmup=100, frames_per_item=2, seed=0, aow_warmup=100,
     )  # fmt: skip
-    scores = {}
+    results = {}
     for aow in (0.0, 0.01):
         config = base.replace(aow=aow)
         result = train(config, tmp_path / f"aow{aow}", progress=False, tensorboard=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            metrics = evaluate(result.model, first_frames(build_eval_data(config), 128))
-        scores[aow] = metrics["temporal"]
-    assert scores[0.01]["code_cos"] > scores[0.0]["code_cos"] + 0.03, scores
+            results[aow] = evaluate(result.model, first_frames(build_eval_data(config), 128))
+    off, on = results[0.0], results[0.01]
+    assert on["objects"] >= 0.85 * off["objects"], (off["objects"], on["objects"])
+    assert on["all"]["f_score"] >= off["all"]["f_score"] - 0.1, (off["all"], on["all"])
+    without, with_ = temporal(off, "without the term"), temporal(on, "with the term")
+    assert with_["code_nn"] > without["code_nn"] + 0.01, (without, with_)

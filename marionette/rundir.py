@@ -1,0 +1,182 @@
+"""A run directory: its configuration, its lock, its checkpoints and its metrics table.
+
+RUN/config.json         every setting (checked against the one asked for on every start)
+RUN/checkpoints/        step_<N>.pt (the newest few) and final.pt, written atomically
+RUN/metrics.csv         one row per logged step
+RUN/.lock               held while a trainer runs there
+"""
+
+import csv
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ._io import atomic_write
+from .checkpoint import FINAL, latest_checkpoint, prune_checkpoints, save_checkpoint
+from .config import Config
+
+__all__ = ["CONFIG_FILE", "RESUMABLE", "ConfigMismatch", "MetricsLog", "RunDirectory", "RunInUse"]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+#: Settings that may change when a run is resumed (length, logging and hardware only).
+RESUMABLE = frozenset(
+    {
+        "num_steps", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
+        "eval_every", "eval_data", "eval_frames", "device", "precision", "renderer", "threads",
+        "typecheck",
+    }
+)  # fmt: skip
+
+
+class ConfigMismatch(ValueError):
+    """The run directory holds a different configuration than the one asked for."""
+
+
+class RunInUse(RuntimeError):
+    """Another process is training in the run directory."""
+
+
+class RunDirectory:
+    """The files of one run (see the module).
+
+    Args:
+        path: the directory (created when a run starts in it).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def name(self) -> str:
+        """The run's name (its folder's)."""
+        return self.path.resolve().name
+
+    def stored_config(self) -> Config | None:
+        """The configuration the run was started with (None for a new run)."""
+        return Config.load(self.config_path) if self.config_path.exists() else None
+
+    def prepare(self, config: Config, resume: bool) -> Config:
+        """Record ``config`` for a new run, or check it against the stored one.
+
+        Returns the configuration to train with: the stored one when they agree; ``config`` when
+        ``resume`` and they differ only in :data:`RESUMABLE` settings (then it is stored).
+
+        Raises:
+            ConfigMismatch: other settings differ; the message lists them.
+        """
+        stored = self.stored_config()
+        if stored is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            config.save(self.config_path)
+            return config
+        difference = stored.diff(config)
+        if not difference:
+            return stored
+        blocking = {k: v for k, v in difference.items() if not (resume and k in RESUMABLE)}
+        if blocking:
+            lines = "\n".join(
+                f"  {k}: run has {a!r}, asked for {b!r}" for k, (a, b) in blocking.items()
+            )
+            raise ConfigMismatch(
+                f"{self.path} holds a run with a different configuration:\n{lines}\nContinue "
+                f"that run as it is with --resume (only run length, logging and hardware "
+                f"settings may change), or train into a new --out directory."
+            )
+        config.save(self.config_path)
+        return config
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on ``RUN/.lock``, so that a second trainer started in the same
+        directory fails instead of interleaving checkpoints and logs. The operating system
+        releases the lock when the process ends, however it ends.
+
+        Raises:
+            RunInUse: another process holds it; the message names that process.
+        """
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks (Windows): train without one
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "another process"
+                raise RunInUse(
+                    f"{self.path} is being trained by {owner}; wait for it, stop it (Ctrl-C "
+                    f"writes a checkpoint), or train into another --out directory"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def save(self, state: dict, keep: int, final: bool = False) -> Path:
+        """Write a checkpoint of ``state`` atomically and keep only the ``keep`` newest step
+        checkpoints (plus the final one)."""
+        path = save_checkpoint(self.path, state, FINAL if final else None)
+        prune_checkpoints(self.path, keep)
+        return path
+
+    def resume_state(self, num_steps: int, map_location) -> dict | None:
+        """The newest readable checkpoint's state (None for a fresh run). A finished run that is
+        extended to more than its steps gets its final checkpoint renamed to a step one."""
+        found = latest_checkpoint(self.path, map_location=map_location)
+        if found is None:
+            return None
+        state, path = found
+        step = int(state["step"])
+        if path.name == FINAL and step < num_steps:
+            os.replace(path, path.with_name(f"step_{step:09d}.pt"))
+        return state
+
+    def metrics(self) -> "MetricsLog":
+        """The run's metrics table."""
+        return MetricsLog(self.path / METRICS_FILE)
+
+
+class MetricsLog:
+    """``metrics.csv``: one row per logged step; a row with new columns rewrites the header
+    (the union of the columns, old rows kept)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.started = path, time.monotonic()
+        self._keys: list[str] | None = None
+        if path.exists():
+            with open(path, newline="") as handle:
+                self._keys = next(csv.reader(handle), None)
+
+    def append(self, step: int, values: dict[str, float]) -> None:
+        """Add a row (with the seconds since this log was opened)."""
+        row = {"step": step, "time": round(time.monotonic() - self.started, 3), **values}
+        if self._keys is None or not set(row) <= set(self._keys):
+            self._keys = list(dict.fromkeys((self._keys or []) + list(row)))
+            self._rewrite()
+        with open(self.path, "a", newline="") as handle:
+            csv.DictWriter(handle, self._keys).writerow(row)
+
+    def _rewrite(self) -> None:
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        with atomic_write(self.path, "w") as handle:
+            writer = csv.DictWriter(handle, self._keys, lineterminator="\r\n")
+            writer.writeheader()
+            writer.writerows(rows)

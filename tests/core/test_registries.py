@@ -1,0 +1,186 @@
+"""Every registry entry against the function it wraps, and the registries' contracts."""
+
+import pytest
+import torch
+from einops import rearrange, repeat
+
+from marionette.core import (
+    BACKGROUNDS,
+    OFFSET_PREDICTORS,
+    SELECTIONS,
+    AnchorWindows,
+    ColorBackground,
+    MarioNette,
+    ModelConfig,
+    SlidingStripBackground,
+    SpriteDictionary,
+    StripBackground,
+    decode_sprites,
+    discrete_offsets,
+    expected_displacement,
+    match_gains,
+    match_offsets,
+    mix_sprites,
+    scroll_strip,
+    selection_logits,
+    slide_strip_window,
+)
+from tests._checks import rand
+
+CONFIG = dict(height=16, width=24, layer_size=2, num_layers=2, num_classes=3, dim_z=16)
+
+
+def inputs(config: ModelConfig, seed: int = 0):
+    """Codes, windows, soft sprites, weights and the matched selection of a random scene."""
+    grid, b, t = config.grid, 2, 1
+    codes = rand(b, t, config.num_layers, grid.rows, grid.cols, config.dim_z, seed=seed)
+    sprites = rand(config.num_classes, 4, grid.sprite, grid.sprite, seed=seed + 1)
+    windows = AnchorWindows(
+        rand(b, t, 3, grid.height, grid.width, seed=seed + 2),
+        rand(b, t, 3, grid.height, grid.width, seed=seed + 3),
+        grid,
+    )
+    weights = torch.softmax(rand(*codes.shape[:-1], config.num_classes, seed=seed + 4), -1)
+    return codes, sprites, windows, weights
+
+
+class TestSelections:
+    def test_learned_is_the_scaled_dot_product(self):
+        config = ModelConfig(**CONFIG)
+        codes, sprites, windows, _ = inputs(config)
+        dict_codes = rand(3, 16, seed=9)
+        selection = SELECTIONS["learned"](codes, dict_codes, sprites, windows, 0.05)
+        torch.testing.assert_close(selection.logits, selection_logits(codes, dict_codes))
+        assert selection.gains is None
+
+    def test_match_adds_the_soft_maximal_gain_of_the_anchor_window(self):
+        config = ModelConfig(**CONFIG)
+        codes, sprites, windows, _ = inputs(config)
+        dict_codes = rand(3, 16, seed=9)
+        selection = SELECTIONS["match"](codes, dict_codes, sprites, windows, 0.05)
+        b, i, j = 1, 0, 2  # one anchor, by hand
+        gains = match_gains(
+            windows.image[b, 0, i, j][None], windows.behind[b, 0, i, j][None], sprites
+        )[0]
+        torch.testing.assert_close(selection.gains[b, 0, i, j], gains)
+        evidence = torch.logsumexp(gains.flatten(1) / 0.05, dim=-1)
+        for layer in range(2):
+            torch.testing.assert_close(
+                selection.logits[b, 0, layer, i, j],
+                selection_logits(codes[b, 0, layer, i, j], dict_codes) + evidence,
+            )
+
+
+class TestOffsetPredictors:
+    @pytest.mark.parametrize(
+        "name, discrete",
+        [(name, False) for name in sorted(OFFSET_PREDICTORS)]
+        + [(name, True) for name in sorted(OFFSET_PREDICTORS) if name != "match"],
+    )
+    def test_shapes_and_range(self, name, discrete):
+        config = ModelConfig(**CONFIG, transform_encoder=name, no_spatial_transformer=discrete)
+        codes, sprites, windows, weights = inputs(config)
+        selection = SELECTIONS["learned"](codes, rand(3, 16), sprites, windows, 0.05)
+        predictor = OFFSET_PREDICTORS[name](config)
+        result = predictor(codes, windows, mix_sprites(weights, sprites), weights, selection)
+        assert result.offsets.shape == (*codes.shape[:-1], 2)
+        assert result.offsets.abs().max() <= 0.5
+        assert (result.weights is not None) == discrete
+        if discrete:
+            torch.testing.assert_close(result.offsets, discrete_offsets(*result.weights))
+
+    def test_match_with_matched_selection_mixes_each_sprites_own_offset(self):
+        config = ModelConfig(**CONFIG, transform_encoder="match", selection="match")
+        codes, sprites, windows, weights = inputs(config)
+        selection = SELECTIONS["match"](codes, rand(3, 16), sprites, windows, 0.05)
+        mixed = mix_sprites(weights, sprites)
+        result = OFFSET_PREDICTORS["match"](config)(codes, windows, mixed, weights, selection)
+        own = expected_displacement(selection.gains, config.match_temperature)
+        torch.testing.assert_close(result.per_sprite, own)
+        b, layer, i, j = 0, 1, 1, 1
+        torch.testing.assert_close(
+            result.offsets[b, 0, layer, i, j], weights[b, 0, layer, i, j] @ own[b, 0, i, j]
+        )
+
+    def test_match_with_learned_selection_aligns_the_slots_soft_sprite(self):
+        config = ModelConfig(**CONFIG, transform_encoder="match")
+        codes, sprites, windows, weights = inputs(config)
+        mixed = mix_sprites(weights, sprites)
+        selection = SELECTIONS["learned"](codes, rand(3, 16), sprites, windows, 0.05)
+        result = OFFSET_PREDICTORS["match"](config)(codes, windows, mixed, weights, selection)
+        slots = "B T NL Lh Lw C Sy Sx -> (B T NL Lh Lw) C Sy Sx"
+        per_anchor = "B T Lh Lw C Sy Sx -> B T NL Lh Lw C Sy Sx"
+        expected = match_offsets(
+            rearrange(repeat(windows.image, per_anchor, NL=2), slots),
+            rearrange(mixed, slots),
+            rearrange(repeat(windows.behind, per_anchor, NL=2), slots),
+            config.match_temperature,
+        )
+        torch.testing.assert_close(result.offsets.reshape(-1, 2), expected)
+
+
+class TestBackgrounds:
+    def test_strips_are_their_functions(self):
+        frames = rand(2, 3, 16, 24)
+        strip = StripBackground(16, 24, 16)
+        weights = strip.position(strip.encoder(frames)[:, 0, 0, 0])
+        torch.testing.assert_close(strip(frames), scroll_strip(strip.strip(), weights))
+        sliding = SlidingStripBackground(16, 24, 16)
+        position = sliding.position(sliding.encoder(frames)[:, 0, 0, 0])[:, 0] * 0.75
+        torch.testing.assert_close(
+            sliding(frames), slide_strip_window(sliding.strip(), position, 24)
+        )
+
+    def test_every_kind_says_what_it_needs(self):
+        for name, kind in BACKGROUNDS.items():
+            background = kind.from_config(ModelConfig(**CONFIG, background=name), None)
+            assert isinstance(background.own_learning_rate, bool)
+            assert background.per_frame == background.own_learning_rate == (name != "color")
+            assert background(rand(2, 3, 16, 24)).shape == (2, 3, 16, 24)
+
+    def test_color(self):
+        color = torch.tensor([0.1, 0.6, 0.9])
+        out = ColorBackground(4, 6, color)(rand(2, 3, 4, 6))
+        torch.testing.assert_close(out, color[None, :, None, None].expand(2, 3, 4, 6))
+
+
+def test_dictionary_is_its_function():
+    dictionary = SpriteDictionary(5, 8, 16)
+    sprites, codes = dictionary()
+    expected = decode_sprites(dictionary.latents, dictionary.decoder, 4, 8)
+    torch.testing.assert_close(sprites, expected[0])
+    torch.testing.assert_close(codes, expected[1])
+
+
+def test_reseeding_copies_used_latents():
+    dictionary = SpriteDictionary(4, 8, 16)
+    before = dictionary.latents.detach().clone()
+    usage = torch.tensor([5, 0, 0, 1])
+    assert dictionary.reseed_unused(usage, torch.Generator().manual_seed(0)) == 2
+    after = dictionary.latents.detach()
+    assert torch.equal(after[[0, 3]], before[[0, 3]])
+    for k in (1, 2):
+        distances = (after[k] - before[[0, 3]]).norm(dim=-1)
+        assert distances.min() < 0.5 * 16**0.5 * 2  # a perturbed copy of a used entry
+    assert dictionary.reseed_unused(torch.tensor([1, 1, 1, 1]), torch.Generator()) == 0
+
+
+def test_the_default_model_is_the_originals():
+    model = MarioNette()
+    assert model.config == ModelConfig()
+    assert (model.grid.rows, model.grid.cols, model.config.num_classes) == (8, 8, 150)
+
+
+@pytest.mark.parametrize("batch, frames", [(0, 1), (2, 1)])
+def test_degenerate_batches(batch, frames):
+    config = ModelConfig(**CONFIG, selection="match", transform_encoder="match")
+    model = MarioNette(config)
+    out = model(rand(batch, frames, 3, 16, 24))
+    assert out.reconstruction.shape == (batch, frames, 3, 16, 24)
+    assert model.decompose(rand(batch, frames, 3, 16, 24)).presence.shape == (
+        batch,
+        frames,
+        2,
+        2,
+        3,
+    )

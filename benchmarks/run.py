@@ -49,9 +49,9 @@ from marionette.step import TrainingStep
 #: ``faithful`` keeps the original's per-slot CNN transform encoder and learned selection;
 #: ``match`` is ours (template-matched offsets and selection, see docs/learning.md).
 CONFIGS = {
-    "default": dict(height=128, width=128, layer_size=8, num_classes=150, dim_z=128),
-    "space_invaders": dict(height=128, width=128, layer_size=16, num_classes=54, dim_z=128),
-    "small": dict(height=32, width=32, layer_size=4, num_classes=8, dim_z=16),
+    "default": dict(height=128, width=128, layer_size=8, num_sprites=150, dim_z=128),
+    "space_invaders": dict(height=128, width=128, layer_size=16, num_sprites=54, dim_z=128),
+    "small": dict(height=32, width=32, layer_size=4, num_sprites=8, dim_z=16),
 }
 VARIANTS = {
     "faithful": dict(transform_encoder="conv", selection="learned"),
@@ -98,7 +98,7 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup
 def kernel_cases(config: dict, batch: int, device: torch.device, dtype: torch.dtype):
     """(name, function of requires_grad inputs, inputs, bytes moved at least once)."""
     grid = Grid(config["height"], config["width"], config["height"] // config["layer_size"])
-    nl, k, s = 2, config["num_classes"], grid.sprite
+    nl, k, s = 2, config["num_sprites"], grid.sprite
     slots = (batch, nl, grid.rows, grid.cols)
     n = batch * nl * grid.rows * grid.cols
     size = torch.finfo(dtype).bits // 8

@@ -1,5 +1,5 @@
-"""From a :class:`Config` to the objects a run needs: its device, frames, evaluation data and
-model (with the data-derived background color and dictionary)."""
+"""From a :class:`marionette.config.Config` to the objects a run needs: its device, frames,
+evaluation data and model (with the data-derived background color and dictionary)."""
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ def build_model(config: Config, frames: FrameSource | None = None) -> MarioNette
             sample.float() / 255,
             color,
             model.grid.cell,
-            config.model.num_classes,
+            config.model.num_sprites,
             torch.Generator().manual_seed(seed),
         )
         model.dictionary.fit(patches)

@@ -6,7 +6,7 @@ import typing
 import warnings
 from pathlib import Path
 
-from .config import CHOICES, Config
+from .config import ALIASES, CHOICES, Config
 from .core import CODE_KINDS
 
 __all__ = ["main"]
@@ -28,9 +28,9 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for f in Config.fields():
         if f.name in _SOURCE_FLAGS:
             continue
-        names = [f"--{f.name}"]
-        if "_" in f.name:
-            names.append(f"--{f.name.replace('_', '-')}")
+        spellings = [f.name] + [old for old, new in ALIASES.items() if new == f.name]
+        names = [f"--{name}" for name in spellings]
+        names += [f"--{name.replace('_', '-')}" for name in spellings if "_" in name]
         kwargs: dict = {"default": argparse.SUPPRESS, "dest": f.name}
         if f.type is bool:  # the original's flags take no value; --flag false works too
             kwargs.update(nargs="?", const="true", metavar="BOOL")
@@ -135,15 +135,7 @@ def _decompose(args: argparse.Namespace) -> int:
             config.data.data, (config.model.height, config.model.width), config.data.resize
         )
     if args.frames:
-        from .data import InMemoryFrames
-
-        count = min(args.frames, len(frames))
-        frames = InMemoryFrames(
-            frames.frames(range(count)),
-            frames.clips[:count],
-            frames.times[:count],
-            frames.names[:count],
-        )
+        frames = frames.head(args.frames)
     out = Path(args.out) if args.out else Path(args.run) / "decomposition"
     tqdm = _tqdm_factory(not args.no_progress)
     progress = (lambda batches: tqdm(batches, desc="decompose", unit="batch")) if tqdm else None

@@ -27,7 +27,7 @@ from .core import (
 )
 from .data.frames import RESIZE_POLICIES
 
-__all__ = ["Config", "DataConfig", "TrainConfig"]
+__all__ = ["ALIASES", "CHOICES", "Config", "DataConfig", "TrainConfig"]
 
 
 #: Allowed values of every setting that names one of a few choices: the configs check them and
@@ -57,7 +57,7 @@ def _check_choices(config) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, logging and checkpointing. Defaults are the original's where it had them.
+    """Optimization, logging and checkpointing. Defaults are the original's where it had them.
 
     Attributes:
         bs: batch size (items of T frames).
@@ -65,7 +65,7 @@ class TrainConfig:
         lr_bg: AdamW learning rate of a learned background strip.
         lr_dict: AdamW learning rate of the sprite dictionary (0: the same as ``lr``).
         weight_decay: AdamW weight decay (PyTorch's default, as the original).
-        num_steps: total optimisation steps; a resumed run continues to this total.
+        num_steps: total optimization steps; a resumed run continues to this total.
         w_beta: weight of the Beta(2, 2) prior on selection weights and presence.
         w_probs: L1 presence weight, one value or one per layer.
         sprite_init: ``"random"`` (the original: sprites decoded from random codes) or
@@ -88,7 +88,7 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
         renderer: ``"auto"`` (the fused Triton renderer on CUDA, PyTorch elsewhere),
-            ``"torch"`` or ``"triton"`` (see :func:`marionette.core.render_slots`).
+            ``"torch"`` or ``"triton"`` (see :func:`marionette.core.render_decomposition`).
         threads: CPU threads for torch (0: torch's default).
         log_every: steps between scalar logs and hard-PSNR measurements.
         image_every: steps between TensorBoard image panels (0: never).
@@ -182,6 +182,8 @@ def _field_index() -> dict[str, str]:
 
 
 _FIELDS = _field_index()
+#: Other names of settings: the original's flag names where ours differ.
+ALIASES = {"num_classes": "num_sprites"}
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
@@ -252,7 +254,8 @@ class Config:
         return [f for cls in _SECTIONS.values() for f in fields(cls)]
 
     def get(self, name: str) -> Any:
-        """A setting by flat name."""
+        """A setting by flat name (or one of its :data:`ALIASES`)."""
+        name = ALIASES.get(name, name)
         if name not in _FIELDS:
             raise KeyError(_unknown(name))
         return getattr(getattr(self, _FIELDS[name]), name)
@@ -260,8 +263,9 @@ class Config:
     def replace(self, **changes: Any) -> "Config":
         """A copy with settings changed by flat name; values are converted to the field types.
 
-        ``canvas_size`` sets height and width together.
+        ``canvas_size`` sets height and width together; :data:`ALIASES` name their settings.
         """
+        changes = {ALIASES.get(name, name): value for name, value in changes.items()}
         if "canvas_size" in changes:
             size = changes.pop("canvas_size")
             changes.setdefault("height", size)
@@ -299,6 +303,7 @@ class Config:
         for section in _SECTIONS:
             values = data.get(section, {})
             for name, value in values.items():
+                name = ALIASES.get(name, name)  # files written before a setting was renamed
                 if _FIELDS.get(name) != section:
                     raise ValueError(f"unknown setting {section}.{name}")
                 flat[name] = value

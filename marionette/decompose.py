@@ -169,7 +169,7 @@ def decompose_frames(
         (out / sub).mkdir(parents=True, exist_ok=True)
     model = model.eval().to(device)
     order = plane_order_for(model.config, training=False)
-    summary, records = _Summary(model.config.num_classes, summary_frames), []
+    summary, records = _Summary(model.config.num_sprites, summary_frames), []
     batches = range(0, len(frames), batch_size)
     for start in progress(batches) if progress else batches:
         indices = list(range(start, min(start + batch_size, len(frames))))
@@ -219,8 +219,8 @@ def read_decomposition(folder: str | os.PathLike) -> tuple[Decomposition, list[s
             offsets[at] = torch.tensor(s["offset"])
     background_info = document["background"]
     if background_info["kind"] == "color":
-        colour = torch.tensor(background_info["color"])
-        background = colour[None, None, :, None, None].expand(n, 1, 3, height, width).clone()
+        color = torch.tensor(background_info["color"])
+        background = color[None, None, :, None, None].expand(n, 1, 3, height, width).clone()
     else:
         stored = np.load(folder / background_info["file"], allow_pickle=False)
         background = torch.from_numpy(stored)[:, None]

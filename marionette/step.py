@@ -1,4 +1,4 @@
-"""One optimisation step: the objective's loss under the chosen precision, checked, then
+"""One optimization step: the objective's loss under the chosen precision, checked, then
 backpropagated and applied by the optimizers."""
 
 from contextlib import nullcontext

@@ -1,5 +1,5 @@
-"""The trainer: builds a run's data, model and step from a :class:`Config`, then trains, logs and
-checkpoints.
+"""The trainer: builds a run's data, model and step from a :class:`marionette.config.Config`,
+then trains, logs and checkpoints.
 
 Thin on purpose: the tensor maths is :func:`marionette.core.training_objective`, one update is a
 :class:`marionette.step.TrainingStep`, the files are a :class:`marionette.rundir.RunDirectory`
@@ -101,7 +101,7 @@ class _Training:
         self.step = self._resume()
         self.monitor = Monitor(run.path, self.step, t.num_steps, run.name, progress, tensorboard)
         self.log = run.metrics()
-        self.usage = torch.zeros(config.model.num_classes, dtype=torch.long)
+        self.usage = torch.zeros(config.model.num_sprites, dtype=torch.long)
         self.reseed_generator = torch.Generator().manual_seed(t.seed + 7)
         self.last_good: Path | None = None
         self.metrics: dict[str, float] = {}

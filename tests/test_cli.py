@@ -118,3 +118,15 @@ def test_data_synthetic(tmp_path):
                  "--out", str(tmp_path / "w")]) == 0  # fmt: skip
     assert (tmp_path / "w" / "groundtruth.csv").exists()
     assert main(["data", "synthetic", "--world", "tiny", "--out", str(tmp_path / "w")]) == 2
+
+
+def test_the_originals_num_classes_names_the_dictionary_size(tmp_path):
+    from marionette.cli import build_parser
+    from marionette.config import Config
+
+    args = build_parser().parse_args(["train", "--num_classes", "7"])
+    assert args.num_sprites == "7"
+    assert Config().replace(num_classes=7).model.num_sprites == 7
+    stored = Config().to_dict()
+    stored["model"]["num_classes"] = stored["model"].pop("num_sprites")  # a pre-rename file
+    assert Config.from_dict(stored) == Config()

@@ -26,7 +26,7 @@ TINY = dict(
     height=32,
     width=32,
     layer_size=4,
-    num_classes=4,
+    num_sprites=4,
     dim_z=16,
     bs=2,
     num_steps=6,
@@ -219,8 +219,8 @@ def marionette_cli(argv):
 @pytest.mark.slow
 def test_learns_the_tiny_world(tmp_path):
     """End to end: the matched model learns the tiny world's sprites in a few hundred steps."""
-    from marionette.data import FrameStacks
     from marionette.build import build_data
+    from marionette.data import FrameStacks
 
     config = tiny_config(
         num_steps=300,
@@ -228,7 +228,7 @@ def test_learns_the_tiny_world(tmp_path):
         synthetic_clips=64,
         log_every=50,
         checkpoint_every=1000,
-        num_classes=8,
+        num_sprites=8,
         dim_z=32,
     )
     result = quiet_train(config, tmp_path / "run")

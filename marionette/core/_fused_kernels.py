@@ -47,7 +47,7 @@ def sample(base, y0, x0, fy, fx, gy, gx, size, mask):
 
 @triton.jit
 def sample_rgba(base, sy, sx, size, mask):
-    """A sprite's colour (border padding) and alpha (zero padding) at (sy, sx), and their
+    """A sprite's color (border padding) and alpha (zero padding) at (sy, sx), and their
     derivatives along x and y, as :func:`marionette.core.shift_bilinear` samples them."""
     area = size * size
     y0, x0, fy, fx, gy, gx = taps(sy, sx, size, True)

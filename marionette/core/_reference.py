@@ -142,7 +142,7 @@ def match_gains_reference(image_windows: Tensor, background_windows: Tensor, spr
     for m in range(m_count):
         image, behind = image_windows[m], background_windows[m]
         for k in range(k_count):
-            alpha, colour = sprites[k, 3], sprites[k, :3]
+            alpha, color = sprites[k, 3], sprites[k, :3]
             mass = max(float(alpha.sum()), 1.0)
             for i in range(2 * half + 1):
                 for j in range(2 * half + 1):
@@ -150,7 +150,7 @@ def match_gains_reference(image_windows: Tensor, background_windows: Tensor, spr
                     total = 0.0
                     for vy in range(s):
                         for vx in range(s):
-                            a, c = alpha[vy, vx], colour[:, vy, vx]
+                            a, c = alpha[vy, vx], color[:, vy, vx]
                             term = a * (c * c).sum()
                             y, x = vy + dy, vx + dx
                             if 0 <= y < s and 0 <= x < s:

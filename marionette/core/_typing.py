@@ -3,12 +3,17 @@
 Dimension legend, used by every annotation and einops pattern in the package::
 
     B  batch                 T  frames per item (1 for single frames)
-    NL depth layers          G  parity groups of a layer (always 4)
-    Lh Lw anchor-grid rows and columns (L when the grid is square)
-    K  dictionary sprites    P  cell size in pixels (anchor spacing)
-    S  sprite size (= 2P)    C  channels (3 = RGB, 4 = RGBA)
-    H W canvas height and width in pixels
-    D  code width            N  flattened slots or objects
+    NL depth layers          G  parity groups of a layer (always 4); NP = NL * G planes
+    Lh Lw anchor-grid rows and columns (of a depth layer; Gh Gw: of one parity group)
+    K  sprites of a dictionary or sprite table
+    P  cell size in pixels (anchor spacing)        S  sprite window side (= 2P)
+    Sy Sx the rows and columns of an S x S window  Sp a window padded by P/2 (S + P)
+    Q  integer offsets per axis (P + 1); Qy Qx those of y and x
+    C  channels (3 = RGB, 4 = RGBA)                H W canvas height and width in pixels
+    D  code width            N  a flattened axis of slots, windows or objects
+    xy a position's (x, y) axis                    M  ground-truth boxes beside N predictions
+    Ws O  a background strip's width and its window offsets
+    k  a convolution's kernel side                 Ho Wo its output size
 
 Positions that leave the core are global pixel coordinates in (x, y) order: x is the column
 (horizontal) axis, y the row (vertical) axis; boxes are (x0, y0, x1, y1) with exclusive x1, y1.

@@ -34,9 +34,9 @@ __all__ = [
 def estimate_background_color(
     frames: Shaped[Tensor, "N 3 H W"], bits: int = 5
 ) -> Float[Tensor, " 3"]:
-    """Mode colour of the frames: the most frequent colour bin, averaged over its pixels.
+    """Mode color of the frames: the most frequent color bin, averaged over its pixels.
 
-    Colours are quantised to ``bits`` bits per channel (32^3 bins by default), which absorbs
+    Colors are quantised to ``bits`` bits per channel (32^3 bins by default), which absorbs
     compression noise the way the original's 5-centre k-means does, but deterministically and
     without a cluster that straddles the background and a large sprite. Accepts uint8 in
     [0, 255] or floats in [0, 1]; returns RGB in [0, 1].

@@ -55,10 +55,10 @@ def gate_presence(
 ) -> Float[Tensor, "*batch 4 S S"]:
     """Scale each sprite window by its presence p in [0, 1].
 
-    ``"premultiplied"`` (default) scales coverage only: alpha' = p alpha, colour unchanged. In
+    ``"premultiplied"`` (default) scales coverage only: alpha' = p alpha, color unchanged. In
     premultiplied terms both (alpha rgb) and alpha scale by p, so a half-present sprite is a true
     50 % blend of itself and what lies behind it. ``"original"`` multiplies all four channels by
-    p, as the original does: the premultiplied colour becomes p^2 alpha rgb over (1 - p alpha),
+    p, as the original does: the premultiplied color becomes p^2 alpha rgb over (1 - p alpha),
     which darkens partly present sprites and lets presence act as a brightness knob that the
     rounded (hard) decomposition cannot reproduce.
     """
@@ -112,19 +112,19 @@ def flatten_layers(
     """One straight-alpha RGBA image per layer: its groups composited over transparency.
 
     Within a layer the groups follow their relative position in ``order``. In premultiplied form
-    A' = a + (1 - a) A and C' = a rgb + (1 - a) C; the straight colour is C / A where A > 0.
+    A' = a + (1 - a) A and C' = a rgb + (1 - a) C; the straight color is C / A where A > 0.
     """
     num_layers, num_groups = planes.shape[2], planes.shape[3]
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=order.device)
     within = rank.reshape(num_layers, num_groups).argsort(dim=-1).to(planes.device)
-    colour = torch.zeros_like(planes[:, :, :, 0, :3])
+    color = torch.zeros_like(planes[:, :, :, 0, :3])
     coverage = torch.zeros_like(planes[:, :, :, 0, 3:])
     layer_index = torch.arange(num_layers, device=planes.device)
     for g in range(num_groups):
         plane = planes[:, :, layer_index, within[:, g]]
         alpha = plane[:, :, :, 3:]
-        colour = alpha * plane[:, :, :, :3] + (1 - alpha) * colour
+        color = alpha * plane[:, :, :, :3] + (1 - alpha) * color
         coverage = alpha + (1 - alpha) * coverage
-    straight = colour / coverage.clamp(min=1e-8)
+    straight = color / coverage.clamp(min=1e-8)
     return torch.cat([torch.where(coverage > 0, straight, 0.0), coverage], dim=3)

@@ -56,7 +56,7 @@ class SpriteDictionary(nn.Module):
     ) -> None:
         super().__init__()
         if num_sprites < 1:
-            raise ValueError(f"num_classes (dictionary size) must be >= 1, got {num_sprites}")
+            raise ValueError(f"num_sprites (dictionary size) must be >= 1, got {num_sprites}")
         if decoder not in DECODERS:
             raise ValueError(f"dictionary decoder must be one of {DECODERS}, got {decoder!r}")
         self.size, self.channels = size, channels
@@ -144,6 +144,46 @@ def _blob(mask: Tensor, seed_y: int, seed_x: int, gap: int = 2) -> Tensor:
     return blob
 
 
+def _centred_patch(
+    padded: Tensor, mask: Tensor, box: Tensor, background: Tensor, frame: int, y: int, x: int
+) -> Tensor:
+    """The RGBA patch of the blob at foreground pixel (y, x) of ``frame``: isolate the blob in
+    the window's central box, centre the window on it, take its alpha and color."""
+    s = box.shape[0]
+    for _ in range(2):  # isolate the blob, then centre the window on it
+        top, left = y + s - s // 2, x + s - s // 2
+        local = mask[frame, top : top + s, left : left + s] * box
+        ys, xs = _blob(local, s // 2, s // 2).nonzero(as_tuple=True)
+        y = top - s + int(round(float(ys.float().mean()))) if len(ys) else y
+        x = left - s + int(round(float(xs.float().mean()))) if len(xs) else x
+    top, left = y + s - s // 2, x + s - s // 2
+    local = mask[frame, top : top + s, left : left + s] * box
+    centre = local[s // 2 - 1 : s // 2 + 1, s // 2 - 1 : s // 2 + 1].nonzero()
+    seed = (
+        (s // 2 - 1 + int(centre[0, 0]), s // 2 - 1 + int(centre[0, 1]))
+        if len(centre)
+        else (s // 2, s // 2)
+    )
+    alpha = _blob(local, *seed)
+    rgb = torch.where(alpha[None] > 0, padded[frame, :, top : top + s, left : left + s],
+                      background[:, None, None])  # fmt: skip
+    return torch.cat([rgb, 0.02 + 0.93 * alpha[None]])
+
+
+def _kmeans_plus_plus(features: Tensor, count: int, generator: torch.Generator) -> list[int]:
+    """``count`` rows chosen by k-means++ seeding: each next row drawn with probability
+    proportional to its squared distance to the chosen ones (uniformly once all coincide)."""
+    chosen = [int(torch.randint(len(features), (1,), generator=generator))]
+    nearest = (features - features[chosen[0]]).pow(2).sum(1)
+    while len(chosen) < count:
+        if nearest.sum() <= 0:  # fewer distinct rows than asked for
+            chosen.append(int(torch.randint(len(features), (1,), generator=generator)))
+            continue
+        chosen.append(int(torch.multinomial(nearest, 1, generator=generator)))
+        nearest = torch.minimum(nearest, (features - features[chosen[-1]]).pow(2).sum(1))
+    return chosen
+
+
 @typed
 def foreground_patches(
     frames: Float[Tensor, "N 3 H W"],
@@ -156,10 +196,10 @@ def foreground_patches(
 ) -> Float[Tensor, "K 4 S S"]:
     """Sprite-sized windows of the data centred on foreground blobs, as initial sprites.
 
-    Foreground is where a pixel's largest channel differs from the background colour by more
+    Foreground is where a pixel's largest channel differs from the background color by more
     than ``threshold``. Around a random foreground pixel, the blob connected to it (within the
     central P x P box of an S x S window, small gaps bridged) gives the alpha and the window's
-    pixels the colour; the window is then re-centred on the blob's centroid. From
+    pixels the color; the window is then re-centred on the blob's centroid. From
     ``candidates_per_sprite * count`` such patches, ``count`` are chosen by k-means++ seeding
     (each next patch drawn with probability proportional to its squared distance to the chosen
     ones), so the dictionary starts with the different objects rather than the most common one.
@@ -179,35 +219,8 @@ def foreground_patches(
     ]
     box = torch.zeros(s, s)
     box[s // 2 - half : s // 2 + half, s // 2 - half : s // 2 + half] = 1.0
-    patches = []
-    for frame, y, x in picks.tolist():
-        for _ in range(2):  # isolate the blob, then centre the window on it
-            top, left = y + s - s // 2, x + s - s // 2
-            local = mask[frame, top : top + s, left : left + s] * box
-            blob = _blob(local, s // 2, s // 2)
-            ys, xs = blob.nonzero(as_tuple=True)
-            y = top - s + int(round(float(ys.float().mean()))) if len(ys) else y
-            x = left - s + int(round(float(xs.float().mean()))) if len(xs) else x
-        top, left = y + s - s // 2, x + s - s // 2
-        local = mask[frame, top : top + s, left : left + s] * box
-        centre = local[s // 2 - 1 : s // 2 + 1, s // 2 - 1 : s // 2 + 1].nonzero()
-        seed = (
-            (s // 2 - 1 + int(centre[0, 0]), s // 2 - 1 + int(centre[0, 1]))
-            if len(centre)
-            else (s // 2, s // 2)
-        )
-        alpha = _blob(local, *seed)
-        colour = padded[frame, :, top : top + s, left : left + s]
-        rgb = torch.where(alpha[None] > 0, colour, background[:, None, None])
-        patches.append(torch.cat([rgb, 0.02 + 0.93 * alpha[None]]))
-    patches = torch.stack(patches).clamp(0.02, 0.98)
+    patches = torch.stack(
+        [_centred_patch(padded, mask, box, background, *pick) for pick in picks.tolist()]
+    ).clamp(0.02, 0.98)
     features = (patches[:, :3] * patches[:, 3:]).flatten(1)
-    chosen = [int(torch.randint(len(patches), (1,), generator=generator))]
-    nearest = (features - features[chosen[0]]).pow(2).sum(1)
-    while len(chosen) < count:
-        if nearest.sum() <= 0:  # fewer distinct patches than sprites
-            chosen.append(int(torch.randint(len(patches), (1,), generator=generator)))
-            continue
-        chosen.append(int(torch.multinomial(nearest, 1, generator=generator)))
-        nearest = torch.minimum(nearest, (features - features[chosen[-1]]).pow(2).sum(1))
-    return patches[chosen]
+    return patches[_kmeans_plus_plus(features, count, generator)]

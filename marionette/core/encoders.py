@@ -25,12 +25,12 @@ __all__ = [
 
 @typed
 def compensated_conv2d(
-    x: Float[Tensor, "B Cin H W"],
-    weight: Float[Tensor, "Cout Cin k k"],
-    bias: Float[Tensor, " Cout"] | None,
+    x: Float[Tensor, "B C H W"],
+    weight: Float[Tensor, "D C k k"],
+    bias: Float[Tensor, " D"] | None,
     stride: int = 1,
     padding: int = 1,
-) -> Float[Tensor, "B Cout Ho Wo"]:
+) -> Float[Tensor, "B D Ho Wo"]:
     """Zero-padding convolution rescaled by k^2 / (number of in-canvas taps), plus bias.
 
     y = conv(x, w) * k^2 / n_valid + b, where n_valid counts the kernel taps that fall inside
@@ -51,7 +51,7 @@ class CompensatedConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__(in_channels, out_channels, 3, stride=stride, padding=1)
 
-    def forward(self, x: Float[Tensor, "B Cin H W"]) -> Float[Tensor, "B Cout Ho Wo"]:
+    def forward(self, x: Float[Tensor, "B C H W"]) -> Float[Tensor, "B D Ho Wo"]:
         return compensated_conv2d(x, self.weight, self.bias, self.stride[0], self.padding[0])
 
 
@@ -118,12 +118,12 @@ class GridEncoder(nn.Module):
         self.dim = dim
 
     @typed
-    def forward(self, x: Float[Tensor, "B Cin H W"]) -> Float[Tensor, "B heads gh gw D"]:
+    def forward(self, x: Float[Tensor, "B C H W"]) -> Float[Tensor, "B NL Lh Lw D"]:
         features = self.blocks(x)
         if tuple(features.shape[-2:]) != self.grid:
             features = F.adaptive_avg_pool2d(features, self.grid)
         codes = torch.stack([head(features) for head in self.heads], dim=1)
-        codes = rearrange(codes, "B heads D gh gw -> B heads gh gw D")
+        codes = rearrange(codes, "B NL D Lh Lw -> B NL Lh Lw D")
         return F.layer_norm(codes, (self.dim,))
 
 

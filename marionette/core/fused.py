@@ -4,11 +4,11 @@ For every frame the canvas is cut into P x P tiles offset by -P/2, so that each 
 exactly one sprite window of every plane (anchor i = m or m - 1 for tile row m, whichever has the
 plane's row parity; the same for columns). One program renders one tile: for each plane, back to
 front, it reads that slot's sprite id, presence and offset, samples the sprite bilinearly at
-(u - s_x P, v - s_y P) in window coordinates (colour with border padding, alpha with zero padding,
+(u - s_x P, v - s_y P) in window coordinates (color with border padding, alpha with zero padding,
 as :func:`marionette.core.shift_bilinear`), gates it by presence and composites it "over" the
-running colour. Nothing per plane is written to memory.
+running color. Nothing per plane is written to memory.
 
-The backward pass walks the planes front to back with the colour gradient g and the colour
+The backward pass walks the planes front to back with the color gradient g and the color
 ``behind`` each plane (saved by the forward pass, the only intermediate):
 
     dL/dc_i = g a_i,    dL/da_i = g . (c_i - behind_i),    g <- (1 - a_i) g,

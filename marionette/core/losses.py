@@ -44,7 +44,7 @@ def _beta22(x: Tensor) -> Tensor:
 
 @typed
 def beta_prior_loss(
-    weights: Float[Tensor, "*batch K"], presence: Float[Tensor, "*slots"]
+    weights: Float[Tensor, "*batch K"], presence: Float[Tensor, "*batch"]
 ) -> Float[Tensor, ""]:
     """Beta(2, 2) density f(x) = 6 x (1 - x), averaged: (mean_f(weights) + mean_f(presence)) / 2.
 

@@ -34,19 +34,19 @@ class ModelConfig:
         layer_size: anchor rows Lh; the cell size is P = height / layer_size and must divide
             the width too (sprites are S = 2P pixels).
         num_layers: depth layers NL.
-        num_classes: dictionary size K.
+        num_sprites: dictionary size K (the original's ``--num_classes``).
         dim_z: code width D (a multiple of 8).
         no_spatial_transformer: discrete softmax over P + 1 offsets per axis instead of the
             bilinear spatial transformer.
         straight_through_probs: round presence in the forward pass, identity gradient.
-        background: ``"color"`` (a colour estimated from the data), ``"strip"`` (a learned
+        background: ``"color"`` (a color estimated from the data), ``"strip"`` (a learned
             horizontally scrolling strip, softmax over offsets) or ``"strip_st"`` (the strip
             with a spatial-transformer window).
-        learn_background: train the background colour instead of keeping the estimate.
+        learn_background: train the background color instead of keeping the estimate.
         shuffle_groups: shuffle the 4 parity groups of each layer on every training forward.
         shuffle_all: shuffle the depth of all planes, across layers too.
         gating: ``"premultiplied"`` (presence scales alpha) or ``"original"`` (presence scales
-            colour and alpha); see :func:`marionette.core.gate_presence`.
+            color and alpha); see :func:`marionette.core.gate_presence`.
         transform_encoder: ``"conv"`` (the original: a CNN over [image window, soft sprite] per
             slot predicts the offset) or ``"anchor"`` (an MLP on the anchor code predicts it; no
             per-slot CNN, many times cheaper).
@@ -68,7 +68,7 @@ class ModelConfig:
     width: int = 128
     layer_size: int = 8
     num_layers: int = 2
-    num_classes: int = 150
+    num_sprites: int = 150
     dim_z: int = 128
     no_spatial_transformer: bool = False
     straight_through_probs: bool = False
@@ -246,7 +246,7 @@ class MarioNette(nn.Module):
             :func:`marionette.core.render_decomposition`).
 
     Example:
-        >>> model = MarioNette(ModelConfig(height=32, width=48, layer_size=4, num_classes=6,
+        >>> model = MarioNette(ModelConfig(height=32, width=48, layer_size=4, num_sprites=6,
         ...                                dim_z=16))
         >>> out = model(torch.rand(2, 3, 3, 32, 48))
         >>> tuple(out.reconstruction.shape), tuple(out.centers.shape)
@@ -266,7 +266,7 @@ class MarioNette(nn.Module):
         self.config, self.renderer, self.grid = config, renderer, config.grid
         grid, d = config.grid, config.dim_z
         self.dictionary = SpriteDictionary(
-            config.num_classes, grid.sprite, d, alpha_init=config.alpha_init,
+            config.num_sprites, grid.sprite, d, alpha_init=config.alpha_init,
             decoder=config.dictionary,
         )  # fmt: skip
         self.image_encoder = GridEncoder(

@@ -8,6 +8,7 @@ sprite against the window; nothing learned). The learned ones end in one of the 
 (softmax over the P + 1 integer offsets per axis, the original's ``--no_spatial_transformer``).
 """
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -87,7 +88,28 @@ def _head(config: "ModelConfig", dim: int) -> nn.Module:
     return OFFSET_HEADS[name](dim, config.grid.cell)
 
 
-class ConvOffsets(nn.Module):
+class _LearnedOffsets(nn.Module, ABC):
+    """A learned predictor: per-slot features, then an offset head (:data:`OFFSET_HEADS`)."""
+
+    head: nn.Module
+
+    @abstractmethod
+    def features(self, codes: Tensor, windows: AnchorWindows, mixed: Tensor) -> Tensor:
+        """Per-slot features ``[B, T, NL, Lh, Lw, D']`` that the head turns into offsets."""
+
+    @typed
+    def forward(
+        self,
+        codes: Float[Tensor, "B T NL Lh Lw D"],
+        windows: AnchorWindows,
+        mixed: Float[Tensor, "B T NL Lh Lw 4 S S"],
+        weights: Float[Tensor, "B T NL Lh Lw K"],
+        selection: Selection,
+    ) -> Offsets:
+        return self.head(self.features(codes, windows, mixed))
+
+
+class ConvOffsets(_LearnedOffsets):
     """The original's transform encoder: a CNN over [image window, soft sprite] (7 channels,
     S x S) of every slot gives a code, and a head turns it into an offset."""
 
@@ -97,45 +119,28 @@ class ConvOffsets(nn.Module):
         self.encoder = GridEncoder(7, dim, (sprite, sprite), (1, 1))
         self.head = _head(config, dim)
 
-    @typed
-    def forward(
-        self,
-        codes: Float[Tensor, "B T NL Lh Lw D"],
-        windows: AnchorWindows,
-        mixed: Float[Tensor, "B T NL Lh Lw 4 S S"],
-        weights: Float[Tensor, "B T NL Lh Lw K"],
-        selection: Selection,
-    ) -> Offsets:
+    def features(self, codes: Tensor, windows: AnchorWindows, mixed: Tensor) -> Tensor:
         b, t, nl, lh, lw = codes.shape[:5]
         image = repeat(windows.image, "B T Lh Lw C Sy Sx -> B T NL Lh Lw C Sy Sx", NL=nl)
         stacked = rearrange(
             torch.cat([image, mixed], dim=-3), "B T NL Lh Lw C Sy Sx -> (B T NL Lh Lw) C Sy Sx"
         )
-        features = rearrange(
+        return rearrange(
             self.encoder(stacked),
             "(B T NL Lh Lw) 1 1 1 D -> B T NL Lh Lw D",
             B=b, T=t, NL=nl, Lh=lh, Lw=lw,
         )  # fmt: skip
-        return self.head(features)
 
 
-class AnchorOffsets(nn.Module):
+class AnchorOffsets(_LearnedOffsets):
     """A head on the anchor code itself: no per-slot CNN, many times cheaper than ``conv``."""
 
     def __init__(self, config: "ModelConfig") -> None:
         super().__init__()
         self.head = _head(config, config.dim_z)
 
-    @typed
-    def forward(
-        self,
-        codes: Float[Tensor, "B T NL Lh Lw D"],
-        windows: AnchorWindows,
-        mixed: Float[Tensor, "B T NL Lh Lw 4 S S"],
-        weights: Float[Tensor, "B T NL Lh Lw K"],
-        selection: Selection,
-    ) -> Offsets:
-        return self.head(codes)
+    def features(self, codes: Tensor, windows: AnchorWindows, mixed: Tensor) -> Tensor:
+        return codes
 
 
 class MatchOffsets(nn.Module):

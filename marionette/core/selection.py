@@ -56,7 +56,7 @@ def mix_sprites(
         ...     torch.ones(4, 2, 2)])).unique().tolist()
         [0.75]
     """
-    return einsum(weights, sprites, "... K, K C S1 S2 -> ... C S1 S2")
+    return einsum(weights, sprites, "... K, K C Sy Sx -> ... C Sy Sx")
 
 
 @typed

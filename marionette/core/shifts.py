@@ -23,7 +23,7 @@ def shift_bilinear(
     """Translate each sprite by s * P pixels with bilinear sampling (the spatial transformer).
 
     out(x, y) = in(x - s_x P, y - s_y P) with P = S / 2, sampled with ``align_corners=False``.
-    Colour uses border padding, alpha zero padding, as the original. Offsets are (x, y) in units
+    Color uses border padding, alpha zero padding, as the original. Offsets are (x, y) in units
     of P; a whole number of pixels gives an exact integer translation.
 
     Example:
@@ -66,10 +66,10 @@ def shift_discrete(
         raise ValueError(f"offset weights must have P + 1 = {s // 2 + 1} entries, got {q}")
     pad = (q - 1) // 2
     padded = F.pad(sprites, (pad, pad, pad, pad))
-    rows = padded.unfold(2, s, 1)  # N 4 Q W' S: every vertical window
-    vertical = einsum(rows, weights_y, "N C Q W R, N Q -> N C R W")
-    cols = vertical.unfold(3, s, 1)  # N 4 S Q S
-    return einsum(cols, weights_x, "N C R Q X, N Q -> N C R X")
+    rows = padded.unfold(2, s, 1)  # every vertical window: N C Qy Sp Sy
+    vertical = einsum(rows, weights_y, "N C Qy Sp Sy, N Qy -> N C Sy Sp")
+    cols = vertical.unfold(3, s, 1)  # every horizontal window: N C Sy Qx Sx
+    return einsum(cols, weights_x, "N C Sy Qx Sx, N Qx -> N C Sy Sx")
 
 
 @typed
@@ -97,27 +97,27 @@ def _gain_terms(image_windows: Tensor, background_windows: Tensor, sprites: Tens
     image = F.pad(image_windows, pad)
     behind = F.pad(background_windows, pad)
     signals = torch.cat([image, (2 * behind * image - behind * behind).sum(1, keepdim=True)], 1)
-    alpha, colour = sprites[..., 3:, :, :], sprites[..., :3, :, :]
-    kernels = torch.cat([alpha * colour, -0.5 * alpha], dim=-3)
-    energy = (alpha * colour * colour).sum(dim=(-3, -2, -1))
+    alpha, color = sprites[..., 3:, :, :], sprites[..., :3, :, :]
+    kernels = torch.cat([alpha * color, -0.5 * alpha], dim=-3)
+    energy = (alpha * color * color).sum(dim=(-3, -2, -1))
     mass = alpha.sum(dim=(-3, -2, -1)).clamp(min=1.0)
     return signals, kernels, energy, mass
 
 
 @typed
 def match_gains(
-    image_windows: Float[Tensor, "M 3 S S"],
-    background_windows: Float[Tensor, "M 3 S S"],
+    image_windows: Float[Tensor, "N 3 S S"],
+    background_windows: Float[Tensor, "N 3 S S"],
     sprites: Float[Tensor, "K 4 S S"],
-) -> Float[Tensor, "M K Q Q"]:
+) -> Float[Tensor, "N K Q Q"]:
     """Per-pixel gain of placing each sprite at each integer displacement of each window.
 
-    Placing a sprite (alpha a, colour s) displaced by o pixels over background b changes the
+    Placing a sprite (alpha a, color s) displaced by o pixels over background b changes the
     squared error of the window's image I by
         cost(o) = sum_u a(u - o) ||s(u - o)||^2 - 2 sum_u (a s)(u - o) . I(u)
                   + sum_u a(u - o) (2 b(u) . I(u) - ||b(u)||^2),
     a constant minus cross-correlations of I with a s and of 2 b.I - ||b||^2 with a. The gain is
-    -cost(o) / max(sum a, 1) for o in [-P/2, P/2]^2; entry [m, k, i, j] is displacement
+    -cost(o) / max(sum a, 1) for o in [-P/2, P/2]^2; entry [n, k, i, j] is displacement
     (x, y) = (j - P/2, i - P/2). Correlations use FFTs of size S + P, which cannot wrap around;
     outside the canvas both windows are zero, so sprite parts placed there neither gain nor cost.
     """

@@ -8,7 +8,7 @@ Known pitfalls handled here (see ``docs/data.md``):
 * OCAtari's ``step`` returns ``truncated, terminated`` swapped: we only use their ``or``;
 * OCAtari decides Space Invaders bullet visibility from the previous detection pass, so objects
   are detected a second time after every step; bullets flicker (drawn on alternate frames), so a
-  bullet is kept only if bullet-coloured pixels lie inside its box;
+  bullet is kept only if bullet-colored pixels lie inside its box;
 * OCAtari's RAM rules do uint8 arithmetic that wraps under numpy 2: the RAM is passed as int64
   (identical results under numpy 1.26).
 """
@@ -30,7 +30,7 @@ __all__ = ["MOC_SIZE", "AtariConfig", "generate_atari", "moc_labels"]
 
 #: Seeds per split when none is given (MOC used 0, 1, 2 for train, validation, test).
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
-#: Space Invaders bullets are drawn in this colour.
+#: Space Invaders bullets are drawn in this color.
 BULLET_RGB = (142, 142, 142)
 #: MOC's model input size (H, W).
 MOC_SIZE = (128, 128)
@@ -129,7 +129,7 @@ def moc_labels(game: str, objects: list[_Object]) -> list[str | None]:
     """MOC's label names for OCAtari objects (None: MOC never labelled it, e.g. pills).
 
     Space Invaders aliens become ``enemy_0`` .. ``enemy_5`` by the rank of their row among the
-    rows present, top to bottom; MsPacman ghosts are named by their colour; other classes map
+    rows present, top to bottom; MsPacman ghosts are named by their color; other classes map
     one to one (see ``docs/data.md``).
     """
     names = {
@@ -208,6 +208,60 @@ def _write_moc(
             handle.write(",".join(f"{v:.6f}" for v in values) + f",{flag},{label}\n")
 
 
+class _Recorder:
+    """An OCAtari environment driven by a seeded random policy, clip by clip."""
+
+    def __init__(self, config: AtariConfig, seed: int) -> None:
+        self.config, self.rng = config, np.random.default_rng(seed)
+        self.env, self.detect_objects_ram = _make_env(config)
+        self.env.action_space.seed(int(self.rng.integers(2**31)))
+
+    def reset(self) -> None:
+        self.env.reset(seed=int(self.rng.integers(2**31)))
+        self.advance(self.config.burn_in)
+
+    def advance(self, steps: int) -> bool:
+        """Step the underlying ALE env without object detection (4x faster); False if the
+        episode ended (then it was reset). Gymnasium's order here: terminated, truncated."""
+        for _ in range(steps):
+            *_, terminated, truncated, _ = self.env._env.step(self.env.action_space.sample())
+            if terminated or truncated:
+                self.reset()
+                return False
+        return True
+
+    def clip(self) -> list[tuple[np.ndarray, list[_Object]]] | None:
+        """The next clip's (screen, objects) after a random gap; None (and a reset) if the
+        episode ended inside it."""
+        config, env = self.config, self.env
+        self.advance(int(self.rng.integers(*config.gap)))
+        recorded = []
+        for _ in range(config.frames_per_clip):
+            *_, truncated, terminated, _ = env.step(env.action_space.sample())
+            if truncated or terminated:
+                self.reset()
+                return None
+            screen = np.asarray(env.getScreenRGB(), np.uint8)
+            objects = _detect(env, self.detect_objects_ram)
+            if config.game == "SpaceInvaders":
+                objects = [o for o in objects if o.category != "Bullet" or _drawn(screen, o)]
+            recorded.append((screen, objects))
+        return recorded
+
+
+def _rows(name: str, clip: int, t: int, objects: list[_Object], native, config) -> list[dict]:
+    """Ground-truth rows of one frame, boxes in pixels of the saved frame."""
+    boxes, keep = scale_boxes(
+        np.array([o.box for o in objects]).reshape(-1, 4), native, config.size, config.rows
+    )
+    return [
+        dict(frame=name, clip=clip, t=t, x0=box[0], y0=box[1], x1=box[2], y1=box[3],
+             moving=not obj.hud, instance=obj.slot, **{"class": obj.category})
+        for obj, box, kept in zip(objects, boxes, keep, strict=True)
+        if kept
+    ]  # fmt: skip
+
+
 def generate_atari(
     out: str | os.PathLike,
     config: AtariConfig,
@@ -230,81 +284,29 @@ def generate_atari(
     if split not in SPLIT_SEEDS:
         raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
     seed = SPLIT_SEEDS[split] if config.seed is None else config.seed
-    rng = np.random.default_rng(seed)
-    env, detect_objects_ram = _make_env(config)
-    env.action_space.seed(int(rng.integers(2**31)))
-
-    def reset() -> None:
-        env.reset(seed=int(rng.integers(2**31)))
-        advance(config.burn_in)
-
-    def advance(steps: int) -> bool:
-        """Step the underlying ALE env without object detection (4x faster); False if the
-        episode ended (then it was reset). Gymnasium's order here: terminated, truncated."""
-        for _ in range(steps):
-            *_, terminated, truncated, _ = env._env.step(env.action_space.sample())
-            if terminated or truncated:
-                reset()
-                return False
-        return True
-
-    rows, names, dropped = [], [], 0
+    recorder = _Recorder(config, seed)
+    rows, frames, dropped = [], 0, 0
     bar = progress(total=config.clips, desc=f"{config.game} {split}") if progress else None
-    moc_root = None
     with DatasetWriter(out, overwrite) as writer:
-        if layout == "moc":
-            moc_root = writer.folder / "moc" / f"{config.game}-v0"
-        reset()
-        native = env.getScreenRGB().shape[:2]
+        moc_root = writer.folder / "moc" / f"{config.game}-v0" if layout == "moc" else None
+        recorder.reset()
+        native = recorder.env.getScreenRGB().shape[:2]
         clip = 0
         while clip < config.clips:
-            advance(int(rng.integers(*config.gap)))
-            recorded = []
-            for _ in range(config.frames_per_clip):
-                *_, truncated, terminated, _ = env.step(env.action_space.sample())
-                if truncated or terminated:
-                    break
-                screen = np.asarray(env.getScreenRGB(), np.uint8)
-                objects = _detect(env, detect_objects_ram)
-                if config.game == "SpaceInvaders":
-                    objects = [o for o in objects if o.category != "Bullet" or _drawn(screen, o)]
-                recorded.append((screen, objects))
-            if len(recorded) < config.frames_per_clip:
+            recorded = recorder.clip()
+            if recorded is None:
                 dropped += 1
-                reset()
                 continue
             for t, (screen, objects) in enumerate(recorded):
-                name = f"{len(names)}.png"
-                names.append(name)
+                name, frames = f"{frames}.png", frames + 1
                 writer.add(name, fit_screen(screen, config.size, config.rows), clip, t)
-                boxes, keep = scale_boxes(
-                    np.array([o.box for o in objects]).reshape(-1, 4),
-                    native,
-                    config.size,
-                    config.rows,
-                )
-                for obj, box, kept in zip(objects, boxes, keep, strict=True):
-                    if kept:
-                        rows.append(
-                            dict(
-                                frame=name,
-                                clip=clip,
-                                t=t,
-                                x0=box[0],
-                                y0=box[1],
-                                x1=box[2],
-                                y1=box[3],
-                                moving=not obj.hud,
-                                instance=obj.slot,
-                                **{"class": obj.category},
-                            )
-                        )
+                rows += _rows(name, clip, t, objects, native, config)
                 if moc_root is not None:
                     _write_moc(moc_root, split, clip, t, screen, objects, config.game)
             clip += 1
             if bar is not None:
                 bar.update()
-        env.close()
+        recorder.env.close()
         groundtruth = GroundTruth.from_rows(rows)
         writer.finish(
             {

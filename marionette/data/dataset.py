@@ -59,7 +59,7 @@ class DatasetWriter:
     """Stream frames into a dataset folder that appears at ``out`` only once complete.
 
     Use as a context manager: :meth:`add` each frame, write any extra files under
-    :attr:`folder` (the temporary directory), then :meth:`finish`. Leaving the block by an
+    ``folder`` (the temporary directory), then :meth:`finish`. Leaving the block by an
     exception, or without :meth:`finish`, removes everything written.
     """
 

@@ -145,6 +145,13 @@ class FrameSource:
         """Several frames as uint8 [N, 3, H, W]."""
         return torch.stack([self.frame(int(i)) for i in indices])
 
+    def head(self, count: int) -> "InMemoryFrames":
+        """The first ``count`` frames (all if ``count`` is 0 or larger), decoded into memory."""
+        count = len(self) if not count or count > len(self) else count
+        return InMemoryFrames(
+            self.frames(range(count)), self.clips[:count], self.times[:count], self.names[:count]
+        )
+
 
 class InMemoryFrames(FrameSource):
     """Frames held as one uint8 tensor [N, 3, H, W]."""

@@ -76,6 +76,37 @@ def mario_box(ram: np.ndarray, status: str) -> tuple[int, int, int, int] | None:
     return x, bottom - height, x + 16, bottom
 
 
+def _play(env, rng: np.random.Generator, policy: np.ndarray, config: "MarioConfig", reached: dict):
+    """Play one stage visit with the mostly-right-and-jump policy; yield every ``every``-th
+    screen and Mario's native box (None when off screen) until death, the flag or
+    ``max_steps``. ``reached["x"]`` follows the furthest x position."""
+    best_step, action = 0, 0
+    for step in range(config.max_steps):
+        if step - best_step > config.stuck_steps:
+            action = 4 if (step - best_step) % 32 < 24 else 1  # jump run, then release
+        elif step % config.action_every == 0:
+            action = int(rng.choice(len(policy), p=policy))
+        screen, _, done, info = env.step(action)
+        if info["x_pos"] > reached["x"]:
+            reached["x"], best_step = int(info["x_pos"]), step
+        if done:
+            return
+        if step % config.every == 0:
+            yield np.asarray(screen), mario_box(env.unwrapped.ram, info["status"])
+
+
+def _mario_rows(name: str, clip: int, t: int, box, config: "MarioConfig") -> list[dict]:
+    """The ground-truth row of Mario in one saved frame (none when he is off screen)."""
+    if box is None:
+        return []
+    scaled, keep = scale_boxes(np.array([box]), NATIVE, config.size, None)
+    if not keep[0]:
+        return []
+    x0, y0, x1, y1 = scaled[0]
+    row = dict(frame=name, clip=clip, t=t, x0=x0, y0=y0, x1=x1, y1=y1)
+    return [row | {"class": "mario", "moving": True, "instance": 0}]
+
+
 def generate_mario(
     out: str | os.PathLike,
     config: MarioConfig,
@@ -103,30 +134,11 @@ def generate_mario(
                 actions.SIMPLE_MOVEMENT,
             )
             env.reset()
-            t, best_x, best_step, action = 0, 0, 0, 0
-            for step in range(config.max_steps):
-                if step - best_step > config.stuck_steps:
-                    action = 4 if (step - best_step) % 32 < 24 else 1  # jump run, then release
-                elif step % config.action_every == 0:
-                    action = int(rng.choice(len(policy), p=policy))
-                screen, _, done, info = env.step(action)
-                if info["x_pos"] > best_x:
-                    best_x, best_step = info["x_pos"], step
-                if done:
-                    break
-                if step % config.every:
-                    continue
+            t, reached = 0, {"x": 0}
+            for screen, box in _play(env, rng, policy, config, reached):
                 name = f"{saved}.png"
-                writer.add(name, fit_screen(np.asarray(screen), config.size, None), clip, t)
-                box = mario_box(env.unwrapped.ram, info["status"])
-                if box is not None:
-                    scaled, keep = scale_boxes(np.array([box]), NATIVE, config.size, None)
-                    if keep[0]:
-                        x0, y0, x1, y1 = scaled[0]
-                        rows.append(
-                            dict(frame=name, clip=clip, t=t, x0=x0, y0=y0, x1=x1, y1=y1)
-                            | {"class": "mario", "moving": True, "instance": 0}
-                        )
+                writer.add(name, fit_screen(screen, config.size, None), clip, t)
+                rows += _mario_rows(name, clip, t, box, config)
                 saved, t = saved + 1, t + 1
                 if bar is not None:
                     bar.update()
@@ -135,7 +147,7 @@ def generate_mario(
             env.close()
             if t:
                 visits.append(f"{world}-{stage}")
-                progress_x.append(int(best_x))
+                progress_x.append(reached["x"])
                 clip += 1
         writer.finish(
             {

@@ -1,8 +1,8 @@
 """Procedural sprite worlds with exact ground truth: the built-in data that needs no files.
 
 :func:`generate_sprite_world` draws clips of sprites (pixel-art classes with their own shape and
-colours) moving and bouncing over a background, occluding each other in a fixed depth order.
-:func:`generate_tetrominoes` draws Tetrominoes-like images (35 x 35, 19 orientations, 6 colours,
+colors) moving and bouncing over a background, occluding each other in a fixed depth order.
+:func:`generate_tetrominoes` draws Tetrominoes-like images (35 x 35, 19 orientations, 6 colors,
 3 pieces on black) for object-segmentation ARI. Both are deterministic given their seed, and give
 per frame every visible object's class, instance id (stable across the clip), box and an instance
 mask.
@@ -37,7 +37,7 @@ class SpriteWorldConfig:
 
     Attributes:
         height, width: frame size in pixels.
-        num_classes: number of sprite classes (each a fixed pixel-art shape with its colours).
+        num_classes: number of sprite classes (each a fixed pixel-art shape with its colors).
         sprite_size: (smallest, largest) sprite side in pixels.
         objects: (fewest, most) objects per clip.
         frames_per_clip: frames T of every clip.
@@ -241,7 +241,7 @@ _TETROMINOES = {  # 19 fixed orientations as block matrices
     "J": ["100\n111", "11\n10\n10", "111\n001", "01\n01\n11"],
     "L": ["001\n111", "10\n10\n11", "111\n100", "11\n01\n01"],
 }
-_TETROMINO_COLOURS = {
+_TETROMINO_COLORS = {
     "red": (255, 0, 0),
     "green": (0, 255, 0),
     "blue": (0, 0, 255),
@@ -263,10 +263,10 @@ def _tetromino_masks(block: int) -> list[tuple[str, np.ndarray]]:
 def generate_tetrominoes(config: TetrominoesConfig) -> GeneratedData:
     """Tetrominoes-like images: ``pieces`` non-overlapping tetrominoes on black (see the module).
 
-    The class of a piece is its shape letter (I, O, T, S, Z, J, L); its colour is one of six.
+    The class of a piece is its shape letter (I, O, T, S, Z, J, L); its color is one of six.
     """
     shapes = _tetromino_masks(config.block)
-    colours = list(_TETROMINO_COLOURS.values())
+    colors = list(_TETROMINO_COLORS.values())
     rng = np.random.default_rng(config.seed)
     n, size = config.num_images, config.size
     frames = np.zeros((n, size, size, 3), np.uint8)
@@ -285,8 +285,8 @@ def generate_tetrominoes(config: TetrominoesConfig) -> GeneratedData:
                     f"could not place {config.pieces} pieces without overlap in a "
                     f"{size} x {size} image; use fewer pieces or smaller blocks"
                 )
-            colour = colours[int(rng.integers(len(colours)))]
-            frames[index, y : y + h, x : x + w][shape] = colour
+            color = colors[int(rng.integers(len(colors)))]
+            frames[index, y : y + h, x : x + w][shape] = color
             masks[index, y : y + h, x : x + w][shape] = piece
             rows.append(
                 {

@@ -14,7 +14,7 @@ import torch
 
 from .._io import atomic_write, write_json
 from ..core import MarioNette
-from ..data import Dataset, GroundTruth, InMemoryFrames
+from ..data import Dataset, GroundTruth
 from .labels import NO_LABEL, VIEWS, box_overlap, view_labels
 from .metrics import (
     SHOTS,
@@ -46,13 +46,7 @@ def first_frames(data: Dataset, count: int) -> Dataset:
     """The dataset restricted to its first ``count`` frames (all if ``count`` is 0)."""
     if not count or count >= len(data.frames):
         return data
-    frames = data.frames
-    head = InMemoryFrames(
-        frames.frames(range(count)),
-        frames.clips[:count],
-        frames.times[:count],
-        frames.names[:count],
-    )
+    head = data.frames.head(count)
     gt = data.groundtruth
     if gt is not None:
         gt = gt.select(np.isin(gt.frame, np.array(head.names, dtype=object)))
@@ -113,7 +107,8 @@ def _explaining_object(objects: ObjectTable, groundtruth: GroundTruth, index: di
 def temporal_consistency(objects: ObjectTable, groundtruth: GroundTruth) -> dict | None:
     """How stable the explanation of each ground-truth instance is over consecutive frames.
 
-    For every instance explained at t and t + 1 (see :func:`_explaining_object`): ``sprite``,
+    An instance is explained in a frame by the predicted object that covers its box most
+    (intersection / box area >= 0.5). For every instance explained at t and t + 1: ``sprite``,
     the fraction explained by the same sprite id; ``code_nn``, the fraction whose object at t
     has, among all objects of frame t + 1, its nearest code (cosine) in the object that explains
     the same instance; ``code_cos``, the mean cosine similarity of its codes at t and t + 1.
@@ -147,7 +142,7 @@ class View:
     """The objects one view of the MOC protocol evaluates, with their labels.
 
     Attributes:
-        name: ``all``, ``moving`` or ``relevant`` (see :func:`view_labels`).
+        name: ``all``, ``moving`` or ``relevant`` (see :func:`marionette.eval.view_labels`).
         labels: the class of every predicted object (``no_label`` where it covers none).
         keep: which objects the view evaluates.
         frames: per frame, (predicted boxes, confidences, ground-truth boxes) of the view.

@@ -94,7 +94,7 @@ def test_fused_render_one_sprite_per_slot_and_bad_ids():
 
 
 def test_model_renders_the_same_with_both_renderers():
-    config = ModelConfig(height=16, width=16, layer_size=2, num_layers=1, num_classes=4, dim_z=8)
+    config = ModelConfig(height=16, width=16, layer_size=2, num_layers=1, num_sprites=4, dim_z=8)
     torch.manual_seed(0)
     weights = MarioNette(config).state_dict()
     frames = torch.rand(1, 1, 3, 16, 16, device=DEVICE)

@@ -13,7 +13,7 @@ from marionette.core import (
 )
 from tests._checks import rand
 
-TINY = dict(num_classes=5, dim_z=16)
+TINY = dict(num_sprites=5, dim_z=16)
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -43,7 +43,7 @@ class TestModel:
     def test_forward_shapes(self, config, frames_per_item):
         model = MarioNette(config)
         grid = config.grid
-        b, t, nl, k, d = 2, frames_per_item, config.num_layers, config.num_classes, config.dim_z
+        b, t, nl, k, d = 2, frames_per_item, config.num_layers, config.num_sprites, config.dim_z
         out = model(rand(b, t, 3, config.height, config.width))
         lh, lw, s = grid.rows, grid.cols, grid.sprite
         assert out.reconstruction.shape == (b, t, 3, config.height, config.width)
@@ -193,14 +193,14 @@ class TestModelInputs:
 
 
 def squares_world(n: int = 6, seed: int = 0) -> torch.Tensor:
-    """A handful of 32 x 32 frames with three coloured 6 px squares on a dark background."""
+    """A handful of 32 x 32 frames with three colored 6 px squares on a dark background."""
     g = torch.Generator().manual_seed(seed)
     frames = torch.full((n, 1, 3, 32, 32), 0.1)
-    colours = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.9, 0.3], [0.3, 0.4, 0.95]])
+    colors = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.9, 0.3], [0.3, 0.4, 0.95]])
     for i in range(n):
-        for colour in colours:
+        for color in colors:
             x, y = torch.randint(0, 26, (2,), generator=g).tolist()
-            frames[i, 0, :, y : y + 6, x : x + 6] = colour[:, None, None]
+            frames[i, 0, :, y : y + 6, x : x + 6] = color[:, None, None]
     return frames
 
 
@@ -213,12 +213,12 @@ def test_overfits_a_handful_of_frames():
         width=32,
         layer_size=4,
         num_layers=1,
-        num_classes=4,
+        num_sprites=4,
         dim_z=32,
         transform_encoder="anchor",
     )
     model = MarioNette(config, estimate_background_color(frames[:, 0]))
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     history = []
     for _ in range(250):
         out = model(frames)
@@ -227,8 +227,8 @@ def test_overfits_a_handful_of_frames():
             + 0.002 * beta_prior_loss(out.weights, out.presence)
             + presence_loss(out.presence, [0.005])
         )
-        optimiser.zero_grad()
+        optimizer.zero_grad()
         loss.backward()
-        optimiser.step()
+        optimizer.step()
         history.append(float(psnr(out.reconstruction.detach(), frames)))
     assert history[-1] > history[0] + 6.0, history[::25]

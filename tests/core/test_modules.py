@@ -88,7 +88,7 @@ class TestDictionary:
         torch.testing.assert_close(codes.mean(-1), torch.zeros(7), atol=1e-5, rtol=0)
 
     def test_exception(self):
-        with pytest.raises(ValueError, match="num_classes"):
+        with pytest.raises(ValueError, match="num_sprites"):
             SpriteDictionary(0, 8, 16)
 
 

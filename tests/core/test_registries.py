@@ -27,20 +27,20 @@ from marionette.core import (
 )
 from tests._checks import rand
 
-CONFIG = dict(height=16, width=24, layer_size=2, num_layers=2, num_classes=3, dim_z=16)
+CONFIG = dict(height=16, width=24, layer_size=2, num_layers=2, num_sprites=3, dim_z=16)
 
 
 def inputs(config: ModelConfig, seed: int = 0):
     """Codes, windows, soft sprites, weights and the matched selection of a random scene."""
     grid, b, t = config.grid, 2, 1
     codes = rand(b, t, config.num_layers, grid.rows, grid.cols, config.dim_z, seed=seed)
-    sprites = rand(config.num_classes, 4, grid.sprite, grid.sprite, seed=seed + 1)
+    sprites = rand(config.num_sprites, 4, grid.sprite, grid.sprite, seed=seed + 1)
     windows = AnchorWindows(
         rand(b, t, 3, grid.height, grid.width, seed=seed + 2),
         rand(b, t, 3, grid.height, grid.width, seed=seed + 3),
         grid,
     )
-    weights = torch.softmax(rand(*codes.shape[:-1], config.num_classes, seed=seed + 4), -1)
+    weights = torch.softmax(rand(*codes.shape[:-1], config.num_sprites, seed=seed + 4), -1)
     return codes, sprites, windows, weights
 
 
@@ -168,7 +168,7 @@ def test_reseeding_copies_used_latents():
 def test_the_default_model_is_the_originals():
     model = MarioNette()
     assert model.config == ModelConfig()
-    assert (model.grid.rows, model.grid.cols, model.config.num_classes) == (8, 8, 150)
+    assert (model.grid.rows, model.grid.cols, model.config.num_sprites) == (8, 8, 150)
 
 
 @pytest.mark.parametrize("batch, frames", [(0, 1), (2, 1)])
@@ -184,3 +184,21 @@ def test_degenerate_batches(batch, frames):
         2,
         3,
     )
+
+
+@pytest.mark.parametrize(
+    "settings, old, new",
+    [
+        (dict(transform_encoder="conv"), "transform_encoder.", "offsets.encoder."),
+        (dict(transform_encoder="anchor"), "shift_head.", "offsets.head.mlp."),
+        (dict(no_spatial_transformer=True), "offset_heads.", "offsets.head.axes."),
+    ],
+)
+def test_models_saved_before_the_registries_load(settings, old, new):
+    model = MarioNette(ModelConfig(**CONFIG, **settings))
+    state = model.state_dict()
+    saved = {k.replace(new, old, 1): v for k, v in state.items()}
+    assert any(k.startswith(old) for k in saved)
+    fresh = MarioNette(ModelConfig(**CONFIG, **settings))
+    fresh.load_state_dict(saved)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in state.items())

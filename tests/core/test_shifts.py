@@ -21,7 +21,7 @@ from tests._checks import check_op, rand
 
 
 def roll_with_fill(sprites, dx, dy):
-    """Integer translation by (dx, dy): alpha filled with 0, colour with the border value."""
+    """Integer translation by (dx, dy): alpha filled with 0, color with the border value."""
     n, c, s, _ = sprites.shape
     ys = (torch.arange(s) - dy).clamp(0, s - 1)
     xs = (torch.arange(s) - dx).clamp(0, s - 1)
@@ -162,8 +162,12 @@ class TestMatching:
             rand(3, 3, 8, 8, seed=1),
             rand(3, 4, 8, 8, seed=2),
         )
-        own = torch.stack([match_gains(images[n : n + 1], behind[n : n + 1], sprites[n : n + 1])[0, 0]
-                           for n in range(3)])  # fmt: skip
+        own = torch.stack(
+            [
+                match_gains(*(x[n : n + 1] for x in (images, behind, sprites)))[0, 0]
+                for n in range(3)
+            ]
+        )
         torch.testing.assert_close(
             match_offsets(images, sprites, behind, 0.05), expected_displacement(own, 0.05)
         )

@@ -48,7 +48,7 @@ class TestMocLabels:
         labels = moc_labels("SpaceInvaders", objects)
         assert labels == ["enemy_1", "enemy_0", "enemy_2", "block", "left_score"]
 
-    def test_mspacman_ghosts_by_colour_and_pills_dropped(self):
+    def test_mspacman_ghosts_by_color_and_pills_dropped(self):
         objects = [
             _object("Ghost", 50, rgb=(200, 72, 72)),
             _object("Pill", 60),

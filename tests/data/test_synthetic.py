@@ -56,8 +56,8 @@ class TestSpriteWorld:
             assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1
             image = data.frames.data[frame].permute(1, 2, 0).numpy()
             drawn = image[mask]
-            colours = sprites[cls][..., :3][sprites[cls][..., 3] > 0]
-            assert all((colours == pixel).all(-1).any() for pixel in drawn)
+            colors = sprites[cls][..., :3][sprites[cls][..., 3] > 0]
+            assert all((colors == pixel).all(-1).any() for pixel in drawn)
             own = sprites[cls][..., 3] > 0
             covered = mask[y0:y1, x0:x1]
             assert (covered <= own).all()
@@ -115,15 +115,15 @@ class TestTetrominoes:
         background = data.frames.data.permute(0, 2, 3, 1)[torch.from_numpy(data.masks < 0)]
         assert background.max() == 0  # black
 
-    def test_nineteen_orientations_and_six_colours(self):
+    def test_nineteen_orientations_and_six_colors(self):
         data = generate_tetrominoes(TetrominoesConfig(num_images=400))
         shapes = {
             tuple(map(int, b[2:] - b[:2])) + (str(c),)
             for b, c in zip(data.groundtruth.boxes, data.groundtruth.label, strict=True)
         }
         assert len({s[2] for s in shapes}) == 7
-        colours = torch.unique(data.frames.data.permute(0, 2, 3, 1).reshape(-1, 3), dim=0)
-        assert len(colours) == 7  # six colours and black
+        colors = torch.unique(data.frames.data.permute(0, 2, 3, 1).reshape(-1, 3), dim=0)
+        assert len(colors) == 7  # six colors and black
 
 
 class TestGenerate:

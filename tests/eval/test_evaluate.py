@@ -126,7 +126,7 @@ def test_consistency_loss_raises_temporal_consistency_and_keeps_detection(tmp_pa
     code_nn rose by 0.02-0.09, the objects changed by -11 .. +7 % and the F-score by at most
     -0.05."""
     base = Config().replace(
-        synthetic="tiny", synthetic_clips=64, height=32, width=32, layer_size=4, num_classes=8,
+        synthetic="tiny", synthetic_clips=64, height=32, width=32, layer_size=4, num_sprites=8,
         dim_z=32, bs=8, num_steps=300, log_every=100, checkpoint_every=1000, image_every=0,
         transform_encoder="match", selection="match", sprite_init="data", lr=1e-3,
         hard_mix=1.0, hard_warmup=100, frames_per_item=2, seed=0, aow_warmup=100,

@@ -169,7 +169,7 @@ class TestStrip:
 
 class TestLosses:
     def test_beta_prior_density(self):
-        weights = rand(3, 5)
+        weights = rand(4, 5)  # one K-way selection per slot
         presence = rand(4, seed=1)
         expected = 0.5 * (
             sum(beta22_density(x) for x in weights.flatten().tolist()) / weights.numel()
@@ -179,7 +179,7 @@ class TestLosses:
 
     def test_beta_prior_pushes_to_binary(self):
         p = torch.tensor([0.3, 0.7], requires_grad=True)
-        beta_prior_loss(torch.ones(1, 1), p).backward()
+        beta_prior_loss(torch.ones(2, 1), p).backward()
         assert p.grad[0] > 0 and p.grad[1] < 0
 
     def test_presence_loss(self):

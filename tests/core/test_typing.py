@@ -71,3 +71,26 @@ def test_compiled_function_runs_with_checks_on():
     compiled = torch.compile(lambda w: place_sprites(w, grid), backend="eager", fullgraph=True)
     windows = rand(1, 2, 2, 4, 8, 8)
     torch.testing.assert_close(compiled(windows), place_sprites(windows, grid))
+
+
+def test_data_dependent_checks_run_only_while_checks_are_on(monkeypatch):
+    """The sprite-id range and the plane-order permutation are read on the host: with checks
+    off they are not read at all (no device synchronisation on the training hot path)."""
+    from marionette.core import gather_sprites
+
+    planes, background = rand(1, 1, 1, 4, 4, 8, 8), rand(1, 1, 3, 8, 8)
+    repeated = torch.tensor([0, 0, 1, 2])  # not a permutation
+    sprites, ids = rand(3, 4, 2, 2), torch.tensor([0, 2])
+    with pytest.raises(ValueError, match="permutation"):
+        composite_layers(planes, background, repeated)
+    with pytest.raises(ValueError, match=r"sprite ids must lie in \[0, 1\]"):
+        gather_sprites(ids, sprites[:2])
+
+    def no_host_reads(*args, **kwargs):
+        raise AssertionError("a check read a tensor on the host while checks were off")
+
+    with typecheck(False):
+        monkeypatch.setattr(torch.Tensor, "cpu", no_host_reads)
+        monkeypatch.setattr(torch.Tensor, "__int__", no_host_reads)
+        composite_layers(planes, background, repeated)  # silently its own business now
+        gather_sprites(ids, sprites)

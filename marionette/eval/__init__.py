@@ -6,7 +6,7 @@ box area >= 0.5). On top: few-shot accuracy, AMI / ARI of k-means, sprite purity
 precision / recall / F-score and AP, temporal consistency and foreground ARI.
 """
 
-from .evaluate import (
+from .evaluation import (
     METRICS,
     Metric,
     View,

@@ -110,11 +110,13 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "space_invaders_moc",
             "`space_invaders` plus the object-consistency loss (aow = 0.01), ramped in over "
-            "the first 2,000 steps once the sprites have formed. Not MOC's aow = 10: MOC adds "
-            "the term to a per-pixel *sum* of log-likelihoods, ours to a per-pixel *mean* "
-            "squared error (about 3e-3), so 10 would outweigh the reconstruction 10,000-fold; "
-            "on the synthetic world 0.01 lifts the code similarity of an object between frames "
-            "from 0.81 to 0.99 (see docs/learning.md).",
+            "the first 2,000 steps once the sprites have formed. Not MOC's aow = 10: our term "
+            "is a mean over slots added to a per-pixel *mean* squared error (about 3e-3), "
+            "MOC's a sum added to a per-pixel *sum* of log-likelihoods. At 0.01 its gradient on "
+            "the image encoder is 0.1-1x the reconstruction's, and on the synthetic world it "
+            "makes an object's code pick out its own next-frame object more often (code_nn "
+            "0.82-0.89 -> 0.89-0.94 over 5 seeds) with as many objects detected (see "
+            "docs/learning.md).",
             {**_SPACE_INVADERS, "aow": 0.01, "aow_warmup": 2000},
         ),
         Preset(

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, nonfinite_tensors
 from .config import Config
 from .core import MarioNette
-from .rundir import CONFIG_FILE
+from .rundir import CONFIG_FILE, RunDirectory
 
 __all__ = ["load"]
 
@@ -31,13 +31,28 @@ def load(
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
     config = Config.load(config_path)
+    refuse = RunDirectory(run_dir).refuse_checkpoint(config)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
+        state, path = load_checkpoint(checkpoint), Path(checkpoint)
+        bad = nonfinite_tensors(state["model"])
+        reason = f"it has non-finite weights ({', '.join(bad[:3])})" if bad else refuse(state)
+        if reason:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be used with {config_path}: {reason}. Pick another "
+                f"checkpoint of the run, or omit --checkpoint for the newest usable one."
+            )
     else:
-        found = latest_checkpoint(run_dir)
+        found = latest_checkpoint(run_dir, refuse=refuse)
         if found is None:
             raise CheckpointError(f"{run_dir} has no checkpoint yet; train it first")
-        state = found[0]
+        state, path = found
     model = MarioNette(config.model)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:  # missing keys or other shapes
+        first = str(error).strip().splitlines()
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model of {config_path} "
+            f"({' '.join(line.strip() for line in first[:3])}); it belongs to another run"
+        ) from None
     return model.to(device).eval(), config

@@ -1,8 +1,10 @@
 """Checkpoints: atomic, code-free (``weights_only`` loading), newest first with fallback."""
 
 import os
+import pickle
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "nonfinite_tensors",
     "prune_checkpoints",
     "save_checkpoint",
 ]
@@ -59,23 +62,43 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read one checkpoint without executing code from it."""
+    """Read one checkpoint without executing code from it (``weights_only`` loading: a file
+    that holds Python objects beyond tensors and plain data is refused, never run)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # truncated zip, bad magic, unsafe pickle content, ...
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({error})") from error
+    except pickle.UnpicklingError:  # what weights_only raises on unsafe content
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it is not a weights-only checkpoint (it holds Python "
+            f"objects that loading would have to execute, which marionette never does). Use a "
+            f"checkpoint written by marionette, or retrain."
+        ) from None
+    except Exception as error:  # truncated zip, bad magic, ...
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({error})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not a marionette checkpoint")
     return state
 
 
-def latest_checkpoint(
-    run_dir: str | os.PathLike, map_location="cpu", include_final: bool = True
-) -> tuple[dict, Path] | None:
-    """The newest readable checkpoint of a run (final first), or ``None`` if there is none.
+def nonfinite_tensors(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinity."""
+    return [
+        name
+        for name, tensor in weights.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
 
-    A corrupt or truncated file is named in a warning and the previous one is tried.
+
+def latest_checkpoint(
+    run_dir: str | os.PathLike,
+    map_location="cpu",
+    include_final: bool = True,
+    refuse: Callable[[dict], str | None] | None = None,
+) -> tuple[dict, Path] | None:
+    """The newest usable checkpoint of a run (final first), or ``None`` if there is none.
+
+    A corrupt or truncated file, one with non-finite weights, or one that ``refuse(state)``
+    explains away (returns a reason) is named in a warning and the previous one is tried.
     """
     candidates = list_checkpoints(run_dir)[::-1]
     final = Path(run_dir) / CHECKPOINT_DIR / FINAL
@@ -84,10 +107,20 @@ def latest_checkpoint(
     errors = []
     for path in candidates:
         try:
-            return load_checkpoint(path, map_location), path
+            state = load_checkpoint(path, map_location)
         except CheckpointError as error:
-            errors.append(str(error))
-            warnings.warn(f"{error}; falling back to the previous checkpoint", stacklevel=2)
+            reason = str(error)
+        else:
+            bad = nonfinite_tensors(state["model"])
+            reason = (
+                f"checkpoint {path} has non-finite weights ({', '.join(bad[:3])})"
+                if bad
+                else (refuse(state) if refuse else None)
+            )
+            if reason is None:
+                return state, path
+        errors.append(reason)
+        warnings.warn(f"{reason}; falling back to the previous checkpoint", stacklevel=2)
     if errors:
-        raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
+        raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
     return None

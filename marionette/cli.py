@@ -1,10 +1,13 @@
 """The ``marionette`` command: train, decompose, generate data, evaluate, sweep."""
 
 import argparse
+import errno
 import sys
 import typing
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 from .config import ALIASES, CHOICES, Config
 from .core import CODE_KINDS
@@ -72,7 +75,7 @@ def _base_config(args: argparse.Namespace) -> Config:
 def _train(args: argparse.Namespace) -> int:
     from .presets import preset_config
     from .rundir import CONFIG_FILE, ConfigMismatch, RunInUse
-    from .trainer import TrainingDiverged, train
+    from .trainer import OutOfMemory, TrainingDiverged, TrainingFailed, train
 
     settings = _settings(args)
     if args.data is not None:
@@ -103,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             tensorboard=not args.no_tensorboard,
         )
-    except (ConfigMismatch, RunInUse, TrainingDiverged) as error:
+    except (ConfigMismatch, RunInUse, TrainingDiverged, TrainingFailed, OutOfMemory) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -190,6 +193,29 @@ def _data_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    dataset = load_dataset(args.folder)  # ground-truth rows checked, unmatched rows warned
+    frames = dataset.frames
+    frames.check()  # every frame decodes, at one size
+    lengths = np.bincount(np.unique(frames.clips, return_inverse=True)[1])
+    print(
+        f"{frames.folder}: {len(frames)} frames of {frames.height} x {frames.width} (H x W), "
+        f"{len(lengths)} clip(s) of {lengths.min()}-{lengths.max()} frames; every frame decodes"
+    )
+    gt = dataset.groundtruth
+    if gt is None:
+        print("no ground truth (groundtruth.csv): fine for training, needed for marionette eval")
+    else:
+        print(
+            f"ground truth: {len(gt)} objects in {len(set(gt.frame.tolist()))} frames, "
+            f"{int(gt.moving.sum())} moving; classes {gt.class_names}"
+        )
+    print(f"instance masks: {'yes' if dataset.masks is not None else 'no'}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .api import load
     from .build import build_eval_data, resolve_device
@@ -270,6 +296,21 @@ def parse_grid_settings(items: list[str]) -> dict[str, str]:
     return settings
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _frame_size(text: str) -> tuple[int, int] | None:
     """``native``, ``N`` (square) or ``HxW``."""
     if text == "native":
@@ -343,8 +384,10 @@ def _add_run_arguments(
     parser.add_argument(
         "--resize", choices=CHOICES["resize"], help="resize policy for --data (default: the run's)"
     )
-    parser.add_argument("--frames", type=int, default=0, help="only the first N frames")
-    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument(
+        "--frames", type=_at_least(0), default=0, help="only the first N frames (0: all)"
+    )
+    parser.add_argument("--batch-size", type=_at_least(1), default=batch_size)
     parser.add_argument("--device", default="auto")
 
 
@@ -454,6 +497,14 @@ def _add_data_synthetic(generators) -> None:
     synthetic.set_defaults(handler=_data_synthetic)
 
 
+def _add_data_check(generators) -> None:
+    check = generators.add_parser(
+        "check", help="decode every frame of a dataset folder and check its ground truth"
+    )
+    check.add_argument("folder", help="a folder of frames (with groundtruth.csv if any)")
+    check.set_defaults(handler=_data_check)
+
+
 def _add_data_atari(generators) -> None:
     atari = generators.add_parser(
         "atari",
@@ -513,28 +564,33 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_decompose, _add_eval, _add_sweep):
         add(commands)
-    data = commands.add_parser("data", help="generate datasets (synthetic worlds, Atari, Mario)")
+    data = commands.add_parser(
+        "data", help="generate datasets (synthetic worlds, Atari, Mario) or check one"
+    )
     generators = data.add_subparsers(dest="generator", required=True)
-    for add in (_add_data_synthetic, _add_data_atari, _add_data_mario):
+    for add in (_add_data_synthetic, _add_data_atari, _add_data_mario, _add_data_check):
         add(generators)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``marionette`` command."""
+    """Entry point of the ``marionette`` command: expected failures (bad input, a bad
+    checkpoint, a full disk, a failed run) print one ``error:`` line, never a traceback."""
+    from .checkpoint import CheckpointError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     try:
         return args.handler(args)
-    except (
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-        NotADirectoryError,
-        KeyError,
-        ImportError,
-    ) as error:
+    except OSError as error:  # a full disk, a missing or unreadable file, ...
+        if error.errno == errno.ENOSPC:
+            where = error.filename or "the output folder"
+            print(f"error: no space left on device while writing {where}", file=sys.stderr)
+        else:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, ImportError, CheckpointError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._io import atomic_write, write_json
+from ._io import atomic_directory, atomic_write, write_json
 from .core import PARITY_GROUPS, Decomposition, MarioNette, plane_order_for
 from .data import FrameSource
 from .viz import panel, save_png, sprite_sheet, to_uint8
@@ -164,9 +164,29 @@ def decompose_frames(
     Returns a summary: number of frames, sprites per frame, PSNR of the hard reconstruction and
     the paths of the sprite sheet and the summary picture.
     """
-    out = Path(out)
-    for sub in ("sprites", "reconstructions", "layers"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    final = Path(out)
+    if final.is_dir() and any(final.iterdir()) and not (final / "decomposition.json").exists():
+        raise FileExistsError(
+            f"{final} exists and is not a decomposition folder (no decomposition.json); "
+            f"choose another --out or remove it"
+        )
+    with atomic_directory(final, overwrite=True) as out:  # no stale frames of an earlier run
+        for sub in ("sprites", "reconstructions", "layers"):
+            (out / sub).mkdir()
+        summary, records = _decompose_into(out, model, frames, batch_size, summary_frames,
+                                           device, progress)  # fmt: skip
+    counts = [sum(s["visible"] for s in r["sprites"]) for r in records]  # not transparent ones
+    return {
+        "frames": len(records),
+        "sprites_per_frame": float(np.mean(counts)) if counts else 0.0,
+        "psnr_hard": summary.psnr,
+        "sprite_sheet": final / "sprite_sheet.png",
+        "summary": final / "summary.png",
+        "json": final / "decomposition.json",
+    }
+
+
+def _decompose_into(out, model, frames, batch_size, summary_frames, device, progress):
     model = model.eval().to(device)
     order = plane_order_for(model.config, training=False)
     summary, records = _Summary(model.config.num_sprites, summary_frames), []
@@ -182,15 +202,7 @@ def decompose_frames(
         summary.add(images, d, output.reconstruction, layers, model.background.per_frame)
     background = _write_dictionary(out, model, summary)
     write_json(out / "decomposition.json", _document(model, summary, background, records))
-    counts = [sum(s["visible"] for s in r["sprites"]) for r in records]  # not transparent ones
-    return {
-        "frames": len(records),
-        "sprites_per_frame": float(np.mean(counts)) if counts else 0.0,
-        "psnr_hard": summary.psnr,
-        "sprite_sheet": out / "sprite_sheet.png",
-        "summary": out / "summary.png",
-        "json": out / "decomposition.json",
-    }
+    return summary, records
 
 
 def read_decomposition(folder: str | os.PathLike) -> tuple[Decomposition, list[str]]:

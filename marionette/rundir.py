@@ -1,12 +1,15 @@
 """A run directory: its configuration, its lock, its checkpoints and its metrics table.
 
-RUN/config.json         every setting (checked against the one asked for on every start)
+RUN/config.json         every setting (checked against the one asked for on every start;
+                        written only once the run's data and model have been built)
 RUN/checkpoints/        step_<N>.pt (the newest few) and final.pt, written atomically
 RUN/metrics.csv         one row per logged step
 RUN/.lock               held while a trainer runs there
 """
 
+import contextlib
 import csv
+import importlib.util
 import os
 import socket
 import time
@@ -18,7 +21,15 @@ from ._io import atomic_write
 from .checkpoint import FINAL, latest_checkpoint, prune_checkpoints, save_checkpoint
 from .config import Config
 
-__all__ = ["CONFIG_FILE", "RESUMABLE", "ConfigMismatch", "MetricsLog", "RunDirectory", "RunInUse"]
+__all__ = [
+    "CONFIG_FILE",
+    "HARDWARE",
+    "RESUMABLE",
+    "ConfigMismatch",
+    "MetricsLog",
+    "RunDirectory",
+    "RunInUse",
+]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
@@ -30,6 +41,8 @@ RESUMABLE = frozenset(
         "typecheck",
     }
 )  # fmt: skip
+#: Settings that only say where and how fast a run computes: they may change on any restart.
+HARDWARE = frozenset({"device", "renderer", "threads", "typecheck"})
 
 
 class ConfigMismatch(ValueError):
@@ -63,24 +76,21 @@ class RunDirectory:
         """The configuration the run was started with (None for a new run)."""
         return Config.load(self.config_path) if self.config_path.exists() else None
 
-    def prepare(self, config: Config, resume: bool) -> Config:
-        """Record ``config`` for a new run, or check it against the stored one.
+    def resolve(self, config: Config, resume: bool) -> Config:
+        """The configuration to train with; nothing is written (see :meth:`record`).
 
-        Returns the configuration to train with: the stored one when they agree; ``config`` when
-        ``resume`` and they differ only in :data:`RESUMABLE` settings (then it is stored).
+        That is ``config`` for a new run, else the stored one updated by ``config``'s
+        :data:`HARDWARE` settings and, with ``resume``, its :data:`RESUMABLE` ones.
 
         Raises:
             ConfigMismatch: other settings differ; the message lists them.
         """
         stored = self.stored_config()
         if stored is None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            config.save(self.config_path)
             return config
         difference = stored.diff(config)
-        if not difference:
-            return stored
-        blocking = {k: v for k, v in difference.items() if not (resume and k in RESUMABLE)}
+        allowed = RESUMABLE if resume else HARDWARE
+        blocking = {k: v for k, v in difference.items() if k not in allowed}
         if blocking:
             lines = "\n".join(
                 f"  {k}: run has {a!r}, asked for {b!r}" for k, (a, b) in blocking.items()
@@ -90,8 +100,32 @@ class RunDirectory:
                 f"that run as it is with --resume (only run length, logging and hardware "
                 f"settings may change), or train into a new --out directory."
             )
+        return stored.replace(**{k: b for k, (_, b) in difference.items()})
+
+    def record(self, config: Config) -> None:
+        """Store ``config`` as the run's (atomically)."""
+        self.path.mkdir(parents=True, exist_ok=True)
         config.save(self.config_path)
-        return config
+
+    def refuse_checkpoint(self, config: Config):
+        """A ``refuse`` test for :func:`marionette.checkpoint.latest_checkpoint`: a checkpoint
+        written under other settings than ``config`` (beyond :data:`RESUMABLE` ones) is named
+        with the settings that differ."""
+
+        def refuse(state: dict) -> str | None:
+            if "config" not in state:
+                return None
+            difference = {
+                k: v
+                for k, v in Config.from_dict(state["config"]).diff(config).items()
+                if k not in RESUMABLE
+            }
+            if not difference:
+                return None
+            listed = ", ".join(f"{k} {a!r} (run: {b!r})" for k, (a, b) in difference.items())
+            return f"checkpoint of step {state['step']} was written with {listed}"
+
+        return refuse
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -102,12 +136,24 @@ class RunDirectory:
         Raises:
             RunInUse: another process holds it; the message names that process.
         """
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks (Windows): train without one
+        if importlib.util.find_spec("fcntl") is None:  # no advisory locks (Windows)
             yield
             return
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._locked():
+                yield
+        finally:
+            if created and not self.config_path.exists():  # a start that failed: no trace
+                (self.path / ".lock").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
         with open(self.path / ".lock", "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,22 +173,29 @@ class RunDirectory:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def save(self, state: dict, keep: int, final: bool = False) -> Path:
-        """Write a checkpoint of ``state`` atomically and keep only the ``keep`` newest step
-        checkpoints (plus the final one)."""
-        path = save_checkpoint(self.path, state, FINAL if final else None)
-        prune_checkpoints(self.path, keep)
-        return path
+    def save(self, state: dict, final: bool = False) -> Path:
+        """Write a checkpoint of ``state`` atomically (``checkpoints/step_<N>.pt`` or
+        ``final.pt``)."""
+        return save_checkpoint(self.path, state, FINAL if final else None)
 
-    def resume_state(self, num_steps: int, map_location) -> dict | None:
-        """The newest readable checkpoint's state (None for a fresh run). A finished run that is
-        extended to more than its steps gets its final checkpoint renamed to a step one."""
-        found = latest_checkpoint(self.path, map_location=map_location)
+    def prune(self, keep: int) -> None:
+        """Keep only the ``keep`` newest step checkpoints (and the final one)."""
+        prune_checkpoints(self.path, keep)
+
+    def resume_state(self, config: Config, map_location) -> dict | None:
+        """The newest usable checkpoint's state (None for a fresh run): readable, with finite
+        weights and written under ``config``'s settings. A finished run that is extended to
+        more than its steps gets its final checkpoint renamed to a step one.
+
+        Raises:
+            CheckpointError: there are checkpoints, but none is usable (each is named).
+        """
+        found = latest_checkpoint(self.path, map_location, refuse=self.refuse_checkpoint(config))
         if found is None:
             return None
         state, path = found
         step = int(state["step"])
-        if path.name == FINAL and step < num_steps:
+        if path.name == FINAL and step < config.train.num_steps:
             os.replace(path, path.with_name(f"step_{step:09d}.pt"))
         return state
 
@@ -162,6 +215,16 @@ class MetricsLog:
             with open(path, newline="") as handle:
                 self._keys = next(csv.reader(handle), None)
 
+    def truncate(self, step: int) -> None:
+        """Drop the rows after ``step`` (those of a session that ended past the checkpoint a
+        run resumes from), so that every step appears once."""
+        if self.path.exists() and self._keys is not None:
+            with open(self.path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            kept = [row for row in rows if float(row["step"]) <= step]
+            if len(kept) < len(rows):
+                self._write(kept)
+
     def append(self, step: int, values: dict[str, float]) -> None:
         """Add a row (with the seconds since this log was opened)."""
         row = {"step": step, "time": round(time.monotonic() - self.started, 3), **values}
@@ -176,6 +239,9 @@ class MetricsLog:
         if self.path.exists():
             with open(self.path, newline="") as handle:
                 rows = list(csv.DictReader(handle))
+        self._write(rows)
+
+    def _write(self, rows: list[dict]) -> None:
         with atomic_write(self.path, "w") as handle:
             writer = csv.DictWriter(handle, self._keys, lineterminator="\r\n")
             writer.writeheader()

@@ -1,6 +1,7 @@
 """One optimization step: the objective's loss under the chosen precision, checked, then
 backpropagated and applied by the optimizers."""
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import fields
 
@@ -9,7 +10,22 @@ import torch
 from .config import Config, TrainConfig
 from .core import MarioNette, Objective, ObjectiveWeights, training_objective
 
-__all__ = ["TrainingDiverged", "TrainingStep", "build_optimizers", "objective_weights"]
+__all__ = [
+    "OutOfMemory",
+    "TrainingDiverged",
+    "TrainingStep",
+    "available_memory",
+    "build_optimizers",
+    "check_memory",
+    "objective_weights",
+    "step_memory_lower_bound",
+]
+
+_GIB = 1 << 30
+
+
+class OutOfMemory(MemoryError):
+    """A training step cannot fit in the device's memory (found before the first step)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -38,6 +54,72 @@ def build_optimizers(model: MarioNette, config: Config) -> list[torch.optim.Opti
     return optimizers
 
 
+def step_memory_lower_bound(config: Config) -> dict[str, int]:
+    """Bytes (fp32) that exist at once at the end of any training step's forward after the
+    first, by tensor family: the parameters with the previous step's gradients and two AdamW
+    moments (16 |theta|), and tensors the forward keeps for the backward: the decoder's hidden
+    activations (2 K 8D, ``mlp`` dictionary), the decoded dictionary (K 4 S^2), the selection
+    weights (N K) and soft sprites (N 4 S^2) of the N = B T NL Lh Lw slots, the rendered planes
+    (B T NL 4 H W) and one full-resolution encoder activation (B T D H W). The real peak is
+    higher (every other intermediate, the gradients of the backward); this bound is what
+    :func:`check_memory` refuses on, so a refusal is never a false alarm."""
+    with torch.device("meta"):  # the parameter count without allocating the parameters
+        model = MarioNette(config.model)
+    m, grid = model.config, model.grid
+    images = config.train.bs * config.data.frames_per_item
+    slots = images * m.num_layers * grid.rows * grid.cols
+    sprite = 4 * grid.sprite**2
+    parameters = sum(p.numel() for p in model.parameters())
+    hidden = 2 * m.num_sprites * 8 * m.dim_z if m.dictionary == "mlp" else 0
+    return {
+        "parameters, gradients and AdamW state": 16 * parameters,
+        f"dictionary decoder ({m.num_sprites} x {8 * m.dim_z}, twice)": 4 * hidden,
+        f"dictionary ({m.num_sprites} sprites of 4 x {grid.sprite} x {grid.sprite})": (
+            4 * m.num_sprites * sprite
+        ),
+        f"selection weights ({slots} slots x {m.num_sprites} sprites)": 4 * slots * m.num_sprites,
+        "soft sprites of the slots": 4 * slots * sprite,
+        "rendered planes": 4 * images * m.num_layers * 4 * m.height * m.width,
+        "encoder activation": 4 * images * m.dim_z * m.height * m.width,
+    }
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory, else the host's MemAvailable (None when
+    the platform does not say)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(config: Config, device: torch.device) -> None:
+    """Refuse a configuration whose step cannot fit before it allocates anything large.
+
+    Raises:
+        OutOfMemory: the lower bound of :func:`step_memory_lower_bound` exceeds the free
+            memory; the message gives both, the largest parts and the settings to lower.
+    """
+    free = available_memory(device)
+    parts = step_memory_lower_bound(config)
+    need = sum(parts.values())
+    if free is None or need <= free:
+        return
+    largest = sorted(parts.items(), key=lambda item: -item[1])[:3]
+    listed = ", ".join(f"{name} {size / _GIB:.1f} GiB" for name, size in largest)
+    raise OutOfMemory(
+        f"a training step needs at least {need / _GIB:.1f} GiB but {free / _GIB:.1f} GiB are "
+        f"free on {device} ({listed}); lower --num_sprites, --bs, --frames_per_item, "
+        f"--num_layers or the canvas"
+    )
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"auto"`` is bf16 autocast on CUDA and fp32 elsewhere."""
     if precision != "auto":
@@ -59,6 +141,11 @@ class TrainingStep:
         self.weights = objective_weights(config.train)
         self.optimizers = build_optimizers(model, config)
         self.precision = resolve_precision(config.train.precision, device)
+        self.updating = False  # True while the optimizers write the weights
+
+    def loss(self, frames: torch.Tensor, step: int) -> torch.Tensor:
+        """The objective's loss alone (call under ``torch.no_grad()`` to check weights)."""
+        return training_objective(self.model, frames, self.weights, step).loss
 
     def autocast(self):
         """The precision context of the forward pass."""
@@ -66,8 +153,11 @@ class TrainingStep:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def __call__(self, frames: torch.Tensor, step: int) -> Objective:
+    def __call__(
+        self, frames: torch.Tensor, step: int, on_finite_loss: Callable[[], None] | None = None
+    ) -> Objective:
         """Forward, check, backward and update on a batch of stacks ``[B, T, 3, H, W]``.
+        ``on_finite_loss`` is called once the loss of the current weights is known to be finite.
 
         Raises:
             TrainingDiverged: the loss is NaN or infinite (nothing was updated).
@@ -77,11 +167,15 @@ class TrainingStep:
         if not torch.isfinite(objective.loss):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in objective.terms.items())
             raise TrainingDiverged(f"loss became {objective.loss.item()} at step {step} ({terms})")
+        if on_finite_loss is not None:
+            on_finite_loss()
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         objective.loss.backward()
+        self.updating = True
         for optimizer in self.optimizers:
             optimizer.step()
+        self.updating = False
         return objective
 
     def state_dict(self) -> list[dict]:

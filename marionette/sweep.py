@@ -20,6 +20,7 @@ from .build import build_eval_data, resolve_device
 from .checkpoint import CHECKPOINT_DIR, FINAL
 from .config import Config
 from .eval import evaluate, first_frames, flatten_metrics, summary_keys, write_metrics
+from .rundir import HARDWARE, RunDirectory
 from .trainer import train
 
 __all__ = [
@@ -63,10 +64,14 @@ def run_name(settings: dict[str, str]) -> str:
     return ",".join(f"{k}={settings[k]}" for k in sorted(settings))
 
 
-def _finished(run_dir: Path) -> bool:
-    return (run_dir / CHECKPOINT_DIR / FINAL).exists() and (
+def _finished(run_dir: Path, config: Config) -> bool:
+    """A final checkpoint and an evaluation exist, and the stored configuration is the one asked
+    for (up to hardware settings): a run of other settings is not done, it is resumed."""
+    stored = RunDirectory(run_dir).stored_config()
+    done = (run_dir / CHECKPOINT_DIR / FINAL).exists() and (
         run_dir / "eval" / "metrics.json"
     ).exists()
+    return done and stored is not None and set(stored.diff(config)) <= HARDWARE
 
 
 def run_sweep(
@@ -80,8 +85,11 @@ def run_sweep(
 ) -> list[tuple[dict[str, str], Path]]:
     """Train (and evaluate) every point of ``grid`` on top of ``base``, into ``out/<name>``.
 
-    Finished runs (final checkpoint and evaluation present) are skipped; a run that stopped
-    part-way resumes. Returns each point's settings and run directory, in grid order.
+    Finished runs (final checkpoint and evaluation present, same settings) are skipped; a run
+    that stopped part-way resumes, one asked for with a longer run (``num_steps``) or other
+    logging settings is extended and evaluated again, and one of other settings is refused
+    (:class:`marionette.rundir.ConfigMismatch`). Returns each point's settings and run
+    directory, in grid order.
     """
     out = Path(out)
     keys = list(grid)
@@ -90,12 +98,12 @@ def run_sweep(
         settings = dict(zip(keys, values, strict=True))
         run_dir = out / run_name(settings)
         runs.append((settings, run_dir))
-        if _finished(run_dir):
+        config = base.replace(**settings)
+        if _finished(run_dir, config):
             log(f"skip {run_dir.name} (done)")
             continue
-        config = base.replace(**settings)
         log(f"run {run_dir.name}")
-        result = train(config, run_dir, progress=progress, tensorboard=True)
+        result = train(config, run_dir, resume=True, progress=progress, tensorboard=True)
         if evaluate_runs:
             data = build_eval_data(result.config)
             if data is None:
@@ -137,22 +145,24 @@ def summarise(
         groups.setdefault(key, []).append(_flat_metrics(run_dir))
     rows, columns_of_metrics = [], summary_metrics()
     for key, members in groups.items():
-        row: dict = dict(key) | {"runs": len(members)}
+        collapsed = sum(1 for m in members if not m.get("objects"))
+        row: dict = dict(key) | {"runs": len(members), "collapsed": collapsed}
         for metric in columns_of_metrics:
             values = [m[metric] for m in members if isinstance(m.get(metric), int | float)]
             if values:
-                row[metric] = (float(np.mean(values)), float(np.std(values)))
+                row[metric] = (float(np.mean(values)), float(np.std(values)), len(values))
         rows.append(row)
-    columns = [k for k in grid if k != "seed"] + ["runs"]
+    columns = [k for k in grid if k != "seed"] + ["runs", "collapsed"]
     metrics = [m for m in columns_of_metrics if any(m in r for r in rows)]
+    missing = (math.nan, math.nan, 0)
     with atomic_write(out / "summary.csv", "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(columns + [f"{m} {s}" for m in metrics for s in ("mean", "std")])
+        writer.writerow(columns + [f"{m} {s}" for m in metrics for s in ("mean", "std", "n")])
         for row in rows:
             cells = [row.get(c, "") for c in columns]
             for m in metrics:
-                mean, std = row.get(m, (math.nan, math.nan))
-                cells += [f"{mean:.4f}", f"{std:.4f}"]
+                mean, std, n = row.get(m, missing)
+                cells += [f"{mean:.4f}", f"{std:.4f}", n]
             writer.writerow(cells)
     with atomic_write(out / "summary.md", "w") as handle:
         handle.write("| " + " | ".join(columns + metrics) + " |\n")
@@ -160,7 +170,13 @@ def summarise(
         for row in rows:
             cells = [str(row.get(c, "")) for c in columns]
             for m in metrics:
-                mean, std = row.get(m, (math.nan, math.nan))
-                cells.append(f"{mean:.3f} ± {std:.3f}")
+                mean, std, n = row.get(m, missing)
+                shown = f"{mean:.3f} ± {std:.3f}" if n else "-"
+                cells.append(shown if n == row["runs"] else f"{shown} (n={n})")
             handle.write("| " + " | ".join(cells) + " |\n")
+        if any(row["collapsed"] for row in rows):
+            handle.write(
+                "\ncollapsed: runs whose evaluation found no object (their detection metrics are "
+                "zero; metrics that need objects leave them out, see n)\n"
+            )
     return rows

@@ -7,9 +7,11 @@ and what a run reports is :mod:`marionette.diagnostics`. Training the same confi
 same directory resumes it up to the same total number of steps.
 """
 
+import errno
 import os
 import random
 import signal
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -19,16 +21,29 @@ from pathlib import Path
 import torch
 
 from .build import build_data, build_eval_data, build_model, resolve_device
+from .checkpoint import list_checkpoints, nonfinite_tensors
 from .config import Config
 from .core import MarioNette, Objective, resolve_renderer, set_typecheck, typecheck_enabled
-from .data import FrameStacks, batch_indices
+from .data import FrameFolder, FrameStacks, batch_indices
 from .diagnostics import diagnose, evaluate_during_training, measure, panels, sprite_usage
 from .eval import first_frames
 from .monitor import Monitor
 from .rundir import ConfigMismatch, RunDirectory, RunInUse
-from .step import TrainingDiverged, TrainingStep
+from .step import OutOfMemory, TrainingDiverged, TrainingStep, check_memory
 
-__all__ = ["ConfigMismatch", "RunInUse", "TrainResult", "TrainingDiverged", "train"]
+__all__ = [
+    "ConfigMismatch",
+    "OutOfMemory",
+    "RunInUse",
+    "TrainResult",
+    "TrainingDiverged",
+    "TrainingFailed",
+    "train",
+]
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped on an error; the message names the cause and the checkpoint kept."""
 
 
 @dataclass
@@ -52,18 +67,35 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a run. See :class:`marionette.config.TrainConfig` for the settings.
 
+    The data, model and renderer are built and checked before anything is written, so a start
+    that fails leaves no configuration behind. Ctrl-C (or SIGTERM) stops at the end of the
+    current step with a checkpoint; a second one stops at once.
+
     Raises:
         ConfigMismatch: ``run_dir`` holds another configuration (and ``resume`` cannot bridge it).
         RunInUse: another process is training in ``run_dir``.
         TrainingDiverged: the loss became NaN or infinite (the last good checkpoint is named).
+        OutOfMemory: a step cannot fit in the device's memory (refused before it starts).
+        TrainingFailed: any other error during training (a checkpoint of the last finished step
+            is written where possible; the message names the cause).
+        KeyboardInterrupt: after Ctrl-C or SIGTERM, once the checkpoint is written.
     """
     run, threads = RunDirectory(run_dir), torch.get_num_threads()
+    config = _absolute_paths(config)
     try:
         with run.lock():
-            config = run.prepare(config, resume)
-            return _Training(config, run, progress, tensorboard).run()
+            config = run.resolve(config, resume)
+            training = _Training(config, run)
+            run.record(config)
+            return training.run(progress, tensorboard)
     finally:
         torch.set_num_threads(threads)  # ``threads`` is the run's setting, not the process's
+
+
+def _absolute_paths(config: Config) -> Config:
+    """``data`` and ``eval_data`` resolved, so the run can be used from any directory."""
+    paths = {k: config.get(k) for k in ("data", "eval_data")}
+    return config.replace(**{k: str(Path(v).resolve()) for k, v in paths.items() if v})
 
 
 @contextmanager
@@ -76,22 +108,64 @@ def _typecheck_policy(policy: str):
         set_typecheck(previous)
 
 
-def _raise_interrupt(signum, frame):  # pragma: no cover - exercised through a subprocess
-    raise KeyboardInterrupt
+class _StopRequest:
+    """SIGINT and SIGTERM while training: the first asks to stop at the next step boundary
+    (``signal`` is set), a second one raises KeyboardInterrupt at once. Off the main thread,
+    where handlers cannot be installed, signals keep their default behaviour."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for name in ("SIGINT", "SIGTERM"):
+                if hasattr(signal, name):
+                    number = getattr(signal, name)
+                    self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # pragma: no cover - exercised in a subprocess
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def _cause(error: BaseException, config: Config, folder: Path) -> str:
+    """What went wrong, in the user's terms (the file, the disk, the setting to lower)."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        where = error.filename or folder
+        return f"no space left on device while writing {where}; free space there or use --out"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text:
+        m = config.model
+        return (
+            f"out of memory ({text}); lower --bs (now {config.train.bs}), --num_sprites "
+            f"({m.num_sprites}), --num_layers ({m.num_layers}) or the canvas "
+            f"({m.height} x {m.width})"
+        )
+    return f"{type(error).__name__}: {text}"
 
 
 class _Training:
-    """The state of one training session in a run directory."""
+    """The state of one training session in a run directory. Building it writes nothing."""
 
-    def __init__(self, config: Config, run: RunDirectory, progress: bool, tensorboard: bool):
+    def __init__(self, config: Config, run: RunDirectory):
         t = config.train
         self.config, self.run_dir = config, run
         self.device = resolve_device(t.device)
         if t.threads:
             torch.set_num_threads(t.threads)
+        check_memory(config, self.device)  # before anything large is allocated
         random.seed(t.seed)
         torch.manual_seed(t.seed)  # NumPy randomness always uses explicit, seeded generators
         source = build_data(config)
+        if isinstance(source, FrameFolder) and not list_checkpoints(run.path):
+            source.check()  # a new run: every frame decodes, now rather than at step 11
         self.stacks = FrameStacks(source, config.data.frames_per_item)
         self.model = build_model(config, source).to(self.device)
         resolve_renderer(t.renderer, self.device)  # fails now, not at the first step
@@ -99,17 +173,17 @@ class _Training:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.update = TrainingStep(self.model, config, self.device)
         self.step = self._resume()
-        self.monitor = Monitor(run.path, self.step, t.num_steps, run.name, progress, tensorboard)
-        self.log = run.metrics()
         self.usage = torch.zeros(config.model.num_sprites, dtype=torch.long)
         self.reseed_generator = torch.Generator().manual_seed(t.seed + 7)
-        self.last_good: Path | None = None
+        self.last_good: Path | None = None  # a checkpoint whose weights gave a finite loss
+        self.unconfirmed: Path | None = None  # written, its weights not yet through a forward
+        self.last_frames: torch.Tensor | None = None
         self.metrics: dict[str, float] = {}
         self.warned: set[str] = set()
         self.eval_data = None  # built at the first evaluation
 
     def _resume(self) -> int:
-        state = self.run_dir.resume_state(self.config.train.num_steps, self.device)
+        state = self.run_dir.resume_state(self.config, self.device)
         if state is None:
             return 0
         self.model.load_state_dict(state["model"])
@@ -118,45 +192,118 @@ class _Training:
         return int(state["step"])
 
     def checkpoint(self, final: bool = False) -> Path:
+        """Write the state at the current step boundary (weights checked finite first)."""
+        weights = self.model.state_dict()
+        bad = nonfinite_tensors(weights)
+        if bad:
+            raise TrainingDiverged(f"weights became non-finite by step {self.step} ({bad[0]})")
         state = {
             "step": self.step,
-            "model": self.model.state_dict(),
+            "model": weights,
             "optimizers": self.update.state_dict(),
             "rng": torch.get_rng_state(),
             "config": self.config.to_dict(),
         }
-        self.last_good = self.run_dir.save(state, self.config.train.keep_checkpoints, final)
-        return self.last_good
+        self.unconfirmed = self.run_dir.save(state, final)
+        return self.unconfirmed
 
-    def run(self) -> TrainResult:
+    def _confirm(self) -> None:
+        """The unconfirmed checkpoint's weights just gave a finite loss: it is good, and the
+        older step checkpoints beyond ``keep_checkpoints`` may go."""
+        if self.unconfirmed is not None:
+            self.last_good, self.unconfirmed = self.unconfirmed, None
+            self.run_dir.prune(self.config.train.keep_checkpoints)
+
+    def run(self, progress: bool, tensorboard: bool) -> TrainResult:
         t = self.config.train
-        started, interrupted = time.monotonic(), False
-        previous_handler = None
-        if hasattr(signal, "SIGTERM"):  # a scheduler's stop becomes a clean interrupt too
-            previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        log, started = self.run_dir.metrics(), time.monotonic()
+        log.truncate(self.step)  # rows a crashed or killed session logged past its checkpoint
+        self.log = log
+        self.monitor = Monitor(
+            self.run_dir.path, self.step, t.num_steps, self.run_dir.name, progress, tensorboard
+        )
         self.model.train()
         try:
-            with _typecheck_policy(t.typecheck):
-                while self.step < t.num_steps:
+            with _typecheck_policy(t.typecheck), _StopRequest() as stop:
+                while self.step < t.num_steps and stop.signal is None:
                     if t.typecheck == "first" and self.step > 0:
                         set_typecheck(False)
-                    self._one_step()
-        except KeyboardInterrupt:
-            interrupted = True
-            path = self.checkpoint()
-            self.monitor.write(
-                f"interrupted at step {self.step}; checkpoint {path} written. Run the same "
-                f"command again to resume."
-            )
+                    self._guarded_step()
+                if stop.signal is not None:
+                    self._stop(stop.signal)
+                self._finish()
         finally:
             self.monitor.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
-        if interrupted:
-            raise KeyboardInterrupt(f"training interrupted at step {self.step}")
-        self.checkpoint(final=True)
         self.metrics["train_seconds"] = time.monotonic() - started
         return TrainResult(self.run_dir.path, self.step, self.metrics, self.model, self.config)
+
+    def _stop(self, signum: int) -> None:
+        path = self.checkpoint()
+        self.monitor.write(
+            f"stopped by {signal.Signals(signum).name} after step {self.step}; checkpoint "
+            f"{path} written. Run the same command again to resume."
+        )
+        raise KeyboardInterrupt(f"training interrupted at step {self.step}")
+
+    def _finish(self) -> None:
+        if self.last_frames is not None:  # the final weights must give a finite loss too
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices), torch.no_grad(), self.update.autocast():
+                loss = self.update.loss(self.last_frames, self.step)  # RNG state left as it was
+            if not torch.isfinite(loss):
+                self._diverged(
+                    TrainingDiverged(f"loss became {loss.item()} after step {self.step}")
+                )
+        self.checkpoint(final=True)
+        self._confirm()
+
+    def _guarded_step(self) -> None:
+        """One step; an error in it stops the run with a checkpoint of the last finished step."""
+        try:
+            self._one_step()
+        except KeyboardInterrupt:  # a second Ctrl-C: the step is half done, so no checkpoint
+            newest = self.last_good or self.unconfirmed or "none yet"
+            self.monitor.write(
+                f"stopped at once in step {self.step + 1}; newest checkpoint: {newest}"
+            )
+            raise
+        except TrainingDiverged:
+            raise
+        except Exception as error:
+            cause = _cause(error, self.config, self.run_dir.path)
+            raise TrainingFailed(
+                f"training stopped after step {self.step}: {cause}; {self._keep()}"
+            ) from error
+
+    def _keep(self) -> str:
+        """Checkpoint the last finished step after an error, and say what is on disk."""
+        newest = self.last_good or self.unconfirmed
+        if self.update.updating:  # the error came inside the weight update: weights half-new
+            return f"no checkpoint written (the weights were mid-update); the newest is {newest}"
+        try:
+            path = self.checkpoint()
+        except Exception as error:
+            cause = _cause(error, self.config, self.run_dir.path)
+            return (
+                f"the checkpoint of step {self.step} could not be written ({cause}); the newest "
+                f"is {newest}"
+            )
+        return f"checkpoint {path} written; fix the cause and run the same command to resume"
+
+    def _diverged(self, error: TrainingDiverged) -> None:
+        """The weights of the unconfirmed checkpoint (if any) gave a non-finite loss: it is not
+        good and is removed; the message names the last good one."""
+        if self.unconfirmed is not None:
+            self.unconfirmed.unlink(missing_ok=True)
+            self.unconfirmed = None
+        where = (
+            f"the last good checkpoint is {self.last_good}"
+            if self.last_good
+            else "no good checkpoint was written"
+        )
+        raise TrainingDiverged(
+            f"{error}; {where}. Lower --lr or check the data for bad frames."
+        ) from None
 
     def _one_step(self) -> None:
         t = self.config.train
@@ -164,17 +311,11 @@ class _Training:
         frames = torch.stack([self.stacks[int(i)] for i in items])
         frames = frames.to(self.device, non_blocking=True)
         try:
-            objective = self.update(frames, self.step)
+            objective = self.update(frames, self.step, on_finite_loss=self._confirm)
         except TrainingDiverged as error:
-            where = (
-                f"the last good checkpoint is {self.last_good}"
-                if self.last_good
-                else "no checkpoint was written yet"
-            )
-            raise TrainingDiverged(
-                f"{error}; {where}. Lower --lr or check the data for bad frames."
-            ) from None
+            self._diverged(error)
         self.step += 1
+        self.last_frames = frames
         self._track_usage(objective)
         if self.step % t.log_every == 0 or self.step == t.num_steps:
             self._log_scalars(objective, frames)

@@ -1,7 +1,6 @@
 """Training, resuming, checkpoints and what goes wrong."""
 
 import csv
-import errno
 import json
 
 import pytest
@@ -121,7 +120,7 @@ class TestTrain:
         run = tmp_path / "run"
         quiet_train(tiny_config(num_steps=2, checkpoint_every=100), run)
         (run / "checkpoints" / "final.pt").write_bytes(b"not a checkpoint")
-        with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="no readable"):
+        with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="no usable"):
             latest_checkpoint(run)
 
     def test_checkpoints_load_without_code(self, tmp_path):
@@ -142,7 +141,12 @@ class TestTrain:
         with pytest.raises(TrainingDiverged, match="loss became nan at step 3.*step_000000002.pt"):
             quiet_train(tiny_config(), tmp_path / "run")
 
-    def test_interrupt_writes_a_checkpoint_and_resumes(self, tmp_path, monkeypatch):
+    def test_an_interrupt_inside_a_step_keeps_the_last_checkpoint_and_resumes(
+        self, tmp_path, monkeypatch
+    ):
+        """A KeyboardInterrupt raised inside a step (a second Ctrl-C; the first one stops at
+        the step's end, tests/test_reliability.py) writes nothing half-done: the run resumes
+        from its periodic checkpoint to the uninterrupted run's losses."""
         real = step_module.training_objective
         calls = {"n": 0}
 
@@ -155,27 +159,11 @@ class TestTrain:
         monkeypatch.setattr(step_module, "training_objective", interrupt)
         with pytest.raises(KeyboardInterrupt):
             quiet_train(tiny_config(), tmp_path / "run")
-        assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["step"] == 3
+        assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["step"] == 2
         monkeypatch.setattr(step_module, "training_objective", real)
         assert quiet_train(tiny_config(), tmp_path / "run").step == 6
         quiet_train(tiny_config(), tmp_path / "straight")
-        assert losses(tmp_path / "run")[-1] == losses(tmp_path / "straight")[-1]
-
-    def test_full_disk_keeps_the_good_checkpoint(self, tmp_path, monkeypatch):
-        run = tmp_path / "run"
-        quiet_train(tiny_config(num_steps=2, checkpoint_every=100), run)
-        good = (run / "checkpoints" / "final.pt").read_bytes()
-
-        def full_disk(obj, handle, *args, **kwargs):
-            handle.write(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        monkeypatch.setattr(torch, "save", full_disk)
-        with pytest.raises(OSError, match="No space left"):
-            quiet_train(tiny_config(num_steps=4, checkpoint_every=100), run, resume=True)
-        # the step-2 state is intact (renamed from final.pt when the run was extended)
-        assert (run / "checkpoints" / "step_000000002.pt").read_bytes() == good
-        assert not [p for p in (run / "checkpoints").iterdir() if p.suffix == ".tmp"]
+        assert losses(tmp_path / "run") == losses(tmp_path / "straight")
 
     def test_frames_not_matching_the_canvas(self, tmp_path):
         marionette_cli(

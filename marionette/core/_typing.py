@@ -26,6 +26,7 @@ Inside a ``torch.compile`` region the raw function runs, so compiled graphs neve
 import contextlib
 import functools
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -52,11 +53,22 @@ __all__ = [
 _F = TypeVar("_F", bound=Callable)
 
 
+_ON, _OFF = {"1", "true", "on", "yes"}, {"0", "false", "off", "no", ""}
+
+
 def _from_environment() -> bool:
-    value = os.environ.get("MARIONETTE_TYPECHECK", "1" if __debug__ else "0").strip().lower()
-    if value not in {"0", "1", "true", "false", "on", "off"}:
-        raise ValueError(f"MARIONETTE_TYPECHECK must be 0 or 1, got {value!r}")
-    return value in {"1", "true", "on"}
+    """``MARIONETTE_TYPECHECK``: 1 / true / on / yes or 0 / false / off / no. Anything else is
+    named in a warning and leaves the checks on (never a failed import)."""
+    default = "1" if __debug__ else "0"
+    value = os.environ.get("MARIONETTE_TYPECHECK", default).strip().lower()
+    if value not in _ON | _OFF:
+        warnings.warn(
+            f"MARIONETTE_TYPECHECK must be one of {sorted(_ON)} or {sorted(_OFF - {''})}, got "
+            f"{value!r}; shape checks stay on",
+            stacklevel=2,
+        )
+        return True
+    return value in _ON
 
 
 _ENABLED = _from_environment()
@@ -129,5 +141,5 @@ def check_range(x: Tensor, name: str, low: float, high: float) -> None:
     """Raise ``ValueError`` if ``x`` leaves ``[low, high]`` (only while checks are active)."""
     if checks_active() and x.numel() > 0:
         lo, hi = float(x.detach().min()), float(x.detach().max())
-        if lo < low or hi > high:
+        if not (lo >= low and hi <= high):  # NaN fails both comparisons
             raise ValueError(f"{name} must lie in [{low}, {high}], got min={lo:.4g}, max={hi:.4g}")

@@ -62,7 +62,15 @@ class Grid:
                 f"canvas height must be divisible by layer_size, got height={height}, "
                 f"layer_size={layer_size}"
             )
-        return cls(height, width, height // layer_size)
+        cell = height // layer_size
+        if cell % 2:
+            sizes = [n for n in range(1, height + 1) if height % n == 0 and (height // n) % 2 == 0]
+            raise ValueError(
+                f"the cell size height / layer_size = {height} / {layer_size} = {cell} must be "
+                f"even (sprites are centred with a P/2 margin); with height {height} (canvas_size) "
+                f"choose layer_size in {sizes}, or a canvas that is a multiple of {2 * layer_size}"
+            )
+        return cls(height, width, cell)
 
     @property
     def rows(self) -> int:

@@ -1,6 +1,7 @@
 """The MarioNette model: anchor codes select dictionary sprites that are shifted, placed and
 composited in depth layers to reconstruct the input frames."""
 
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -283,7 +284,7 @@ class MarioNette(nn.Module):
     @typed
     def encode(self, frames: Float[Tensor, "B T 3 H W"]) -> Encoding:
         """Infer codes, presence, selection weights, soft sprites and offsets of every slot."""
-        self._check_frames(frames)
+        frames = self._check_frames(frames)
         config, t = self.config, frames.shape[1]
         images = rearrange(frames, "B T C H W -> (B T) C H W")
         sprites, dict_codes = self.dictionary()
@@ -351,7 +352,9 @@ class MarioNette(nn.Module):
         order = plane_order_for(self.config, training=False)
         return decompose_encoding(encoding, "hard", order, self.grid.cell, self.config.gating)[1]
 
-    def _check_frames(self, frames: Tensor) -> None:
+    def _check_frames(self, frames: Tensor) -> Tensor:
+        """``frames`` checked (size, finite, in [0, 1]) and in the model's floating type (another
+        one is cast, with a warning, rather than failing deep in a convolution)."""
         grid = self.grid
         if frames.shape[-2:] != (grid.height, grid.width):
             raise ValueError(
@@ -361,6 +364,14 @@ class MarioNette(nn.Module):
             )
         check_finite(frames, "frames")
         check_range(frames, "frames", 0.0, 1.0)
+        dtype = next(self.parameters()).dtype
+        if frames.dtype != dtype:
+            warnings.warn(
+                f"frames are {frames.dtype}, the model is {dtype}: frames were cast to {dtype}",
+                stacklevel=4,
+            )
+            frames = frames.to(dtype)
+        return frames
 
 
 #: Parameter names of models saved before the offset predictors and backgrounds had a registry.

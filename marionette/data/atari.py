@@ -91,6 +91,11 @@ def _make_env(config: AtariConfig):
     ale_py = import_extra("ale_py", "atari")
     core = import_extra("ocatari.core", "atari")
     gymnasium.register_envs(ale_py)
+    if config.game not in core.AVAILABLE_GAMES:
+        raise ValueError(
+            f"game must be one that OCAtari annotates, got {config.game!r}; choose one of "
+            f"{', '.join(sorted(core.AVAILABLE_GAMES))}"
+        )
     env = core.OCAtari(
         f"ALE/{config.game}-v5",
         mode="ram",

@@ -15,6 +15,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,7 @@ class DatasetWriter:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["frame", "clip", "t"])
             writer.writerows(self._index)
-        if groundtruth is not None:
+        if groundtruth is not None and len(groundtruth):  # none: a dataset without ground truth
             groundtruth.write_csv(self.folder / GROUNDTRUTH_FILE)
         if masks is not None:
             names = np.array([name for name, _, _ in self._index])
@@ -167,4 +168,28 @@ def load_dataset(
             masks = archive["masks"]
     info_path = folder / DATASET_FILE
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    if groundtruth is not None:
+        _warn_unmatched(gt_path, groundtruth, frames.names, info.get("class_names"))
     return Dataset(frames, groundtruth, masks, info)
+
+
+def _warn_unmatched(
+    path: Path, groundtruth: GroundTruth, names: list[str], classes: list[str] | None
+) -> None:
+    """Warn (with counts and examples) about ground-truth rows of frames the folder lacks and
+    class names its ``dataset.json`` does not list: such rows are never evaluated."""
+    missing = sorted(set(groundtruth.frame.tolist()) - set(names))
+    if missing:
+        warnings.warn(
+            f"{path}: {len(missing)} frame(s) named in the ground truth are not in the folder "
+            f"(e.g. {missing[:3]}); their objects are left out of the evaluation",
+            stacklevel=3,
+        )
+    unknown = sorted(set(groundtruth.class_names) - set(classes)) if classes else []
+    if unknown:
+        rows = int(np.isin(groundtruth.label, unknown).sum())
+        warnings.warn(
+            f"{path}: {rows} row(s) have class names that {DATASET_FILE} does not list "
+            f"(e.g. {unknown[:3]}; listed: {classes[:5]})",
+            stacklevel=3,
+        )

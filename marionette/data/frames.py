@@ -292,6 +292,27 @@ class FrameFolder(FrameSource):
             self._cache[index] = tensor
         return tensor
 
+    def check(self) -> None:
+        """Decode every frame: a full check of the folder (lazy decoding otherwise meets a bad
+        file only when a batch draws it).
+
+        Raises:
+            ValueError: some frames cannot be used; the message names them and the count.
+        """
+        problems = []
+        for index in range(len(self)):
+            try:
+                self.frame(index)
+            except ValueError as error:
+                problems.append(str(error))
+        if problems:
+            shown = "\n  ".join(problems[:5])
+            more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise ValueError(
+                f"{len(problems)} of {len(self)} frames in {self.folder} cannot be used:\n  "
+                f"{shown}{more}\nReplace or remove them (marionette data check lists them)."
+            )
+
     def load_all(self) -> "InMemoryFrames":
         """Decode every frame into an :class:`InMemoryFrames` (fails early on a bad file)."""
         data = torch.stack([self.frame(i) for i in range(len(self))])

@@ -154,4 +154,21 @@ class GroundTruth:
                     raise ValueError(
                         f"{path}:{line}: bad ground-truth row {row} ({error})"
                     ) from error
+                _check_box(rows[-1], f"{path}:{line}")
+        if not rows:
+            raise ValueError(
+                f"{path} has a header but no rows: scores against it would all be zero. Remove "
+                f"the file for a dataset without ground truth, or regenerate it."
+            )
         return cls.from_rows(rows)
+
+
+def _check_box(row: dict, where: str) -> None:
+    """A box must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1, all finite."""
+    x0, y0, x1, y1 = (row[k] for k in ("x0", "y0", "x1", "y1"))
+    if not np.isfinite([x0, y0, x1, y1]).all() or x0 > x1 or y0 > y1:
+        raise ValueError(
+            f"{where}: box must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1, got "
+            f"({x0:g}, {y0:g}, {x1:g}, {y1:g}); are its x and y swapped, or y first as in MOC's "
+            f"tables?"
+        )

@@ -15,7 +15,7 @@ import torch
 from .._io import atomic_write, write_json
 from ..core import MarioNette
 from ..data import Dataset, GroundTruth
-from .labels import NO_LABEL, VIEWS, box_overlap, view_labels
+from .labels import HUD_FILTERS, NO_LABEL, VIEWS, box_overlap, view_labels
 from .metrics import (
     SHOTS,
     average_precision,
@@ -303,6 +303,12 @@ def evaluate(
             "`marionette data synthetic|atari|mario`, or write the table, see the README)"
         )
     game = game or data.info.get("settings", {}).get("game")
+    if game is not None and game not in HUD_FILTERS:
+        warnings.warn(
+            f"game {game!r} has no HUD filter (known: {', '.join(HUD_FILTERS)}); the relevant "
+            f"view keeps every labelled moving object",
+            stacklevel=2,
+        )
     objects, segments = collect_objects(
         model, data.frames, code, batch_size, device, segment=data.masks is not None
     )

@@ -9,7 +9,7 @@ sprite and its code across consecutive frames. Segmentation: foreground ARI.
 from collections.abc import Sequence
 
 import numpy as np
-from jaxtyping import Real
+from jaxtyping import Integer, Real, Shaped
 from sklearn.cluster import KMeans
 from sklearn.linear_model import RidgeClassifier
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
@@ -43,9 +43,10 @@ def _few_shot_once(codes, labels, train, test, shots) -> dict[int, float]:
     return results
 
 
+@typed
 def few_shot_accuracy(
-    codes: np.ndarray,
-    labels: np.ndarray,
+    codes: Real[np.ndarray, "N D"],
+    labels: Shaped[np.ndarray, " N"],
     shots: Sequence[int] = SHOTS,
     repeats: int = 10,
     seed: int = 0,
@@ -76,7 +77,10 @@ def few_shot_accuracy(
     return result
 
 
-def clustering_scores(codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict | None:
+@typed
+def clustering_scores(
+    codes: Real[np.ndarray, "N D"], labels: Shaped[np.ndarray, " N"], seed: int = 0
+) -> dict | None:
     """AMI and ARI of k-means (k = number of classes, k-means++, 10 starts, seeded) against the
     labels; None with fewer than 2 classes or fewer objects than classes."""
     labels = np.asarray(labels).astype(str)
@@ -90,7 +94,10 @@ def clustering_scores(codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> d
     }
 
 
-def sprite_purity(sprites: np.ndarray, labels: np.ndarray) -> float | None:
+@typed
+def sprite_purity(
+    sprites: Integer[np.ndarray, " N"], labels: Shaped[np.ndarray, " N"]
+) -> float | None:
     """Purity of the sprite id as a clustering: sum over sprites of their most common class
     count, divided by the number of objects (1: every sprite shows one class)."""
     if len(labels) == 0:
@@ -180,7 +187,10 @@ def average_precision(frames, thresholds: Sequence[float] = tuple(np.arange(1, 1
     return result
 
 
-def foreground_ari(predicted: np.ndarray, truth: np.ndarray) -> float | None:
+@typed
+def foreground_ari(
+    predicted: Integer[np.ndarray, "B H W"], truth: Integer[np.ndarray, "B H W"]
+) -> float | None:
     """Mean over images of the ARI between predicted and true segment ids on the true
     foreground pixels (``truth >= 0``); images with no foreground are skipped."""
     scores = []

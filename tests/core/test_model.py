@@ -184,7 +184,7 @@ class TestModelInputs:
             (dict(background="sky"), ValueError, "background must be one of"),
             (dict(gating="both"), ValueError, "gating must be one of"),
             (dict(layer_size=2.0), TypeError, "layer_size must be int, got 2.0"),
-            (dict(layer_size=32), ValueError, "cell size must be even"),
+            (dict(layer_size=32), ValueError, "32 / 32 = 1 must be even"),
         ],
     )
     def test_config_exceptions(self, overrides, error, match):

@@ -57,13 +57,7 @@ def test_environment_switch():
             check=True,
         )
         assert out.stdout.strip() == expected
-    bad = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={"MARIONETTE_TYPECHECK": "maybe", "PATH": ""},
-    )
-    assert "MARIONETTE_TYPECHECK must be 0 or 1, got 'maybe'" in bad.stderr
+    # other spellings, and a value that is none: tests/test_reliability.py
 
 
 def test_compiled_function_runs_with_checks_on():

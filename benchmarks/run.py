@@ -38,9 +38,9 @@ from marionette.core import (
     plane_order,
     render_fused,
     render_windows,
-    set_typecheck,
     shift_bilinear,
     triton_unavailable_reason,
+    typecheck,
 )
 from marionette.step import TrainingStep
 
@@ -298,8 +298,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--small", action="store_true", help="tiny sizes, 2 repeats (smoke test)")
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/<device>.json)")
     args = parser.parse_args(argv)  # fmt: skip
+    with typecheck(False):  # restored afterwards: a notebook calling main keeps its checks
+        return _run(args)
 
-    set_typecheck(False)
+
+def _run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     bandwidth = args.bandwidth or (3350.0 if device.type == "cuda" else 20.0)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, nonfinite_tensors
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, unusable
 from .config import Config
 from .core import MarioNette
 from .rundir import CONFIG_FILE, RunDirectory
@@ -34,8 +34,7 @@ def load(
     refuse = RunDirectory(run_dir).refuse_checkpoint(config)
     if checkpoint is not None:
         state, path = load_checkpoint(checkpoint), Path(checkpoint)
-        bad = nonfinite_tensors(state["model"])
-        reason = f"it has non-finite weights ({', '.join(bad[:3])})" if bad else refuse(state)
+        reason = unusable(state, refuse)
         if reason:
             raise CheckpointError(
                 f"checkpoint {path} cannot be used with {config_path}: {reason}. Pick another "

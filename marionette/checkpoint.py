@@ -20,6 +20,7 @@ __all__ = [
     "load_checkpoint",
     "nonfinite_tensors",
     "prune_checkpoints",
+    "unusable",
     "save_checkpoint",
 ]
 
@@ -89,6 +90,15 @@ def nonfinite_tensors(weights: dict[str, torch.Tensor]) -> list[str]:
     ]
 
 
+def unusable(state: dict, refuse: Callable[[dict], str | None] | None = None) -> str | None:
+    """Why a readable checkpoint cannot be used (non-finite weights, or ``refuse(state)``'s
+    reason), or ``None`` when it can."""
+    bad = nonfinite_tensors(state["model"])
+    if bad:
+        return f"it has non-finite weights ({', '.join(bad[:3])})"
+    return refuse(state) if refuse else None
+
+
 def latest_checkpoint(
     run_dir: str | os.PathLike,
     map_location="cpu",
@@ -111,14 +121,10 @@ def latest_checkpoint(
         except CheckpointError as error:
             reason = str(error)
         else:
-            bad = nonfinite_tensors(state["model"])
-            reason = (
-                f"checkpoint {path} has non-finite weights ({', '.join(bad[:3])})"
-                if bad
-                else (refuse(state) if refuse else None)
-            )
+            reason = unusable(state, refuse)
             if reason is None:
                 return state, path
+            reason = f"checkpoint {path}: {reason}"
         errors.append(reason)
         warnings.warn(f"{reason}; falling back to the previous checkpoint", stacklevel=2)
     if errors:

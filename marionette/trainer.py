@@ -125,7 +125,7 @@ class _StopRequest:
                     self._previous[number] = signal.signal(number, self._handle)
         return self
 
-    def _handle(self, signum, frame) -> None:  # pragma: no cover - exercised in a subprocess
+    def _handle(self, signum, frame) -> None:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum

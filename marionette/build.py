@@ -6,7 +6,8 @@ import torch
 
 from .config import Config
 from .core import MarioNette, estimate_background_color, foreground_patches
-from .data import Dataset, FrameFolder, FrameSource, generate, load_dataset
+from .data import Dataset, FrameSource, generate, load_dataset, open_frames
+from .data.dataset import pad_masks
 from .data.frames import adapt_frames
 from .data.synthetic import GeneratedData
 
@@ -41,24 +42,17 @@ def build_data(config: Config, split: str = "train") -> FrameSource:
     model, data = config.model, config.data
     size = (model.height, model.width)
     if data.data is not None:
-        return FrameFolder(data.data, size, data.resize)
+        return open_frames(data.data, size, data.resize)
     frames = _synthetic(config, split).frames
     if (frames.height, frames.width) != size:
         frames = adapt_frames(frames, size, data.resize, what=f"synthetic world {data.synthetic!r}")
     return frames
 
 
-def _pad_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Instance masks [N, H, W] cropped or padded with -1 (background) to ``size``."""
-    height, width = size
-    cropped = masks[:, :height, :width]
-    pad = ((0, 0), (0, height - cropped.shape[1]), (0, width - cropped.shape[2]))
-    return np.pad(cropped, pad, constant_values=-1)
-
-
 def build_eval_data(config: Config) -> Dataset | None:
     """Frames with ground truth to evaluate on: ``eval_data``, else the training folder if it
-    has a ``groundtruth.csv``, else the synthetic world's held-out clips (None: nothing)."""
+    has ground truth (a MOC game folder: its test split), else the synthetic world's held-out
+    clips (None: nothing)."""
     model, data = config.model, config.data
     size = (model.height, model.width)
     folder = data.eval_data or data.data
@@ -73,7 +67,7 @@ def build_eval_data(config: Config) -> Dataset | None:
                 f"synthetic world {data.synthetic!r} is {frames.height} x {frames.width}; its "
                 f"ground truth matches the canvas only with resize 'pad' (extends right/bottom)"
             )
-        frames, masks = adapt_frames(frames, size, "pad"), _pad_masks(masks, size)
+        frames, masks = adapt_frames(frames, size, "pad"), pad_masks(masks, size)
     return Dataset(frames, generated.groundtruth, masks, {"settings": generated.settings})
 
 

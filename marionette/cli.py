@@ -123,20 +123,15 @@ def _train(args: argparse.Namespace) -> int:
 def _decompose(args: argparse.Namespace) -> int:
     from .api import load
     from .build import build_data, resolve_device
-    from .data import FrameFolder
+    from .data import open_frames
     from .decompose import decompose_frames
 
     model, config = load(args.run, args.checkpoint)
     if args.data:
-        frames = FrameFolder(
-            args.data, (config.model.height, config.model.width), args.resize or config.data.resize
-        )
-    elif config.data.data is None:
-        frames = build_data(config, "test")  # held-out clips of the synthetic world
-    else:
-        frames = FrameFolder(
-            config.data.data, (config.model.height, config.model.width), config.data.resize
-        )
+        size = (config.model.height, config.model.width)
+        frames = open_frames(args.data, size, args.resize or config.data.resize, default="test")
+    else:  # the training frames, or held-out clips of a synthetic world
+        frames = build_data(config, "train" if config.data.data else "test")
     if args.frames:
         frames = frames.head(args.frames)
     out = Path(args.out) if args.out else Path(args.run) / "decomposition"
@@ -196,8 +191,13 @@ def _data_synthetic(args: argparse.Namespace) -> int:
 def _data_check(args: argparse.Namespace) -> int:
     from .data import load_dataset
 
-    dataset = load_dataset(args.folder)  # ground-truth rows checked, unmatched rows warned
+    dataset = load_dataset(args.folder, split=args.split)  # ground-truth rows checked
     frames = dataset.frames
+    if dataset.info.get("layout") == "moc":
+        print(
+            f"MOC layout: game {dataset.info['game']}, split {dataset.info['split']}; frames "
+            f"from {frames.folder} ({frames.channels.upper()} files, read as RGB)"
+        )
     frames.check()  # every frame decodes, at one size
     lengths = np.bincount(np.unique(frames.clips, return_inverse=True)[1])
     print(
@@ -206,7 +206,8 @@ def _data_check(args: argparse.Namespace) -> int:
     )
     gt = dataset.groundtruth
     if gt is None:
-        print("no ground truth (groundtruth.csv): fine for training, needed for marionette eval")
+        missing = dataset.info.get("no_groundtruth", "no groundtruth.csv")
+        print(f"no ground truth ({missing}): fine for training, needed for marionette eval")
     else:
         print(
             f"ground truth: {len(gt)} objects in {len(set(gt.frame.tolist()))} frames, "
@@ -400,7 +401,11 @@ def _add_train(commands) -> None:
         "up to the same total --num_steps.",
     )
     source = train.add_mutually_exclusive_group()
-    source.add_argument("--data", help="folder of numbered frames (0.png, 1.png, ...)")
+    source.add_argument(
+        "--data",
+        help="folder of numbered frames (0.png, 1.png, ...), or a MOC dataset (<Game>-v0: its "
+        "train split; or a split folder)",
+    )
     source.add_argument(
         "--synthetic", help="built-in synthetic world (demo, tiny, stars, large, tetrominoes)"
     )
@@ -429,7 +434,8 @@ def _add_decompose(commands) -> None:
     )
     _add_run_arguments(
         decompose,
-        "frame folder (default: the run's held-out synthetic clips, or its training folder)",
+        "frame folder or MOC dataset (its test split) (default: the run's held-out synthetic "
+        "clips, or its training folder)",
         "RUN/decomposition",
         batch_size=16,
     )
@@ -446,7 +452,8 @@ def _add_eval(commands) -> None:
     )
     _add_run_arguments(
         evaluation,
-        "dataset folder with groundtruth.csv (default: the run's held-out data)",
+        "dataset folder with groundtruth.csv, or a MOC dataset (<Game>-v0: its test split; or "
+        "a split folder) (default: the run's held-out data)",
         "RUN/eval",
         batch_size=32,
     )
@@ -501,7 +508,10 @@ def _add_data_check(generators) -> None:
     check = generators.add_parser(
         "check", help="decode every frame of a dataset folder and check its ground truth"
     )
-    check.add_argument("folder", help="a folder of frames (with groundtruth.csv if any)")
+    check.add_argument(
+        "folder", help="a folder of frames (with groundtruth.csv if any), or a MOC dataset"
+    )
+    check.add_argument("--split", help="split of a MOC game folder (default: test)")
     check.set_defaults(handler=_data_check)
 
 

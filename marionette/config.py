@@ -142,15 +142,17 @@ class DataConfig:
     """Where training frames come from.
 
     Attributes:
-        data: a frame folder; ``None`` uses the synthetic world ``synthetic``.
+        data: a frame folder, or a MOC dataset (a ``<Game>-v0`` folder, whose train split is
+            read, or one split's folder); ``None`` uses the synthetic world ``synthetic``.
         synthetic: name of a built-in world (see :data:`marionette.data.SYNTHETIC_WORLDS`).
         synthetic_clips: clips to generate for training (0: the world's default).
         frames_per_item: T, consecutive frames per training item (the consistency loss needs
             T >= 2).
         resize: how frames of another size reach the canvas: ``keep``, ``crop``, ``resize``,
             ``pad``.
-        eval_data: a dataset folder with ``groundtruth.csv`` for evaluations during training
-            (default: the synthetic world's held-out clips, or ``data`` if it has ground truth).
+        eval_data: a dataset folder with ``groundtruth.csv`` (or a MOC dataset: its test split)
+            for evaluations during training (default: the synthetic world's held-out clips, or
+            ``data`` if it has ground truth).
         eval_frames: frames evaluated during training (the first N; 0: all).
     """
 

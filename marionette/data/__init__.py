@@ -1,6 +1,7 @@
-"""Frames from folders, generators and games; stacks of consecutive frames; ground truth."""
+"""Frames from folders (ours or MOC's layout), generators and games; stacks of consecutive
+frames; ground truth."""
 
-from .dataset import Dataset, load_dataset, package_versions, write_dataset
+from .dataset import Dataset, load_dataset, open_frames, package_versions, write_dataset
 from .frames import (
     RESIZE_POLICIES,
     FrameFolder,
@@ -10,6 +11,7 @@ from .frames import (
     load_image,
 )
 from .groundtruth import GT_COLUMNS, GroundTruth
+from .moc import MocSplit, find_moc
 from .stacks import FrameStacks, batch_indices, stack_starts
 from .synthetic import (
     SYNTHETIC_WORLDS,
@@ -32,15 +34,18 @@ __all__ = [
     "GeneratedData",
     "GroundTruth",
     "InMemoryFrames",
+    "MocSplit",
     "SpriteWorldConfig",
     "TetrominoesConfig",
     "batch_indices",
+    "find_moc",
     "frame_sort_key",
     "generate",
     "generate_sprite_world",
     "generate_tetrominoes",
     "load_dataset",
     "load_image",
+    "open_frames",
     "package_versions",
     "stack_starts",
     "write_dataset",

@@ -193,16 +193,17 @@ def _write_moc(
     root: Path, split: str, clip: int, t: int, screen: np.ndarray, objects, game: str
 ) -> None:
     """MOC's on-disk files for one frame: raw RGB, 128 x 128 BGR input, and the box CSV with
-    (y_min, y_max, x_min, x_max) normalised by the native 210 x 160 screen, then flag and label."""
+    (y_min, y_max, x_min, x_max) normalised by the native 210 x 160 screen, then flag and label.
+
+    The input is resized with the area filter of our own frames (MOC used Lanczos), so that a
+    128 x 128 dataset's two copies hold the same pixels."""
     stem = f"{clip:05d}_{t}"
     height, width = screen.shape[:2]
     for kind in ("rgb", "space_like", "bb"):
         (root / kind / split).mkdir(parents=True, exist_ok=True)
     Image.fromarray(screen).save(root / "rgb" / split / f"{stem}.png")
-    small = Image.fromarray(screen).resize(MOC_SIZE[::-1], Image.Resampling.LANCZOS)
-    Image.fromarray(np.asarray(small)[..., ::-1].copy()).save(
-        root / "space_like" / split / f"{stem}.png"
-    )
+    small = fit_screen(screen, MOC_SIZE, None)
+    Image.fromarray(small[..., ::-1].copy()).save(root / "space_like" / split / f"{stem}.png")
     with atomic_write(root / "bb" / split / f"{stem}.csv", "w") as handle:
         for obj, label in zip(objects, moc_labels(game, objects), strict=True):
             if label is None:
@@ -210,7 +211,7 @@ def _write_moc(
             x0, y0, x1, y1 = obj.box
             values = np.clip([y0 / height, y1 / height, x0 / width, x1 / width], 0.0, 1.0)
             flag = "S" if obj.hud else "M"
-            handle.write(",".join(f"{v:.6f}" for v in values) + f",{flag},{label}\n")
+            handle.write(",".join(f"{v:.10g}" for v in values) + f",{flag},{label}\n")
 
 
 class _Recorder:

@@ -7,6 +7,9 @@ Layout written by every generator (atomically: the folder appears only once comp
     DIR/groundtruth.csv       frame, clip, t, class, x0, y0, x1, y1, moving, instance
     DIR/masks.npz             (synthetic data) int16 instance id per pixel, -1 background
     DIR/dataset.json          generator, settings, seeds, package versions, class names
+
+:func:`load_dataset` and :func:`open_frames` also read MOC's layout as it lies
+(:mod:`marionette.data.moc`).
 """
 
 import contextlib
@@ -26,6 +29,7 @@ from PIL import Image
 from .._io import atomic_directory, atomic_write, write_json
 from .frames import INDEX_FILE, FrameFolder, FrameSource
 from .groundtruth import GROUNDTRUTH_FILE, GroundTruth
+from .moc import find_moc, read_moc_boxes
 
 __all__ = [
     "DATASET_FILE",
@@ -33,6 +37,8 @@ __all__ = [
     "Dataset",
     "DatasetWriter",
     "load_dataset",
+    "open_frames",
+    "pad_masks",
     "package_versions",
     "write_dataset",
 ]
@@ -150,13 +156,48 @@ class Dataset:
     info: dict
 
 
+def open_frames(
+    folder: str | os.PathLike,
+    size: tuple[int, int] | None = None,
+    resize: str = "keep",
+    split: str | None = None,
+    default: str = "train",
+) -> FrameFolder:
+    """The frames of a folder in our layout or MOC's (``split`` picks a MOC game folder's
+    split, else ``default``; see :func:`marionette.data.moc.find_moc`), as RGB."""
+    moc = find_moc(folder, split, default)
+    return moc.open_frames(size, resize) if moc else FrameFolder(folder, size, resize)
+
+
+def pad_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Instance masks [N, H, W] cropped or padded with -1 (background) to ``size`` (the ``pad``
+    resize policy's counterpart)."""
+    height, width = size
+    cropped = masks[:, :height, :width]
+    pad = ((0, 0), (0, height - cropped.shape[1]), (0, width - cropped.shape[2]))
+    return np.pad(cropped, pad, constant_values=-1)
+
+
 def load_dataset(
-    folder: str | os.PathLike, size: tuple[int, int] | None = None, resize: str = "keep"
+    folder: str | os.PathLike,
+    size: tuple[int, int] | None = None,
+    resize: str = "keep",
+    split: str | None = None,
 ) -> Dataset:
     """Load a dataset folder: frames, and ``groundtruth.csv``, ``masks.npz`` and
-    ``dataset.json`` when present. Masks are read without pickle."""
+    ``dataset.json`` when present (masks are read without pickle); or a split of a MOC dataset
+    (``split`` picks it from a game folder, by default ``test``; see
+    :func:`marionette.data.moc.find_moc`).
+
+    Boxes (and masks) follow the frames' resize policy: the ground truth is in pixels of the
+    frames as returned.
+    """
+    moc = find_moc(folder, split, default="test")
+    if moc is not None:
+        return _load_moc(moc, size, resize)
     folder = Path(folder)
     frames = FrameFolder(folder, size, resize)
+    shape = (frames.height, frames.width)
     gt_path = folder / GROUNDTRUTH_FILE
     groundtruth = GroundTruth.read_csv(gt_path) if gt_path.exists() else None
     masks = None
@@ -165,12 +206,37 @@ def load_dataset(
             stored = [str(n) for n in archive["names"]]
             if stored != frames.names:
                 raise ValueError(f"{folder / MASKS_FILE} does not match the folder's frames")
-            masks = archive["masks"]
+            masks = _fit_masks(archive["masks"], shape, resize, folder)
     info_path = folder / DATASET_FILE
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     if groundtruth is not None:
         _warn_unmatched(gt_path, groundtruth, frames.names, info.get("class_names"))
+        groundtruth = groundtruth.fitted(frames.native, shape, resize)
     return Dataset(frames, groundtruth, masks, info)
+
+
+def _fit_masks(masks: np.ndarray, size: tuple[int, int], resize: str, folder: Path) -> np.ndarray:
+    if masks.shape[1:] == tuple(size):
+        return masks
+    if resize != "pad":
+        raise ValueError(
+            f"{folder / MASKS_FILE} holds {masks.shape[1]} x {masks.shape[2]} instance masks, "
+            f"which follow the frames to {size[0]} x {size[1]} only with the resize policy "
+            f"'pad', got {resize!r}; pass --resize pad or the dataset's own canvas size"
+        )
+    return pad_masks(masks, size)
+
+
+def _load_moc(moc, size: tuple[int, int] | None, resize: str) -> Dataset:
+    frames = moc.open_frames(size, resize)
+    info = {"layout": "moc", "root": str(moc.root), "split": moc.split, "game": moc.game}
+    info["settings"] = {"game": moc.game}  # where evaluation looks for the HUD filter
+    if moc.boxes is None:
+        return Dataset(frames, None, None, {**info, "no_groundtruth": moc.missing_boxes()})
+    groundtruth = read_moc_boxes(moc, frames)
+    info["class_names"] = groundtruth.class_names
+    shape = (frames.height, frames.width)
+    return Dataset(frames, groundtruth.fitted(frames.native, shape, resize), None, info)
 
 
 def _warn_unmatched(

@@ -25,6 +25,7 @@ __all__ = [
     "adapt_frames",
     "frame_sort_key",
     "load_image",
+    "resize_boxes",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -93,6 +94,28 @@ def _resize(image: Image.Image, size: tuple[int, int], policy: str) -> Image.Ima
         pad = ((0, height - array.shape[0]), (0, width - array.shape[1]), (0, 0))
         return Image.fromarray(np.pad(array, pad, mode="edge"))
     return image
+
+
+def resize_boxes(
+    boxes: np.ndarray, native: tuple[int, int], size: tuple[int, int], policy: str
+) -> np.ndarray:
+    """Map (x0, y0, x1, y1) pixel boxes ``[N, 4]`` of a ``native`` (h, w) frame to the frame a
+    resize policy makes of it at ``size`` (H, W), clipped to that frame.
+
+    ``resize`` scales x by W / w and y by H / h; ``crop`` scales both by
+    s = max(W / w, H / h) (as rounded to whole pixels) and shifts by the centred crop's corner;
+    ``pad`` and ``keep`` leave pixels where they are.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    (h, w), (height, width) = native, size
+    if policy == "resize":
+        boxes = boxes * np.array([width / w, height / h] * 2)
+    elif policy == "crop":
+        scale = max(width / w, height / h)
+        scaled = (max(width, round(w * scale)), max(height, round(h * scale)))
+        corner = np.array([(scaled[0] - width) // 2, (scaled[1] - height) // 2] * 2)
+        boxes = boxes * np.array([scaled[0] / w, scaled[1] / h] * 2) - corner
+    return np.clip(boxes, 0.0, [width, height, width, height])
 
 
 def load_image(
@@ -224,6 +247,11 @@ class FrameFolder(FrameSource):
         cache: keep decoded frames in memory as uint8: ``True``, ``False`` or ``"auto"``
             (when they take less than ``cache_limit_bytes``).
         cache_limit_bytes: the ``"auto"`` budget.
+        channels: the files' channel order, ``"rgb"``, or ``"bgr"`` (MOC's model inputs):
+            frames are always returned as RGB.
+
+    Attributes:
+        native: (height, width) of the files (of the first one), before the resize policy.
     """
 
     def __init__(
@@ -233,8 +261,11 @@ class FrameFolder(FrameSource):
         resize: str = "keep",
         cache: bool | str = "auto",
         cache_limit_bytes: int = 4 << 30,
+        channels: str = "rgb",
     ) -> None:
         folder = Path(folder)
+        if channels not in ("rgb", "bgr"):
+            raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
         if resize not in RESIZE_POLICIES:
             raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {resize!r}")
         if not folder.exists():
@@ -258,9 +289,9 @@ class FrameFolder(FrameSource):
         names = [p.name for p in files]
         structure = _read_index(folder, names) or _clips_from_names(names)
         clips, times = structure or (np.zeros(len(names), np.int64), np.arange(len(names)))
-        self.folder, self.resize, self.paths = folder, resize, files
+        self.folder, self.resize, self.paths, self.channels = folder, resize, files, channels
         first = load_image(files[0])
-        native = first.shape[:2]
+        native = self.native = (int(first.shape[0]), int(first.shape[1]))
         if size is None:
             size = native
         elif resize == "keep" and tuple(native) != tuple(size):
@@ -287,6 +318,8 @@ class FrameFolder(FrameSource):
                 f"{path} is {array.shape[0]} x {array.shape[1]} (H x W), unlike the other frames "
                 f"({self.height} x {self.width}); pass a resize policy (crop, resize or pad)"
             )
+        if self.channels == "bgr":
+            array = np.ascontiguousarray(array[..., ::-1])
         tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
         if self._cache is not None:
             self._cache[index] = tensor

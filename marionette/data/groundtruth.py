@@ -1,6 +1,7 @@
 """Ground-truth object tables: one row per visible object per frame, boxes in pixels (x, y)."""
 
 import csv
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write
+from .frames import resize_boxes
 
 __all__ = ["GROUNDTRUTH_FILE", "GT_COLUMNS", "GroundTruth"]
 
@@ -98,6 +100,16 @@ class GroundTruth:
             self.moving[mask],
             self.instance[mask],
         )
+
+    def fitted(self, native: tuple[int, int], size: tuple[int, int], policy: str) -> "GroundTruth":
+        """The table for frames that a resize policy brought from ``native`` (h, w) to ``size``
+        (H, W): boxes mapped with :func:`marionette.data.frames.resize_boxes`; objects left
+        less than half a pixel wide or high (cropped away) are dropped, as the generators do."""
+        if tuple(native) == tuple(size):
+            return self
+        boxes = resize_boxes(self.boxes, native, size, policy)
+        kept = (boxes[:, 2] - boxes[:, 0] >= 0.5) & (boxes[:, 3] - boxes[:, 1] >= 0.5)
+        return dataclasses.replace(self, boxes=boxes).select(kept)
 
     def write_csv(self, path: str | os.PathLike) -> None:
         """Write the table with a header (atomically)."""

@@ -299,8 +299,9 @@ def evaluate(
     """
     if data.groundtruth is None:
         raise ValueError(
-            "the data has no groundtruth.csv: evaluation needs ground truth (generate data with "
-            "`marionette data synthetic|atari|mario`, or write the table, see the README)"
+            data.info.get("no_groundtruth")
+            or "the data has no groundtruth.csv: evaluation needs ground truth (generate data "
+            "with `marionette data synthetic|atari|mario`, or write the table, see the README)"
         )
     game = game or data.info.get("settings", {}).get("game")
     if game is not None and game not in HUD_FILTERS:

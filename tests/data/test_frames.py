@@ -224,3 +224,24 @@ class TestStacks:
         for batch in loader:
             values = (batch[:, :, 0, 0, 0] * 255).round()
             assert ((values[:, 1:] - values[:, :-1]) == 1).all()  # consecutive inside each item
+
+
+def test_ground_truth_and_masks_follow_the_resize_policy(tmp_path):
+    """Boxes are in pixels of the frames as returned: scaled by ``resize``, unchanged by
+    ``pad`` (whose masks are padded with background); masks refuse the other policies."""
+    from marionette.data import generate, load_dataset, write_dataset
+
+    data = generate("tiny", "test", num_clips=2)
+    frames = data.frames.data.permute(0, 2, 3, 1).numpy()
+    names, clips, times = data.frames.names, data.frames.clips, data.frames.times
+    write_dataset(tmp_path / "d", frames, names, clips, times, {}, data.groundtruth, data.masks)
+    height, width = frames.shape[1:3]
+    padded = load_dataset(tmp_path / "d", (height + 8, width + 8), "pad")
+    np.testing.assert_allclose(padded.groundtruth.boxes, data.groundtruth.boxes, atol=1e-3)
+    assert padded.masks.shape[1:] == (height + 8, width + 8)
+    assert (padded.masks[:, height:] == -1).all() and (padded.masks[:, :, width:] == -1).all()
+    with pytest.raises(ValueError, match="only with the resize policy 'pad'"):
+        load_dataset(tmp_path / "d", (2 * height, 2 * width), "resize")
+    (tmp_path / "d" / "masks.npz").unlink()
+    doubled = load_dataset(tmp_path / "d", (2 * height, 2 * width), "resize")
+    np.testing.assert_allclose(doubled.groundtruth.boxes, 2 * data.groundtruth.boxes, atol=2e-3)

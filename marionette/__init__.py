@@ -1,6 +1,7 @@
 """marionette: self-supervised sprite learning (MarioNette) with temporal object consistency."""
 
 from .api import load
+from .callbacks import Callback, StopTraining
 from .config import Config, DataConfig, TrainConfig
 from .core import Decomposition, MarioNette, MarioNetteOutput, ModelConfig, render
 from .presets import PRESETS, preset_config
@@ -8,6 +9,7 @@ from .trainer import train
 
 __all__ = [
     "PRESETS",
+    "Callback",
     "Config",
     "DataConfig",
     "Decomposition",
@@ -17,6 +19,7 @@ __all__ = [
     "TrainConfig",
     "load",
     "preset_config",
+    "StopTraining",
     "render",
     "train",
 ]

@@ -24,6 +24,7 @@ from .config import Config
 __all__ = [
     "CONFIG_FILE",
     "HARDWARE",
+    "METRICS_FILE",
     "RESUMABLE",
     "ConfigMismatch",
     "MetricsLog",
@@ -198,10 +199,6 @@ class RunDirectory:
         if path.name == FINAL and step < config.train.num_steps:
             os.replace(path, path.with_name(f"step_{step:09d}.pt"))
         return state
-
-    def metrics(self) -> "MetricsLog":
-        """The run's metrics table."""
-        return MetricsLog(self.path / METRICS_FILE)
 
 
 class MetricsLog:

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,14 @@ from pathlib import Path
 import torch
 
 from .build import build_data, build_eval_data, build_model, resolve_device
+from .callbacks import CallbackError, Callbacks, RunInfo
 from .checkpoint import list_checkpoints, nonfinite_tensors
 from .config import Config
 from .core import MarioNette, Objective, resolve_renderer, set_typecheck, typecheck_enabled
 from .data import FrameFolder, FrameStacks, batch_indices
 from .diagnostics import diagnose, evaluate_during_training, measure, panels, sprite_usage
 from .eval import first_frames
-from .monitor import Monitor
+from .monitor import default_callbacks, say
 from .rundir import ConfigMismatch, RunDirectory, RunInUse
 from .step import OutOfMemory, TrainingDiverged, TrainingStep, check_memory
 
@@ -64,8 +66,14 @@ def train(
     resume: bool = False,
     progress: bool = True,
     tensorboard: bool = True,
+    callbacks: Sequence[object] = (),
 ) -> TrainResult:
     """Train (or resume) a run. See :class:`marionette.config.TrainConfig` for the settings.
+
+    ``callbacks`` are called on the run's events after the built-in monitors
+    (:func:`marionette.monitor.default_callbacks`: ``metrics.csv``, the progress bar unless
+    ``progress=False``, TensorBoard unless ``tensorboard=False``, the process title); see
+    :mod:`marionette.callbacks` for the events and their arguments.
 
     The data, model and renderer are built and checked before anything is written, so a start
     that fails leaves no configuration behind. Ctrl-C (or SIGTERM) stops at the end of the
@@ -76,18 +84,19 @@ def train(
         RunInUse: another process is training in ``run_dir``.
         TrainingDiverged: the loss became NaN or infinite (the last good checkpoint is named).
         OutOfMemory: a step cannot fit in the device's memory (refused before it starts).
-        TrainingFailed: any other error during training (a checkpoint of the last finished step
-            is written where possible; the message names the cause).
+        TrainingFailed: any other error during training, a callback's included (a checkpoint
+            of the last finished step is written where possible; the message names the cause).
         KeyboardInterrupt: after Ctrl-C or SIGTERM, once the checkpoint is written.
     """
+    events = Callbacks([*default_callbacks(progress, tensorboard), *callbacks])
     run, threads = RunDirectory(run_dir), torch.get_num_threads()
     config = _absolute_paths(config)
     try:
         with run.lock():
             config = run.resolve(config, resume)
-            training = _Training(config, run)
+            training = _Training(config, run, events)
             run.record(config)
-            return training.run(progress, tensorboard)
+            return training.run()
     finally:
         torch.set_num_threads(threads)  # ``threads`` is the run's setting, not the process's
 
@@ -154,9 +163,9 @@ def _cause(error: BaseException, config: Config, folder: Path) -> str:
 class _Training:
     """The state of one training session in a run directory. Building it writes nothing."""
 
-    def __init__(self, config: Config, run: RunDirectory):
+    def __init__(self, config: Config, run: RunDirectory, events: Callbacks):
         t = config.train
-        self.config, self.run_dir = config, run
+        self.config, self.run_dir, self.events = config, run, events
         self.device = resolve_device(t.device)
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -191,8 +200,9 @@ class _Training:
         torch.set_rng_state(state["rng"].cpu())
         return int(state["step"])
 
-    def checkpoint(self, final: bool = False) -> Path:
-        """Write the state at the current step boundary (weights checked finite first)."""
+    def checkpoint(self, final: bool = False, announce: bool = True) -> Path:
+        """Write the state at the current step boundary (weights checked finite first) and, if
+        ``announce``, tell the callbacks."""
         weights = self.model.state_dict()
         bad = nonfinite_tensors(weights)
         if bad:
@@ -205,6 +215,8 @@ class _Training:
             "config": self.config.to_dict(),
         }
         self.unconfirmed = self.run_dir.save(state, final)
+        if announce:
+            self.events.emit("on_checkpoint", self.step, self.unconfirmed, final)
         return self.unconfirmed
 
     def _confirm(self) -> None:
@@ -214,34 +226,64 @@ class _Training:
             self.last_good, self.unconfirmed = self.unconfirmed, None
             self.run_dir.prune(self.config.train.keep_checkpoints)
 
-    def run(self, progress: bool, tensorboard: bool) -> TrainResult:
-        t = self.config.train
-        log, started = self.run_dir.metrics(), time.monotonic()
-        log.truncate(self.step)  # rows a crashed or killed session logged past its checkpoint
-        self.log = log
-        self.monitor = Monitor(
-            self.run_dir.path, self.step, t.num_steps, self.run_dir.name, progress, tensorboard
-        )
+    def run(self) -> TrainResult:
+        t, started, status = self.config.train, time.monotonic(), "failed"
+        info = RunInfo(self.run_dir.path, self.config, self.model, self.step, t.num_steps)
         self.model.train()
         try:
+            self._start(info)
             with _typecheck_policy(t.typecheck), _StopRequest() as stop:
-                while self.step < t.num_steps and stop.signal is None:
+                while self.step < t.num_steps and stop.signal is None and not self.events.stop:
                     if t.typecheck == "first" and self.step > 0:
                         set_typecheck(False)
                     self._guarded_step()
                 if stop.signal is not None:
+                    status = "interrupted"
                     self._stop(stop.signal)
                 self._finish()
+            status = "stopped" if self.events.stop else "finished"
+            if self.events.stop:
+                say(
+                    f"stopped after step {self.step} by {self.events.stop}; run the same command "
+                    f"to continue to step {t.num_steps}"
+                )
+        except CallbackError as error:  # from a checkpoint's or an interruption's event
+            newest = self.unconfirmed or self.last_good
+            raise TrainingFailed(
+                f"training stopped after step {self.step}: {error}; the newest checkpoint is "
+                f"{newest}"
+            ) from error
         finally:
-            self.monitor.close()
-        self.metrics["train_seconds"] = time.monotonic() - started
+            self.metrics["train_seconds"] = time.monotonic() - started
+            self._end(status)
         return TrainResult(self.run_dir.path, self.step, self.metrics, self.model, self.config)
 
+    def _start(self, info: RunInfo) -> None:
+        try:
+            self.events.emit("on_start", info)
+        except CallbackError as error:
+            raise TrainingFailed(f"training could not start: {error}") from error
+
+    def _end(self, status: str) -> None:
+        """``on_end`` for every status; after a failure its own errors only warn, so that the
+        first error is the one reported."""
+        try:
+            self.events.emit("on_end", self.step, self.metrics, status)
+        except CallbackError as error:
+            if status in ("failed", "interrupted"):
+                warnings.warn(str(error), stacklevel=2)
+                return
+            raise TrainingFailed(
+                f"training finished at step {self.step} (checkpoint written), but {error}"
+            ) from error
+
     def _stop(self, signum: int) -> None:
+        name = signal.Signals(signum).name
         path = self.checkpoint()
-        self.monitor.write(
-            f"stopped by {signal.Signals(signum).name} after step {self.step}; checkpoint "
-            f"{path} written. Run the same command again to resume."
+        self.events.emit("on_interrupt", self.step, name, path)
+        say(
+            f"stopped by {name} after step {self.step}; checkpoint {path} written. Run the same "
+            f"command again to resume."
         )
         raise KeyboardInterrupt(f"training interrupted at step {self.step}")
 
@@ -263,9 +305,7 @@ class _Training:
             self._one_step()
         except KeyboardInterrupt:  # a second Ctrl-C: the step is half done, so no checkpoint
             newest = self.last_good or self.unconfirmed or "none yet"
-            self.monitor.write(
-                f"stopped at once in step {self.step + 1}; newest checkpoint: {newest}"
-            )
+            say(f"stopped at once in step {self.step + 1}; newest checkpoint: {newest}")
             raise
         except TrainingDiverged:
             raise
@@ -281,7 +321,7 @@ class _Training:
         if self.update.updating:  # the error came inside the weight update: weights half-new
             return f"no checkpoint written (the weights were mid-update); the newest is {newest}"
         try:
-            path = self.checkpoint()
+            path = self.checkpoint(announce=False)  # the run is failing: no more events
         except Exception as error:
             cause = _cause(error, self.config, self.run_dir.path)
             return (
@@ -317,12 +357,16 @@ class _Training:
         self.step += 1
         self.last_frames = frames
         self._track_usage(objective)
-        if self.step % t.log_every == 0 or self.step == t.num_steps:
-            self._log_scalars(objective, frames)
+        logging = self.step % t.log_every == 0 or self.step == t.num_steps
+        if logging:
+            self.metrics.update(measure(self.model, objective.output, frames, objective.terms))
         postfix = {k: self.metrics[k] for k in ("psnr", "psnr_hard") if k in self.metrics}
-        self.monitor.step(self.step, {"loss": objective.loss.item(), **postfix})
+        self.events.emit("on_step", self.step, {"loss": objective.loss.item(), **postfix})
+        if logging:
+            self._log()
         if t.image_every and self.step % t.image_every == 0:
-            self.monitor.images(self.step, panels(self.model, objective.output, frames))
+            images = panels(self.model, objective.output, frames)
+            self.events.emit("on_images", self.step, images)
         if t.eval_every and self.step % t.eval_every == 0:
             self._evaluate()
         if self.step % t.checkpoint_every == 0 and self.step < t.num_steps:
@@ -338,18 +382,14 @@ class _Training:
             self.metrics["reinit_sprites"] = float(count)
             self.usage.zero_()
 
-    def _log_scalars(self, objective: Objective, frames: torch.Tensor) -> None:
-        self.metrics.update(measure(self.model, objective.output, frames, objective.terms))
-        self._scalars(self.metrics)
+    def _log(self) -> None:
+        """The logged scalars to the callbacks; each diagnosis's warning once per session."""
+        self.events.emit("on_log", self.step, dict(self.metrics))
         for kind, message in diagnose(self.metrics, self.step, self.config).items():
             if kind not in self.warned:
                 self.warned.add(kind)
                 warnings.warn(message, stacklevel=2)
-                self.monitor.write(message)
-
-    def _scalars(self, values: dict[str, float]) -> None:
-        self.log.append(self.step, values)
-        self.monitor.scalars(self.step, values)
+                say(message)
 
     def _evaluate(self) -> None:
         if self.eval_data is None:
@@ -367,4 +407,4 @@ class _Training:
             scalars = evaluate_during_training(
                 self.model, self.eval_data, self.run_dir.path, self.step, self.device
             )
-            self._scalars(scalars)
+            self.events.emit("on_evaluation", self.step, scalars)

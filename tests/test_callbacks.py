@@ -161,3 +161,22 @@ def test_the_docs_examples_run(tmp_path, monkeypatch):
     assert records[0]["config"] == json.loads(json.dumps(result.config.to_dict()))
     assert [r["step"] for r in records[1:-1]] == [2, 4] and "loss" in records[1]
     assert records[-1] == {"event": "end", "step": 4, "status": "stopped"}
+
+
+def test_ctrl_c_arrives_as_an_interruption_with_its_checkpoint(tmp_path):
+    import os
+    import signal
+
+    class CtrlC(marionette.Callback):
+        def on_step(self, step, scalars):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    recorder = Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        quiet(tiny_config(num_steps=6, checkpoint_every=100), tmp_path / "run", [CtrlC(), recorder])
+    names = [event for event, _ in recorder.events]
+    assert names[-3:] == ["on_checkpoint", "on_interrupt", "on_end"]
+    ((step, path, final),) = recorder.of("on_checkpoint")
+    assert recorder.of("on_interrupt") == [(3, "SIGINT", path)] and not final and path.exists()
+    assert recorder.of("on_end")[0][0] == 3 and recorder.of("on_end")[0][2] == "interrupted"

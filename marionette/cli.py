@@ -16,6 +16,7 @@ __all__ = ["main"]
 
 #: Settings with flags of their own (``--data DIR``, ``--synthetic NAME``).
 _SOURCE_FLAGS = ("data", "synthetic")
+_LAUNCHER_SETTINGS = ("world_size",)  # recorded from torchrun, never a flag
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         help="square canvas side (sets --height and --width)",
     )
     for f in Config.fields():
-        if f.name in _SOURCE_FLAGS:
+        if f.name in _SOURCE_FLAGS or f.name in _LAUNCHER_SETTINGS:
             continue
         spellings = [f.name] + [old for old, new in ALIASES.items() if new == f.name]
         names = [f"--{name}" for name in spellings]
@@ -73,6 +74,7 @@ def _base_config(args: argparse.Namespace) -> Config:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .distributed import from_environment
     from .presets import preset_config
     from .rundir import CONFIG_FILE, ConfigMismatch, RunInUse
     from .trainer import OutOfMemory, TrainingDiverged, TrainingFailed, train
@@ -111,6 +113,9 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    launched = from_environment()
+    if launched is not None and launched[0] != 0:
+        return 0  # under torchrun rank 0 reports for the group
     m = result.metrics
     print(
         f"trained {result.step} steps into {out}: PSNR soft {m.get('psnr', float('nan')):.2f} "

@@ -96,6 +96,8 @@ class TrainConfig:
         keep_checkpoints: how many recent checkpoints to keep (plus the final one).
         eval_every: steps between object evaluations against ground truth (0: never).
         typecheck: ``"first"`` (check shapes on the first step, then off), ``"on"``, ``"off"``.
+        world_size: processes the run trains in (recorded from torchrun, not a flag): ``bs`` is
+            each one's batch, the global batch is ``bs * world_size``.
     """
 
     bs: int = 8
@@ -126,9 +128,11 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every: int = 0
     typecheck: str = "first"
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         positive = ("bs", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints")
+        positive += ("world_size",)
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -18,7 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ._io import atomic_write
-from .checkpoint import FINAL, latest_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_DIR,
+    FINAL,
+    latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from .config import Config
 
 __all__ = [
@@ -39,11 +45,11 @@ RESUMABLE = frozenset(
     {
         "num_steps", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
         "eval_every", "eval_data", "eval_frames", "device", "precision", "renderer", "threads",
-        "typecheck",
+        "typecheck", "world_size",
     }
 )  # fmt: skip
 #: Settings that only say where and how fast a run computes: they may change on any restart.
-HARDWARE = frozenset({"device", "renderer", "threads", "typecheck"})
+HARDWARE = frozenset({"device", "renderer", "threads", "typecheck", "world_size"})
 
 
 class ConfigMismatch(ValueError):
@@ -183,10 +189,9 @@ class RunDirectory:
         """Keep only the ``keep`` newest step checkpoints (and the final one)."""
         prune_checkpoints(self.path, keep)
 
-    def resume_state(self, config: Config, map_location) -> dict | None:
+    def resume_state(self, config: Config, map_location, reopen: bool = True) -> dict | None:
         """The newest usable checkpoint's state (None for a fresh run): readable, with finite
-        weights and written under ``config``'s settings. A finished run that is extended to
-        more than its steps gets its final checkpoint renamed to a step one.
+        weights and written under ``config``'s settings. With ``reopen``, :meth:`reopen` it.
 
         Raises:
             CheckpointError: there are checkpoints, but none is usable (each is named).
@@ -194,11 +199,16 @@ class RunDirectory:
         found = latest_checkpoint(self.path, map_location, refuse=self.refuse_checkpoint(config))
         if found is None:
             return None
-        state, path = found
-        step = int(state["step"])
-        if path.name == FINAL and step < config.train.num_steps:
-            os.replace(path, path.with_name(f"step_{step:09d}.pt"))
-        return state
+        if reopen:
+            self.reopen(found[0], config)
+        return found[0]
+
+    def reopen(self, state: dict, config: Config) -> None:
+        """A finished run that is extended beyond its steps gets the final checkpoint of
+        ``state``'s step renamed to a step one (processes of a group: once all have read it)."""
+        step, final = int(state["step"]), self.path / CHECKPOINT_DIR / FINAL
+        if step < config.train.num_steps and final.exists():
+            os.replace(final, final.with_name(f"step_{step:09d}.pt"))
 
 
 class MetricsLog:

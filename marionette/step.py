@@ -6,9 +6,12 @@ from contextlib import nullcontext
 from dataclasses import fields
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .config import Config, TrainConfig
 from .core import MarioNette, Objective, ObjectiveWeights, training_objective
+from .distributed import Group
 
 __all__ = [
     "OutOfMemory",
@@ -127,6 +130,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" else "fp32"
 
 
+class _Objective(nn.Module):
+    """The training objective as one module call, so that DistributedDataParallel sees it as
+    the forward whose backward it synchronises."""
+
+    def __init__(self, model: MarioNette, weights: ObjectiveWeights) -> None:
+        super().__init__()
+        self.model, self.weights = model, weights
+
+    def forward(self, frames: torch.Tensor, step: int) -> Objective:
+        return training_objective(self.model, frames, self.weights, step)
+
+
 class TrainingStep:
     """Computes :func:`marionette.core.training_objective` and applies one AdamW update.
 
@@ -134,11 +149,24 @@ class TrainingStep:
         model: the model being trained (in train mode).
         config: the run's configuration (optimizers, loss weights, precision).
         device: where the model lives.
+        group: the processes training together (None: this one alone). The objective is then
+            wrapped in DistributedDataParallel (rank 0's weights are broadcast at construction,
+            gradients are averaged in the backward) and the processes agree before every update
+            whether the loss is finite.
     """
 
-    def __init__(self, model: MarioNette, config: Config, device: torch.device) -> None:
-        self.model, self.device = model, device
+    def __init__(
+        self, model: MarioNette, config: Config, device: torch.device, group: Group | None = None
+    ) -> None:
+        self.model, self.device, self.group = model, device, group
         self.weights = objective_weights(config.train)
+        self.objective: nn.Module = _Objective(model, self.weights)
+        if group is not None:
+            self.objective = DistributedDataParallel(
+                self.objective,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True,  # a setting may leave some parameters out
+            )
         self.optimizers = build_optimizers(model, config)
         self.precision = resolve_precision(config.train.precision, device)
         self.updating = False  # True while the optimizers write the weights
@@ -163,8 +191,13 @@ class TrainingStep:
             TrainingDiverged: the loss is NaN or infinite (nothing was updated).
         """
         with self.autocast():
-            objective = training_objective(self.model, frames, self.weights, step)
-        if not torch.isfinite(objective.loss):
+            objective = self.objective(frames, step)
+        finite = bool(torch.isfinite(objective.loss))
+        if self.group is not None:
+            finite = not self.group.agree(not finite)[0]
+        if not finite:
+            if torch.isfinite(objective.loss):
+                raise TrainingDiverged(f"loss became non-finite in another process at step {step}")
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in objective.terms.items())
             raise TrainingDiverged(f"loss became {objective.loss.item()} at step {step} ({terms})")
         if on_finite_loss is not None:

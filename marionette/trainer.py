@@ -15,12 +15,14 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from . import distributed
 from .build import build_data, build_eval_data, build_model, resolve_device
 from .callbacks import CallbackError, Callbacks, RunInfo
 from .checkpoint import list_checkpoints, nonfinite_tensors
@@ -77,7 +79,11 @@ def train(
 
     The data, model and renderer are built and checked before anything is written, so a start
     that fails leaves no configuration behind. Ctrl-C (or SIGTERM) stops at the end of the
-    current step with a checkpoint; a second one stops at once.
+    current step with a checkpoint; the same signal again stops at once.
+
+    Under torchrun (``torchrun --nproc_per_node N -m marionette train ...``) the processes
+    train one run together with DistributedDataParallel (:mod:`marionette.distributed`):
+    ``bs`` is each process's batch, rank 0 alone writes and calls the callbacks.
 
     Raises:
         ConfigMismatch: ``run_dir`` holds another configuration (and ``resume`` cannot bridge it).
@@ -92,13 +98,38 @@ def train(
     run, threads = RunDirectory(run_dir), torch.get_num_threads()
     config = _absolute_paths(config)
     try:
-        with run.lock():
-            config = run.resolve(config, resume)
-            training = _Training(config, run, events)
-            run.record(config)
-            return training.run()
+        with distributed.join(config.train.device) as group:
+            config = config.replace(world_size=group.world if group is not None else 1)
+            if group is not None and not group.main:
+                events = Callbacks([])  # rank 0 reports for the group
+            with _group_lock(run, group):
+                config = run.resolve(config, resume)
+                training = _Training(config, run, events, group)
+                if group is None or group.main:
+                    run.record(config)
+                return training.run()
     finally:
         torch.set_num_threads(threads)  # ``threads`` is the run's setting, not the process's
+
+
+@contextmanager
+def _group_lock(run: RunDirectory, group: distributed.Group | None):
+    """The run directory's lock, held by rank 0 for the whole group: when rank 0 cannot take
+    it, every process stops."""
+    if group is None:
+        with run.lock():
+            yield
+        return
+    with ExitStack() as stack:
+        refused = None
+        if group.main:
+            try:
+                stack.enter_context(run.lock())
+            except RunInUse as error:
+                refused = error
+        if group.agree(refused is not None)[0]:
+            raise refused or RunInUse(f"{run.path} is in use (rank 0 says by whom)")
+        yield
 
 
 def _absolute_paths(config: Config) -> Config:
@@ -119,11 +150,14 @@ def _typecheck_policy(policy: str):
 
 class _StopRequest:
     """SIGINT and SIGTERM while training: the first asks to stop at the next step boundary
-    (``signal`` is set), a second one raises KeyboardInterrupt at once. Off the main thread,
-    where handlers cannot be installed, signals keep their default behaviour."""
+    (``signal`` is set), the same one again raises KeyboardInterrupt at once. The other kind
+    after the first changes nothing: torchrun answers a Ctrl-C (which reached the processes
+    already) with a SIGTERM to each of them. Off the main thread, where handlers cannot be
+    installed, signals keep their default behaviour."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._seen: set[int] = set()
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "_StopRequest":
@@ -135,9 +169,11 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
+        if signum in self._seen:
             raise KeyboardInterrupt
-        self.signal = signum
+        self._seen.add(signum)
+        if self.signal is None:
+            self.signal = signum
 
     def __exit__(self, *exc) -> None:
         for number, handler in self._previous.items():
@@ -150,6 +186,11 @@ def _cause(error: BaseException, config: Config, folder: Path) -> str:
         where = error.filename or folder
         return f"no space left on device while writing {where}; free space there or use --out"
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, dist.DistError) or "gloo" in text.lower() or "nccl" in text.lower():
+        return (
+            f"the process group broke ({type(error).__name__}): another process failed or was "
+            f"stopped, and its message says why"
+        )
     if isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text:
         m = config.model
         return (
@@ -163,10 +204,17 @@ def _cause(error: BaseException, config: Config, folder: Path) -> str:
 class _Training:
     """The state of one training session in a run directory. Building it writes nothing."""
 
-    def __init__(self, config: Config, run: RunDirectory, events: Callbacks):
+    def __init__(
+        self,
+        config: Config,
+        run: RunDirectory,
+        events: Callbacks,
+        group: distributed.Group | None = None,
+    ):
         t = config.train
-        self.config, self.run_dir, self.events = config, run, events
-        self.device = resolve_device(t.device)
+        self.config, self.run_dir, self.events, self.group = config, run, events, group
+        self.main = group is None or group.main
+        self.device = group.device if group is not None else resolve_device(t.device)
         if t.threads:
             torch.set_num_threads(t.threads)
         check_memory(config, self.device)  # before anything large is allocated
@@ -180,7 +228,7 @@ class _Training:
         resolve_renderer(t.renderer, self.device)  # fails now, not at the first step
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.update = TrainingStep(self.model, config, self.device)
+        self.update = TrainingStep(self.model, config, self.device, group)
         self.step = self._resume()
         self.usage = torch.zeros(config.model.num_sprites, dtype=torch.long)
         self.reseed_generator = torch.Generator().manual_seed(t.seed + 7)
@@ -192,7 +240,12 @@ class _Training:
         self.eval_data = None  # built at the first evaluation
 
     def _resume(self) -> int:
-        state = self.run_dir.resume_state(self.config, self.device)
+        group = self.group
+        state = self.run_dir.resume_state(self.config, self.device, reopen=group is None)
+        if group is not None:
+            group.agree(False)  # every process has read the checkpoint: rank 0 may rename it
+            if group.main and state is not None:
+                self.run_dir.reopen(state, self.config)
         if state is None:
             return 0
         self.model.load_state_dict(state["model"])
@@ -200,13 +253,15 @@ class _Training:
         torch.set_rng_state(state["rng"].cpu())
         return int(state["step"])
 
-    def checkpoint(self, final: bool = False, announce: bool = True) -> Path:
+    def checkpoint(self, final: bool = False, announce: bool = True) -> Path | None:
         """Write the state at the current step boundary (weights checked finite first) and, if
-        ``announce``, tell the callbacks."""
+        ``announce``, tell the callbacks. Only rank 0 writes (None elsewhere)."""
         weights = self.model.state_dict()
         bad = nonfinite_tensors(weights)
         if bad:
             raise TrainingDiverged(f"weights became non-finite by step {self.step} ({bad[0]})")
+        if not self.main:
+            return None
         state = {
             "step": self.step,
             "model": weights,
@@ -224,7 +279,7 @@ class _Training:
         older step checkpoints beyond ``keep_checkpoints`` may go."""
         if self.unconfirmed is not None:
             self.last_good, self.unconfirmed = self.unconfirmed, None
-            self.run_dir.prune(self.config.train.keep_checkpoints)
+            self.run_dir.prune(self.config.train.keep_checkpoints)  # rank 0 alone has one
 
     def run(self) -> TrainResult:
         t, started, status = self.config.train, time.monotonic(), "failed"
@@ -233,11 +288,15 @@ class _Training:
         try:
             self._start(info)
             with _typecheck_policy(t.typecheck), _StopRequest() as stop:
-                while self.step < t.num_steps and stop.signal is None and not self.events.stop:
+                interrupted = False
+                while self.step < t.num_steps:
+                    interrupted, stopped = self._stop_requested(stop)
+                    if interrupted or stopped:
+                        break
                     if t.typecheck == "first" and self.step > 0:
                         set_typecheck(False)
                     self._guarded_step()
-                if stop.signal is not None:
+                if interrupted:
                     status = "interrupted"
                     self._stop(stop.signal)
                 self._finish()
@@ -258,6 +317,11 @@ class _Training:
             self._end(status)
         return TrainResult(self.run_dir.path, self.step, self.metrics, self.model, self.config)
 
+    def _stop_requested(self, stop: _StopRequest) -> tuple[bool, bool]:
+        """(a signal, a callback's StopTraining) on this process or, in a group, on any."""
+        flags = (stop.signal is not None, self.events.stop is not None)
+        return tuple(self.group.agree(*flags)) if self.group is not None else flags
+
     def _start(self, info: RunInfo) -> None:
         try:
             self.events.emit("on_start", info)
@@ -277,22 +341,26 @@ class _Training:
                 f"training finished at step {self.step} (checkpoint written), but {error}"
             ) from error
 
-    def _stop(self, signum: int) -> None:
-        name = signal.Signals(signum).name
+    def _stop(self, signum: int | None) -> None:
+        """Checkpoint and stop after a signal (``None``: one that reached another process)."""
+        name = signal.Signals(signum).name if signum else "a signal to another process"
         path = self.checkpoint()
-        self.events.emit("on_interrupt", self.step, name, path)
-        say(
-            f"stopped by {name} after step {self.step}; checkpoint {path} written. Run the same "
-            f"command again to resume."
-        )
+        if self.main:
+            self.events.emit("on_interrupt", self.step, name, path)
+            say(
+                f"stopped by {name} after step {self.step}; checkpoint {path} written. Run the "
+                f"same command again to resume."
+            )
         raise KeyboardInterrupt(f"training interrupted at step {self.step}")
 
     def _finish(self) -> None:
         if self.last_frames is not None:  # the final weights must give a finite loss too
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices), torch.no_grad(), self.update.autocast():
-                loss = self.update.loss(self.last_frames, self.step)  # RNG state left as it was
-            if not torch.isfinite(loss):
+            with self._rng_kept(), torch.no_grad(), self.update.autocast():
+                loss = self.update.loss(self.last_frames, self.step)
+            finite = bool(torch.isfinite(loss))
+            if self.group is not None:  # every process's last batch, so that all agree
+                finite = not self.group.agree(not finite)[0]
+            if not finite:
                 self._diverged(
                     TrainingDiverged(f"loss became {loss.item()} after step {self.step}")
                 )
@@ -318,6 +386,8 @@ class _Training:
     def _keep(self) -> str:
         """Checkpoint the last finished step after an error, and say what is on disk."""
         newest = self.last_good or self.unconfirmed
+        if not self.main:
+            return f"rank 0 keeps the checkpoints (process {self.group.rank} writes none)"
         if self.update.updating:  # the error came inside the weight update: weights half-new
             return f"no checkpoint written (the weights were mid-update); the newest is {newest}"
         try:
@@ -347,7 +417,7 @@ class _Training:
 
     def _one_step(self) -> None:
         t = self.config.train
-        items = batch_indices(len(self.stacks), t.bs, t.seed, self.step)
+        items = self._items()
         frames = torch.stack([self.stacks[int(i)] for i in items])
         frames = frames.to(self.device, non_blocking=True)
         try:
@@ -357,20 +427,39 @@ class _Training:
         self.step += 1
         self.last_frames = frames
         self._track_usage(objective)
-        logging = self.step % t.log_every == 0 or self.step == t.num_steps
+        logging = self.main and (self.step % t.log_every == 0 or self.step == t.num_steps)
         if logging:
-            self.metrics.update(measure(self.model, objective.output, frames, objective.terms))
+            with self._rng_kept():
+                measured = measure(self.model, objective.output, frames, objective.terms)
+            self.metrics.update(measured)
         postfix = {k: self.metrics[k] for k in ("psnr", "psnr_hard") if k in self.metrics}
         self.events.emit("on_step", self.step, {"loss": objective.loss.item(), **postfix})
         if logging:
             self._log()
-        if t.image_every and self.step % t.image_every == 0:
-            images = panels(self.model, objective.output, frames)
+        if self.main and t.image_every and self.step % t.image_every == 0:
+            with self._rng_kept():
+                images = panels(self.model, objective.output, frames)
             self.events.emit("on_images", self.step, images)
-        if t.eval_every and self.step % t.eval_every == 0:
+        if self.main and t.eval_every and self.step % t.eval_every == 0:
             self._evaluate()
         if self.step % t.checkpoint_every == 0 and self.step < t.num_steps:
             self.checkpoint()
+
+    def _rng_kept(self):
+        """The random state is left as it was: what a run logs, draws or checks never changes
+        its training (a random plane order in a hard render, say), so logging settings and
+        rank 0's extra work leave the weights alone."""
+        return torch.random.fork_rng([self.device] if self.device.type == "cuda" else [])
+
+    def _items(self) -> torch.Tensor:
+        """This step's items: a function of (seed, step) alone, so a resumed run sees the
+        batches an uninterrupted one would. In a group of W processes, process r takes the
+        r-th slice of bs of the step's global batch of W bs items."""
+        t, group = self.config.train, self.group
+        if group is None:
+            return batch_indices(len(self.stacks), t.bs, t.seed, self.step)
+        items = batch_indices(len(self.stacks), t.bs * group.world, t.seed, self.step)
+        return items[group.rank * t.bs : (group.rank + 1) * t.bs]
 
     def _track_usage(self, objective: Objective) -> None:
         """Count sprite use; every ``reinit_unused`` steps re-seed the unused sprites."""
@@ -378,7 +467,8 @@ class _Training:
             self.usage += sprite_usage(objective.output).cpu()
         every = self.config.train.reinit_unused
         if every and self.step % every == 0:
-            count = self.model.dictionary.reseed_unused(self.usage, self.reseed_generator)
+            usage = self.group.sum(self.usage) if self.group is not None else self.usage
+            count = self.model.dictionary.reseed_unused(usage, self.reseed_generator)
             self.metrics["reinit_sprites"] = float(count)
             self.usage.zero_()
 
@@ -404,7 +494,8 @@ class _Training:
                 False if data is None else first_frames(data, self.config.data.eval_frames)
             )
         if self.eval_data is not False:
-            scalars = evaluate_during_training(
-                self.model, self.eval_data, self.run_dir.path, self.step, self.device
-            )
+            with self._rng_kept():
+                scalars = evaluate_during_training(
+                    self.model, self.eval_data, self.run_dir.path, self.step, self.device
+                )
             self.events.emit("on_evaluation", self.step, scalars)

@@ -276,18 +276,32 @@ def _log_tensorboard(directory: Path, metrics: dict, step: int | None) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import parse_grid, run_sweep, summarise
+    from .sweep import SweepFailed, parse_grid, run_sweep, summarise
 
     grid = parse_grid(args.grid)
     base = _base_config(args)
     if args.set:
         base = base.replace(**parse_grid_settings(args.set))
-    runs = run_sweep(
-        base, grid, args.out, evaluate_runs=not args.no_eval, progress=not args.no_progress
-    )
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    failed = None
+    try:
+        runs = run_sweep(
+            base,
+            grid,
+            args.out,
+            evaluate_runs=not args.no_eval,
+            progress=not args.no_progress and args.jobs == 1,
+            jobs=args.jobs,
+            devices=devices,
+        )
+    except SweepFailed as error:
+        failed, runs = error, error.runs
     summarise(args.out, runs, grid)
     print(Path(args.out, "summary.md").read_text())
     print(f"table: {Path(args.out) / 'summary.csv'} and summary.md")
+    if failed is not None:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -491,6 +505,15 @@ def _add_sweep(commands) -> None:
     sweep.add_argument("--out", required=True)
     sweep.add_argument("--no-eval", action="store_true")
     sweep.add_argument("--no-progress", action="store_true")
+    sweep.add_argument(
+        "--jobs",
+        type=_at_least(1),
+        default=1,
+        help="runs at a time, each in its own process (CPU: the cores are split between them)",
+    )
+    sweep.add_argument(
+        "--devices", help="devices the jobs take in turn, e.g. cuda:0,cuda:1 (default: --device)"
+    )
     sweep.set_defaults(handler=_sweep)
 
 

@@ -2,7 +2,10 @@
 
 The replacement for the fork's ``multi_train.py``: every run gets its own directory named by its
 settings, the seed is really applied (MOC's sweep only renamed runs), finished runs are skipped,
-interrupted ones resume, and the table groups runs that differ only in their seed.
+interrupted ones resume, and the table groups runs that differ only in their seed. With
+``jobs > 1`` several runs train at once, each in a process of its own (``python -m
+marionette.sweep``) on its own device or share of the CPU cores; a run that fails is reported
+and the others go on.
 """
 
 import csv
@@ -10,6 +13,12 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +34,7 @@ from .trainer import train
 
 __all__ = [
     "TRAINING_METRICS",
+    "SweepFailed",
     "parse_grid",
     "run_name",
     "run_sweep",
@@ -35,6 +45,15 @@ __all__ = [
 #: Training scalars of the summary table (from ``metrics.csv``), after the evaluation's
 #: summary results (:func:`marionette.eval.summary_keys`).
 TRAINING_METRICS = ("psnr", "psnr_hard")
+
+
+class SweepFailed(RuntimeError):
+    """Some runs of a sweep failed (the others finished); the message names each and its log,
+    ``runs`` lists every point as :func:`run_sweep` returns them."""
+
+    def __init__(self, message: str, runs: list) -> None:
+        super().__init__(message)
+        self.runs = runs
 
 
 def summary_metrics() -> list[str]:
@@ -82,18 +101,24 @@ def run_sweep(
     evaluate_runs: bool = True,
     progress: bool = True,
     log=print,
+    jobs: int = 1,
+    devices: list[str] | None = None,
 ) -> list[tuple[dict[str, str], Path]]:
     """Train (and evaluate) every point of ``grid`` on top of ``base``, into ``out/<name>``.
 
     Finished runs (final checkpoint and evaluation present, same settings) are skipped; a run
     that stopped part-way resumes, one asked for with a longer run (``num_steps``) or other
-    logging settings is extended and evaluated again, and one of other settings is refused
-    (:class:`marionette.rundir.ConfigMismatch`). Returns each point's settings and run
-    directory, in grid order.
+    logging settings is extended and evaluated again. With ``jobs > 1``, that many runs train at
+    once, each in its own process: on ``devices`` in turn when given, and on the CPU with the
+    cores split between the jobs (``threads`` unless set); each one's output goes to
+    ``RUN/sweep.log``. Returns each point's settings and run directory, in grid order.
+
+    Raises:
+        SweepFailed: some runs failed (after all the others ran); each is named with its cause.
     """
     out = Path(out)
     keys = list(grid)
-    runs = []
+    runs, pending = [], []
     for values in itertools.product(*(grid[k] for k in keys)):
         settings = dict(zip(keys, values, strict=True))
         run_dir = out / run_name(settings)
@@ -101,21 +126,96 @@ def run_sweep(
         config = base.replace(**settings)
         if _finished(run_dir, config):
             log(f"skip {run_dir.name} (done)")
-            continue
-        log(f"run {run_dir.name}")
-        result = train(config, run_dir, resume=True, progress=progress, tensorboard=True)
-        if evaluate_runs:
-            data = build_eval_data(result.config)
-            if data is None:
-                log(f"  no ground truth to evaluate {run_dir.name}")
-                continue
-            model, _ = load(run_dir)
-            device = resolve_device(result.config.train.device)
-            metrics = evaluate(
-                model, first_frames(data, result.config.data.eval_frames), device=device
-            )
-            write_metrics(run_dir / "eval", metrics, result.step)
+        else:
+            pending.append((config, run_dir))
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if jobs == 1:
+        failures = [_serial(*point, evaluate_runs, progress, log) for point in pending]
+    else:
+        failures = _parallel(pending, jobs, devices, evaluate_runs, log)
+    failures = [f for f in failures if f]
+    if failures:
+        lines = "\n  ".join(failures)
+        raise SweepFailed(f"{len(failures)} of {len(pending)} runs failed:\n  {lines}", runs)
     return runs
+
+
+def train_and_evaluate(config: Config, run_dir: Path, evaluate_runs: bool, progress: bool) -> None:
+    """One grid point: train (or resume) it, then evaluate it on its ground truth if any."""
+    result = train(config, run_dir, resume=True, progress=progress, tensorboard=True)
+    if not evaluate_runs:
+        return
+    data = build_eval_data(result.config)
+    if data is None:
+        warnings.warn(f"no ground truth to evaluate {run_dir.name}", stacklevel=2)
+        return
+    model, _ = load(run_dir)
+    device = resolve_device(result.config.train.device)
+    metrics = evaluate(model, first_frames(data, result.config.data.eval_frames), device=device)
+    write_metrics(run_dir / "eval", metrics, result.step)
+
+
+def _serial(config: Config, run_dir: Path, evaluate_runs: bool, progress: bool, log) -> str:
+    """Run one point in this process; its failure as a line ('' when it finished)."""
+    log(f"run {run_dir.name}")
+    try:
+        train_and_evaluate(config, run_dir, evaluate_runs, progress)
+    except Exception as error:  # one run's failure does not stop the sweep
+        log(f"  {run_dir.name} failed: {error}")
+        return f"{run_dir.name}: {error}"
+    return ""
+
+
+def _parallel(pending, jobs: int, devices: list[str] | None, evaluate_runs: bool, log) -> list:
+    """Run the points ``jobs`` at a time in child processes, each on its own slot."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // jobs)
+    free = list(range(jobs))
+    lock = threading.Condition()
+
+    def one(config: Config, run_dir: Path) -> str:
+        with lock:
+            lock.wait_for(lambda: free)
+            slot = free.pop(0)
+        try:
+            settings = {} if config.train.threads else {"threads": threads}
+            if devices:
+                settings["device"] = devices[slot % len(devices)]
+            return _child(config.replace(**settings), run_dir, evaluate_runs, log)
+        finally:
+            with lock:
+                free.append(slot)
+                lock.notify()
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(lambda point: one(*point), pending))
+
+
+def _child(config: Config, run_dir: Path, evaluate_runs: bool, log) -> str:
+    """Run one point in a child process (``python -m marionette.sweep``), its output in
+    ``RUN/sweep.log``; its failure as a line ('' when it finished)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    where = f"device {config.train.device}, {config.train.threads} thread(s)"
+    log(f"run {run_dir.name} ({where})")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=run_dir, delete=False) as handle:
+        request = Path(handle.name)
+    config.save(request)
+    command = [sys.executable, "-m", "marionette.sweep", str(request), str(run_dir)]
+    command += [] if evaluate_runs else ["--no-eval"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(config.train.threads)}
+    try:
+        with open(run_dir / "sweep.log", "a") as output:
+            done = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    finally:
+        request.unlink(missing_ok=True)
+    if done.returncode:
+        lines = (run_dir / "sweep.log").read_text().strip().splitlines()
+        last = lines[-1] if lines else f"exit status {done.returncode}"
+        log(f"  {run_dir.name} failed: {last}")
+        return f"{run_dir.name}: {last} (log: {run_dir / 'sweep.log'})"
+    log(f"  {run_dir.name} done")
+    return ""
 
 
 def _flat_metrics(run_dir: Path) -> dict[str, float]:
@@ -180,3 +280,18 @@ def summarise(
                 "zero; metrics that need objects leave them out, see n)\n"
             )
     return rows
+
+
+def _main(argv: list[str]) -> int:
+    """A child of a parallel sweep: ``python -m marionette.sweep CONFIG RUN [--no-eval]``."""
+    config, run_dir = Config.load(argv[0]), Path(argv[1])
+    try:
+        train_and_evaluate(config, run_dir, "--no-eval" not in argv, progress=False)
+    except Exception as error:
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -130,3 +130,39 @@ def test_the_originals_num_classes_names_the_dictionary_size(tmp_path):
     stored = Config().to_dict()
     stored["model"]["num_classes"] = stored["model"].pop("num_sprites")  # a pre-rename file
     assert Config.from_dict(stored) == Config()
+
+
+SWEEP_SETTINGS = [
+    "synthetic=tiny", "synthetic_clips=8", "height=32", "width=32", "layer_size=4",
+    "num_classes=4", "dim_z=16", "bs=2", "num_steps=3", "image_every=0", "threads=1",
+    "transform_encoder=match", "selection=match", "sprite_init=data", "eval_frames=32",
+]  # fmt: skip
+
+
+def test_sweep_jobs_run_in_parallel_with_the_results_of_one_job(tmp_path, capsys):
+    """Two jobs (one thread each, as one job here) give bit-identical runs and evaluations."""
+    common = ["sweep", "--grid", "seed=0,1", "--set", *SWEEP_SETTINGS, "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    assert capsys.readouterr().out.count("thread(s))") == 2
+    for seed in (0, 1):
+        one, two = (tmp_path / name / f"seed={seed}" for name in ("one", "two"))
+        a = torch.load(one / "checkpoints" / "final.pt", weights_only=True)["model"]
+        b = torch.load(two / "checkpoints" / "final.pt", weights_only=True)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        metrics = [json.loads((run / "eval" / "metrics.json").read_text()) for run in (one, two)]
+        assert metrics[0] == metrics[1]
+        assert (two / "sweep.log").exists() and not list(two.glob("*.json.tmp"))
+    assert main([*common, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    assert capsys.readouterr().out.count("skip seed=") == 2
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_failing_sweep_run_is_reported_and_the_others_finish(tmp_path, capsys, jobs):
+    argv = ["sweep", "--grid", "lr=1e-3,1e9", "--set", *SWEEP_SETTINGS, "--no-progress",
+            "--out", str(tmp_path), "--jobs", jobs]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "1 of 2 runs failed" in err and "lr=1e9" in err and "loss became" in err
+    assert (tmp_path / "lr=1e-3" / "eval" / "metrics.json").exists()
+    assert "| 1 |" in (tmp_path / "summary.md").read_text()

@@ -47,7 +47,8 @@ from marionette.step import TrainingStep
 #: Model settings measured. ``default`` is the original's default model on a 128 px canvas (the
 #: configuration of the issue's baseline table), ``space_invaders`` the fork's SI settings.
 #: ``faithful`` keeps the original's per-slot CNN transform encoder and learned selection;
-#: ``match`` is ours (template-matched offsets and selection, see docs/learning.md).
+#: ``match`` is ours (template-matched offsets and selection, see docs/learning.md);
+#: ``match_pyramid`` adds the image encoder's channel pyramid (32 channels at full resolution).
 CONFIGS = {
     "default": dict(height=128, width=128, layer_size=8, num_sprites=150, dim_z=128),
     "space_invaders": dict(height=128, width=128, layer_size=16, num_sprites=54, dim_z=128),
@@ -56,6 +57,7 @@ CONFIGS = {
 VARIANTS = {
     "faithful": dict(transform_encoder="conv", selection="learned"),
     "match": dict(transform_encoder="match", selection="match"),
+    "match_pyramid": dict(transform_encoder="match", selection="match", encoder_base_width=32),
 }
 
 

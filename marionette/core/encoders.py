@@ -83,10 +83,13 @@ def _check_width(dim: int, name: str) -> None:
 class GridEncoder(nn.Module):
     """Encode an image into ``num_heads`` layer-normalised code grids of size ``grid``.
 
-    floor(log2(min(H / gh, W / gw))) down blocks (the first maps the input channels to ``dim``),
-    then adaptive average pooling to the target grid if the halvings did not land on it exactly
-    (canvases whose cell size is not a power of two), then one 3x3 compensated convolution per
-    head, and a LayerNorm over the code without affine parameters.
+    n = floor(log2(min(H / gh, W / gw))) down blocks, then adaptive average pooling to the
+    target grid if the halvings did not land on it exactly (canvases whose cell size is not a
+    power of two), then one 3x3 compensated convolution per head, and a LayerNorm over the code
+    without affine parameters. Block i (0 first, at full resolution) has ``dim`` channels, or
+    with ``base_width`` b a channel pyramid: min(D, b 2^i), the last one D. A block's cost is
+    channels^2 times its pixels, so the pyramid's early, high-resolution blocks, which dominate,
+    cost (b / D)^2 of the original's.
 
     Args:
         in_channels: input channels.
@@ -94,6 +97,7 @@ class GridEncoder(nn.Module):
         size: input (H, W).
         grid: output grid (gh, gw).
         num_heads: number of output grids (one per depth layer).
+        base_width: channels of the first block (a multiple of 8, at most D); 0: D everywhere.
     """
 
     def __init__(
@@ -103,16 +107,26 @@ class GridEncoder(nn.Module):
         size: tuple[int, int],
         grid: tuple[int, int],
         num_heads: int = 1,
+        base_width: int = 0,
     ) -> None:
         super().__init__()
         _check_width(dim, "code width")
+        if base_width:
+            _check_width(base_width, "encoder base width")
+            if base_width > dim:
+                raise ValueError(f"encoder base width must be at most {dim}, got {base_width}")
         ratio = min(size[0] / grid[0], size[1] / grid[1])
         if ratio < 2:
             raise ValueError(f"encoder input {size} must be at least twice the grid {grid}")
         num_blocks = int(math.floor(math.log2(ratio)))
         self.grid = grid
+        widths = [min(dim, base_width << i) if base_width else dim for i in range(num_blocks)]
+        widths[-1] = dim  # the codes are D wide whatever the pyramid
         self.blocks = nn.Sequential(
-            *[DownBlock(in_channels if i == 0 else dim, dim) for i in range(num_blocks)]
+            *(
+                DownBlock(c_in, c_out)
+                for c_in, c_out in zip([in_channels, *widths], widths, strict=False)
+            )
         )
         self.heads = nn.ModuleList(CompensatedConv2d(dim, dim) for _ in range(num_heads))
         self.dim = dim

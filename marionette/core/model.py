@@ -63,6 +63,9 @@ class ModelConfig:
             :func:`marionette.core.match_gains`). With ``transform_encoder="match"`` each
             sprite then comes with its own matched offset.
         match_temperature: softness, in per-pixel squared error, of the matching softmaxes.
+        encoder_base_width: channels of the image encoder's first, full-resolution block; each
+            later block doubles them, up to ``dim_z`` (a multiple of 8; 0: ``dim_z`` at every
+            resolution, the original). See :class:`marionette.core.GridEncoder`.
     """
 
     height: int = 128
@@ -85,6 +88,7 @@ class ModelConfig:
     dictionary: str = "mlp"
     selection: str = "learned"
     match_temperature: float = 0.05
+    encoder_base_width: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -108,6 +112,15 @@ class ModelConfig:
             raise ValueError(f"match_temperature must be > 0, got {self.match_temperature}")
         if not 0.0 <= self.alpha_init < 1.0:
             raise ValueError(f"alpha_init must lie in [0, 1), got {self.alpha_init}")
+        if self.encoder_base_width < 0 or self.encoder_base_width % 8:
+            raise ValueError(
+                f"encoder_base_width must be 0 or a multiple of 8, got {self.encoder_base_width}"
+            )
+        if self.encoder_base_width > self.dim_z:
+            raise ValueError(
+                f"encoder_base_width must be at most dim_z ({self.dim_z}), got "
+                f"{self.encoder_base_width}"
+            )
         if self.xform_dim < 0 or self.xform_dim % 8:
             raise ValueError(f"xform_dim must be 0 or a multiple of 8, got {self.xform_dim}")
         choices = (
@@ -271,7 +284,12 @@ class MarioNette(nn.Module):
             decoder=config.dictionary,
         )  # fmt: skip
         self.image_encoder = GridEncoder(
-            3, d, (grid.height, grid.width), (grid.rows, grid.cols), config.num_layers
+            3,
+            d,
+            (grid.height, grid.width),
+            (grid.rows, grid.cols),
+            config.num_layers,
+            config.encoder_base_width,
         )
         self.presence_head = MLPHead(d, 1, nn.Sigmoid())
         with torch.no_grad():

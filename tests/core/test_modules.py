@@ -77,6 +77,29 @@ class TestGridEncoder:
             GridEncoder(3, 12, (32, 32), (4, 4))
         with pytest.raises(ValueError, match="at least twice the grid"):
             GridEncoder(3, 16, (4, 4), (4, 4))
+        with pytest.raises(ValueError, match="base width must be at most 16"):
+            GridEncoder(3, 16, (32, 32), (4, 4), base_width=32)
+
+    def test_a_channel_pyramid_narrows_the_early_blocks_and_keeps_the_codes(self):
+        """128 px to a 16 x 16 grid: 3 blocks of 32, 64, 128 channels instead of 128 each; the
+        multiply-adds of the down blocks fall by 5.8x, the codes keep their shape."""
+        size, grid = (128, 128), (16, 16)
+        wide, narrow = GridEncoder(3, 128, size, grid), GridEncoder(3, 128, size, grid, 2, 32)
+        widths = [block[0].out_channels for block in narrow.blocks]
+        assert widths == [32, 64, 128] and [b[0].out_channels for b in wide.blocks] == [128] * 3
+
+        def macs(encoder):
+            total, pixels = 0, size[0] * size[1]
+            for block in encoder.blocks:
+                first, second = block[0], block[3]
+                total += first.in_channels * first.out_channels * 9 * pixels
+                pixels //= 4
+                total += second.in_channels * second.out_channels * 9 * pixels
+            return total
+
+        assert 5.7 < macs(wide) / macs(narrow) < 5.8
+        codes = narrow(rand(2, 3, *size))
+        assert codes.shape == (2, 2, 16, 16, 128)
 
 
 class TestDictionary:

@@ -43,9 +43,10 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "demo",
             "The built-in 64 x 64 sprite world (5 classes of 7-12 px sprites, 2-5 objects per "
-            "clip), sized to learn clean sprites on 2 CPU cores in 8-12 minutes (0.24-0.36 s per "
-            "step, as busy as the machine is; the PSNR plateaus near 33 dB after about 1,000 steps). A 16 px cell "
-            "fits every sprite (the original's author: a cell should roughly fit one sprite). "
+            "clip), sized to learn clean sprites on 2 CPU cores in 8-12 minutes (0.24-0.36 s "
+            "per step, as busy as the machine is; the PSNR plateaus near 33 dB after about "
+            "1,000 steps). A 16 px cell fits every sprite (the original's author: a cell "
+            "should roughly fit one sprite). "
             "The per-slot CNN transform encoder is replaced by template matching (offsets from "
             "the correlation of each window with its soft sprite) and the dictionary starts "
             "from foreground patches of the data: with the original's random start and learned "

@@ -141,7 +141,7 @@ def run_sweep(
     return runs
 
 
-def train_and_evaluate(config: Config, run_dir: Path, evaluate_runs: bool, progress: bool) -> None:
+def _train_and_evaluate(config: Config, run_dir: Path, evaluate_runs: bool, progress: bool) -> None:
     """One grid point: train (or resume) it, then evaluate it on its ground truth if any."""
     result = train(config, run_dir, resume=True, progress=progress, tensorboard=True)
     if not evaluate_runs:
@@ -160,7 +160,7 @@ def _serial(config: Config, run_dir: Path, evaluate_runs: bool, progress: bool, 
     """Run one point in this process; its failure as a line ('' when it finished)."""
     log(f"run {run_dir.name}")
     try:
-        train_and_evaluate(config, run_dir, evaluate_runs, progress)
+        _train_and_evaluate(config, run_dir, evaluate_runs, progress)
     except Exception as error:  # one run's failure does not stop the sweep
         log(f"  {run_dir.name} failed: {error}")
         return f"{run_dir.name}: {error}"
@@ -286,7 +286,7 @@ def _main(argv: list[str]) -> int:
     """A child of a parallel sweep: ``python -m marionette.sweep CONFIG RUN [--no-eval]``."""
     config, run_dir = Config.load(argv[0]), Path(argv[1])
     try:
-        train_and_evaluate(config, run_dir, "--no-eval" not in argv, progress=False)
+        _train_and_evaluate(config, run_dir, "--no-eval" not in argv, progress=False)
     except Exception as error:
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

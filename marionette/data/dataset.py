@@ -29,7 +29,7 @@ from PIL import Image
 from .._io import atomic_directory, atomic_write, write_json
 from .frames import INDEX_FILE, FrameFolder, FrameSource
 from .groundtruth import GROUNDTRUTH_FILE, GroundTruth
-from .moc import find_moc, read_moc_boxes
+from .moc import MocSplit, find_moc, read_moc_boxes
 
 __all__ = [
     "DATASET_FILE",
@@ -227,7 +227,7 @@ def _fit_masks(masks: np.ndarray, size: tuple[int, int], resize: str, folder: Pa
     return pad_masks(masks, size)
 
 
-def _load_moc(moc, size: tuple[int, int] | None, resize: str) -> Dataset:
+def _load_moc(moc: MocSplit, size: tuple[int, int] | None, resize: str) -> Dataset:
     frames = moc.open_frames(size, resize)
     info = {"layout": "moc", "root": str(moc.root), "split": moc.split, "game": moc.game}
     info["settings"] = {"game": moc.game}  # where evaluation looks for the HUD filter

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .core import MarioNette, estimate_background_color, foreground_patches
+from .core import MarioNette, foreground_patches
 from .data import Dataset, FrameSource, generate, load_dataset, open_frames
 from .data.dataset import pad_masks
 from .data.frames import adapt_frames
@@ -72,9 +72,9 @@ def build_eval_data(config: Config) -> Dataset | None:
 
 
 def build_model(config: Config, frames: FrameSource | None = None) -> MarioNette:
-    """A model for ``config`` with its renderer. Given frames, its background color is
-    estimated from up to 100 of them, and with ``sprite_init="data"`` its dictionary starts
-    from their foreground."""
+    """A model for ``config`` with its renderer. Given frames, its background starts from up to
+    100 of them (their mode color or per-pixel mode image), and with ``sprite_init="data"`` its
+    dictionary starts from their foreground against that background."""
     renderer = config.train.renderer
     if frames is None:
         return MarioNette(config.model, renderer=renderer)
@@ -82,12 +82,14 @@ def build_model(config: Config, frames: FrameSource | None = None) -> MarioNette
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(frames), size=min(100, len(frames)), replace=False))
     sample = frames.frames(picks)
-    color = estimate_background_color(sample)
-    model = MarioNette(config.model, color, renderer=renderer)
+    model = MarioNette(config.model, sample, renderer=renderer)
     if config.train.sprite_init == "data":
+        images = sample.float() / 255
+        with torch.no_grad():
+            background = model.background(images)
         patches = foreground_patches(
-            sample.float() / 255,
-            color,
+            images,
+            background,
             model.grid.cell,
             config.model.num_sprites,
             torch.Generator().manual_seed(seed),

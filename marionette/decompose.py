@@ -6,6 +6,7 @@ Output folder (the interface other tools read)::
                             present sprites (see DECOMPOSITION FORMAT in the README)
     sprites.npy             float32 [K, 4, S, S] RGBA dictionary, exact (for re-rendering)
     backgrounds.npy         float32 [N, 3, H, W] per-frame backgrounds (learned strips only)
+    background.npy          float32 [3, H, W] the one background image (image backgrounds)
     sprites/<id>.png        each dictionary sprite, RGBA
     sprite_sheet.png        the dictionary over a checkerboard, most used first, with counts
     summary.png             input / hard reconstruction / difference / layers for a few frames
@@ -125,7 +126,12 @@ def _write_dictionary(out: Path, model: MarioNette, summary: _Summary) -> dict:
         with atomic_write(out / "backgrounds.npy") as handle:
             np.save(handle, torch.cat(summary.backgrounds).numpy())
         return {"kind": "per_frame", "file": "backgrounds.npy"}
-    return {"kind": "color", "color": [float(v) for v in summary.first.background[0, 0, :, 0, 0]]}
+    image = summary.first.background[0, 0].float().cpu()  # the same for every frame
+    if torch.equal(image, image[:, :1, :1].expand_as(image)):
+        return {"kind": "color", "color": [float(v) for v in image[:, 0, 0]]}
+    with atomic_write(out / "background.npy") as handle:
+        np.save(handle, image.numpy())
+    return {"kind": "image", "file": "background.npy"}
 
 
 def _document(model: MarioNette, summary: _Summary, background: dict, records: list) -> dict:
@@ -233,6 +239,9 @@ def read_decomposition(folder: str | os.PathLike) -> tuple[Decomposition, list[s
     if background_info["kind"] == "color":
         color = torch.tensor(background_info["color"])
         background = color[None, None, :, None, None].expand(n, 1, 3, height, width).clone()
+    elif background_info["kind"] == "image":
+        stored = np.load(folder / background_info["file"], allow_pickle=False)
+        background = torch.from_numpy(stored)[None, None].expand(n, 1, -1, -1, -1).clone()
     else:
         stored = np.load(folder / background_info["file"], allow_pickle=False)
         background = torch.from_numpy(stored)[:, None]

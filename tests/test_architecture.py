@@ -27,7 +27,7 @@ class GradientBackground(nn.Module):
         self.register_buffer("ramp", torch.linspace(0, 1, height)[:, None])
 
     @classmethod
-    def from_config(cls, config, color):
+    def from_config(cls, config, sample):  # sample: training frames or None
         return cls(config.height)
 
     def forward(self, frames):

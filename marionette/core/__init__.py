@@ -4,9 +4,11 @@ from ._typing import check_finite, check_range, set_typecheck, typecheck, typech
 from .background import (
     BACKGROUNDS,
     ColorBackground,
+    ImageBackground,
     SlidingStripBackground,
     StripBackground,
     estimate_background_color,
+    estimate_background_image,
     scroll_strip,
     slide_strip_window,
 )
@@ -86,6 +88,7 @@ __all__ = [
     "AnchorWindows",
     "BilinearOffsetHead",
     "ColorBackground",
+    "ImageBackground",
     "CompensatedConv2d",
     "ConsistencyResult",
     "ConvOffsets",
@@ -119,6 +122,7 @@ __all__ = [
     "discrete_offsets",
     "encoding_consistency",
     "estimate_background_color",
+    "estimate_background_image",
     "expected_displacement",
     "extract_windows",
     "flatten_layers",

@@ -1,9 +1,12 @@
-"""Backgrounds: a color estimated from the data, and learned horizontally scrolling strips.
+"""Backgrounds: a color estimated from the data, a static image (the data's per-pixel mode,
+refined by learning) and learned horizontally scrolling strips.
 
 Every background is a module named in :data:`BACKGROUNDS` (the ``background`` setting) that
 says what it needs: ``own_learning_rate`` (its parameters train at ``lr_bg`` in an optimizer
 of their own, as the original's strip) and ``per_frame`` (it differs from frame to frame, so a
-decomposition stores it per frame).
+decomposition stores it per frame). Each is built by ``cls.from_config(model_config, sample)``
+from a sample of training frames (uint8 ``N 3 H W``, or None: a neutral start that a checkpoint
+then overwrites) and estimates what it starts from itself.
 """
 
 from typing import TYPE_CHECKING
@@ -22,9 +25,11 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKGROUNDS",
     "ColorBackground",
+    "ImageBackground",
     "SlidingStripBackground",
     "StripBackground",
     "estimate_background_color",
+    "estimate_background_image",
     "scroll_strip",
     "slide_strip_window",
 ]
@@ -46,6 +51,38 @@ def estimate_background_color(
         >>> estimate_background_color(f).tolist()
         [0.0, 0.0, 0.0]
     """
+    values = _unit_float(frames)
+    pixels = rearrange(values, "N C H W -> (N H W) C")
+    key = _color_bins(pixels[:, 0], pixels[:, 1], pixels[:, 2], bits)
+    mode = torch.bincount(key, minlength=(2**bits) ** 3).argmax()
+    return pixels[key == mode].mean(dim=0)
+
+
+@typed
+def estimate_background_image(
+    frames: Shaped[Tensor, "N 3 H W"], bits: int = 5
+) -> Float[Tensor, "3 H W"]:
+    """Per-pixel mode color of the frames: at each pixel, the most frequent color bin over the
+    N frames, averaged over the frames that fall in it.
+
+    What stays put in most frames (a maze, a playfield, a ground line) is background; what
+    moves is not. Colors are binned as in :func:`estimate_background_color`; ties go to the
+    smallest bin. Returns RGB in [0, 1].
+
+    Example:
+        >>> f = torch.zeros(3, 3, 1, 2); f[0, :, 0, 0] = 1.0; f[:, :, 0, 1] = 0.5
+        >>> estimate_background_image(f)[0].tolist()
+        [[0.0, 0.5]]
+    """
+    values = _unit_float(frames)
+    key = _color_bins(values[:, 0], values[:, 1], values[:, 2], bits)  # N H W
+    mode = torch.mode(key, dim=0).values  # H W
+    agree = (key == mode).float()[:, None]  # N 1 H W
+    return (values * agree).sum(0) / agree.sum(0)
+
+
+def _unit_float(frames: Tensor) -> Tensor:
+    """uint8 in [0, 255] or floats in [0, 1] as float32 in [0, 1], checked and non-empty."""
     if frames.dtype == torch.uint8:
         values = frames.float() / 255.0
     elif frames.is_floating_point():
@@ -55,12 +92,14 @@ def estimate_background_color(
         raise TypeError(f"frames must be uint8 or floating point, got {frames.dtype}")
     if values.numel() == 0:
         raise ValueError("frames must hold at least one pixel, got an empty tensor")
-    pixels = rearrange(values, "N C H W -> (N H W) C")
+    return values
+
+
+def _color_bins(r: Tensor, g: Tensor, b: Tensor, bits: int) -> Tensor:
+    """Index of each color's bin when every channel is quantised to ``bits`` bits."""
     levels = 2**bits
-    quantised = (pixels * (levels - 1)).round().long()
-    key = (quantised[:, 0] * levels + quantised[:, 1]) * levels + quantised[:, 2]
-    mode = torch.bincount(key, minlength=levels**3).argmax()
-    return pixels[key == mode].mean(dim=0)
+    r, g, b = ((c * (levels - 1)).round().long() for c in (r, g, b))
+    return (r * levels + g) * levels + b
 
 
 @typed
@@ -135,8 +174,9 @@ class ColorBackground(nn.Module):
             self.register_buffer("logit", logit)
 
     @classmethod
-    def from_config(cls, config: "ModelConfig", color: Tensor | None) -> "ColorBackground":
-        return cls(config.height, config.width, color, learnable=config.learn_background)
+    def from_config(cls, config: "ModelConfig", sample: Tensor | None) -> "ColorBackground":
+        return cls(config.height, config.width, _mode_color(sample),
+                   learnable=config.learn_background)  # fmt: skip
 
     @property
     def color(self) -> Tensor:
@@ -153,6 +193,48 @@ class ColorBackground(nn.Module):
         return self.color.to(frames.dtype)[None, :, None, None].expand(
             frames.shape[0], 3, self.height, self.width
         )
+
+
+class ImageBackground(nn.Module):
+    """A static background image, learned: it starts as the per-pixel mode of the training
+    frames (:func:`estimate_background_image`) and trains at ``lr_bg`` through a logit, so
+    that what the mode got wrong (a sprite that rested on a pixel in most frames) is refined.
+
+    Args:
+        height, width: canvas size.
+        image: initial RGB image in [0, 1] (default: mid grey).
+    """
+
+    own_learning_rate = True
+    per_frame = False
+
+    def __init__(self, height: int, width: int, image: Tensor | None = None) -> None:
+        super().__init__()
+        self.height, self.width = height, width
+        initial = torch.full((3, height, width), 0.5) if image is None else image.float()
+        if initial.shape != (3, height, width):
+            raise ValueError(
+                f"image must be 3 x {height} x {width} (the canvas), got {tuple(initial.shape)}"
+            )
+        self.logit = nn.Parameter(torch.logit(initial.clamp(1e-3, 1 - 1e-3)))
+
+    @classmethod
+    def from_config(cls, config: "ModelConfig", sample: Tensor | None) -> "ImageBackground":
+        image = None if sample is None else estimate_background_image(sample)
+        return cls(config.height, config.width, image)
+
+    @property
+    def image(self) -> Float[Tensor, "3 H W"]:
+        """Current RGB image in (0, 1)."""
+        return torch.sigmoid(self.logit)
+
+    @typed
+    def forward(self, frames: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
+        return self.image.to(frames.dtype).expand(frames.shape[0], -1, -1, -1)
+
+
+def _mode_color(sample: Tensor | None) -> Tensor | None:
+    return None if sample is None else estimate_background_color(sample)
 
 
 class _LearnedStrip(nn.Module):
@@ -193,8 +275,8 @@ class _LearnedStrip(nn.Module):
         self.position = MLPHead(dim, positions, final)
 
     @classmethod
-    def from_config(cls, config: "ModelConfig", color: Tensor | None) -> "_LearnedStrip":
-        return cls(config.height, config.width, config.dim_z, color)
+    def from_config(cls, config: "ModelConfig", sample: Tensor | None) -> "_LearnedStrip":
+        return cls(config.height, config.width, config.dim_z, _mode_color(sample))
 
     def strip(self) -> Float[Tensor, "3 H Ws"]:
         """The decoded strip [3, H, 4W]."""
@@ -232,9 +314,10 @@ class SlidingStripBackground(_LearnedStrip):
 
 
 #: Background kinds by name (the ``background`` setting); each is built with
-#: ``cls.from_config(model_config, color)``.
+#: ``cls.from_config(model_config, sample)`` from a sample of training frames (or None).
 BACKGROUNDS: dict[str, type[nn.Module]] = {
     "color": ColorBackground,
+    "image": ImageBackground,
     "strip": StripBackground,
     "strip_st": SlidingStripBackground,
 }

@@ -148,7 +148,8 @@ def _centred_patch(
     padded: Tensor, mask: Tensor, box: Tensor, background: Tensor, frame: int, y: int, x: int
 ) -> Tensor:
     """The RGBA patch of the blob at foreground pixel (y, x) of ``frame``: isolate the blob in
-    the window's central box, centre the window on it, take its alpha and color."""
+    the window's central box, centre the window on it, take its alpha and color (the padded
+    background's where the blob is not)."""
     s = box.shape[0]
     for _ in range(2):  # isolate the blob, then centre the window on it
         top, left = y + s - s // 2, x + s - s // 2
@@ -165,8 +166,8 @@ def _centred_patch(
         else (s // 2, s // 2)
     )
     alpha = _blob(local, *seed)
-    rgb = torch.where(alpha[None] > 0, padded[frame, :, top : top + s, left : left + s],
-                      background[:, None, None])  # fmt: skip
+    window = (frame, slice(None), slice(top, top + s), slice(left, left + s))
+    rgb = torch.where(alpha[None] > 0, padded[window], background[window])
     return torch.cat([rgb, 0.02 + 0.93 * alpha[None]])
 
 
@@ -187,7 +188,7 @@ def _kmeans_plus_plus(features: Tensor, count: int, generator: torch.Generator) 
 @typed
 def foreground_patches(
     frames: Float[Tensor, "N 3 H W"],
-    background: Float[Tensor, " 3"],
+    background: Float[Tensor, "N 3 H W"],
     cell: int,
     count: int,
     generator: torch.Generator,
@@ -196,23 +197,26 @@ def foreground_patches(
 ) -> Float[Tensor, "K 4 S S"]:
     """Sprite-sized windows of the data centred on foreground blobs, as initial sprites.
 
-    Foreground is where a pixel's largest channel differs from the background color by more
-    than ``threshold``. Around a random foreground pixel, the blob connected to it (within the
-    central P x P box of an S x S window, small gaps bridged) gives the alpha and the window's
-    pixels the color; the window is then re-centred on the blob's centroid. From
-    ``candidates_per_sprite * count`` such patches, ``count`` are chosen by k-means++ seeding
-    (each next patch drawn with probability proportional to its squared distance to the chosen
-    ones), so the dictionary starts with the different objects rather than the most common one.
-    If the frames hold no foreground, the patches are transparent.
+    Foreground is where a pixel's largest channel differs from the frame's background (as the
+    model draws it before training) by more than ``threshold``. Around a random foreground
+    pixel, the blob connected to it (within the central P x P box of an S x S window, small
+    gaps bridged) gives the alpha and the window's pixels the color; the window is then
+    re-centred on the blob's centroid. From ``candidates_per_sprite * count`` such patches,
+    ``count`` are chosen by k-means++ seeding (each next patch drawn with probability
+    proportional to its squared distance to the chosen ones), so the dictionary starts with the
+    different objects rather than the most common one. If the frames hold no foreground, the
+    patches are transparent.
     """
     s, half = 2 * cell, cell // 2
-    distance = (frames - background[:, None, None]).abs().amax(dim=1)
-    foreground = distance > threshold
-    padded = F.pad(frames - background[:, None, None], (s, s, s, s)) + background[:, None, None]
-    mask = F.pad(foreground.float(), (s, s, s, s))
+    foreground = (frames - background).abs().amax(dim=1) > threshold
+    margin = (s, s, s, s)
+    padded_background = F.pad(background, margin, mode="replicate")
+    padded = F.pad(frames - background, margin) + padded_background
+    mask = F.pad(foreground.float(), margin)
     points = foreground.nonzero()
     if len(points) == 0:
-        transparent = torch.cat([background[:, None, None].expand(3, s, s), torch.zeros(1, s, s)])
+        color = background.mean(dim=(0, 2, 3))[:, None, None]
+        transparent = torch.cat([color.expand(3, s, s), torch.zeros(1, s, s)])
         return transparent.clamp(0.02, 0.98).expand(count, -1, -1, -1).clone()
     picks = points[
         torch.randint(len(points), (candidates_per_sprite * count,), generator=generator)
@@ -220,7 +224,7 @@ def foreground_patches(
     box = torch.zeros(s, s)
     box[s // 2 - half : s // 2 + half, s // 2 - half : s // 2 + half] = 1.0
     patches = torch.stack(
-        [_centred_patch(padded, mask, box, background, *pick) for pick in picks.tolist()]
+        [_centred_patch(padded, mask, box, padded_background, *pick) for pick in picks.tolist()]
     ).clamp(0.02, 0.98)
     features = (patches[:, :3] * patches[:, 3:]).flatten(1)
     return patches[_kmeans_plus_plus(features, count, generator)]

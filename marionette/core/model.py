@@ -40,7 +40,8 @@ class ModelConfig:
         no_spatial_transformer: discrete softmax over P + 1 offsets per axis instead of the
             bilinear spatial transformer.
         straight_through_probs: round presence in the forward pass, identity gradient.
-        background: ``"color"`` (a color estimated from the data), ``"strip"`` (a learned
+        background: ``"color"`` (a color estimated from the data), ``"image"`` (a static
+            image: the data's per-pixel mode, refined by learning), ``"strip"`` (a learned
             horizontally scrolling strip, softmax over offsets) or ``"strip_st"`` (the strip
             with a spatial-transformer window).
         learn_background: train the background color instead of keeping the estimate.
@@ -253,8 +254,9 @@ class MarioNette(nn.Module):
 
     Args:
         config: architecture (default: the original's, :class:`ModelConfig`).
-        background_color: initial background color (RGB in [0, 1]) for ``"color"`` backgrounds,
-            usually :func:`marionette.core.estimate_background_color` of the training frames.
+        background_sample: training frames (uint8 or [0, 1] floats, ``N 3 H W``) the background
+            estimates its start from (its mode color, or per-pixel mode image; see
+            :data:`BACKGROUNDS`); None starts neutral (a checkpoint's weights then replace it).
         renderer: ``"auto"`` (the fused Triton kernel on CUDA, PyTorch elsewhere), ``"torch"``
             or ``"triton"``; an execution choice, not part of the architecture (see
             :func:`marionette.core.render_decomposition`).
@@ -270,7 +272,7 @@ class MarioNette(nn.Module):
     def __init__(
         self,
         config: ModelConfig | None = None,
-        background_color: Tensor | None = None,
+        background_sample: Tensor | None = None,
         renderer: str = "auto",
     ) -> None:
         super().__init__()
@@ -296,7 +298,7 @@ class MarioNette(nn.Module):
             self.presence_head[3].bias.fill_(config.presence_bias)
         self.project = nn.Linear(d, d)
         self.offsets = OFFSET_PREDICTORS[config.transform_encoder](config)
-        self.background = BACKGROUNDS[config.background].from_config(config, background_color)
+        self.background = BACKGROUNDS[config.background].from_config(config, background_sample)
         self._register_load_state_dict_pre_hook(_rename_old_keys)
 
     @typed

@@ -5,7 +5,6 @@ from marionette.core import (
     MarioNette,
     ModelConfig,
     beta_prior_loss,
-    estimate_background_color,
     presence_loss,
     psnr,
     reconstruction_loss,
@@ -135,10 +134,11 @@ class TestModel:
         out = model(rand(1, 1, 3, 32, 32))
         assert set(out.presence.unique().tolist()) <= {0.0, 1.0}
 
-    def test_background_color(self):
-        model = MarioNette(tiny(), background_color=torch.tensor([0.1, 0.2, 0.3]))
+    def test_background_starts_from_the_sample(self):
+        sample = torch.tensor([26, 51, 77], dtype=torch.uint8)[None, :, None, None]
+        model = MarioNette(tiny(), background_sample=sample.expand(2, 3, 32, 32))
         out = model(rand(1, 1, 3, 32, 32))
-        torch.testing.assert_close(out.background[0, 0, :, 5, 5], torch.tensor([0.1, 0.2, 0.3]))
+        torch.testing.assert_close(out.background[0, 0, :, 5, 5], sample[0, :, 0, 0] / 255)
 
     def test_presence_bias(self):
         model = MarioNette(tiny(presence_bias=3.0))
@@ -217,7 +217,7 @@ def test_overfits_a_handful_of_frames():
         dim_z=32,
         transform_encoder="anchor",
     )
-    model = MarioNette(config, estimate_background_color(frames[:, 0]))
+    model = MarioNette(config, frames[:, 0])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     history = []
     for _ in range(250):

@@ -8,12 +8,15 @@ from hypothesis import strategies as st
 from marionette.core import (
     ColorBackground,
     GridEncoder,
+    ImageBackground,
+    ModelConfig,
     SlidingStripBackground,
     SpriteDictionary,
     StripBackground,
     beta_prior_loss,
     compensated_conv2d,
     estimate_background_color,
+    estimate_background_image,
     presence_loss,
     psnr,
     reconstruction_loss,
@@ -153,6 +156,41 @@ class TestBackgroundColor:
         learned = ColorBackground(4, 6, torch.tensor([0.2, 0.4, 0.6]), learnable=True)
         learned(rand(1, 3, 4, 6)).sum().backward()
         assert learned.logit.grad is not None
+
+
+class TestBackgroundImage:
+    def test_each_pixel_is_the_exact_mode_of_its_colors(self):
+        g = torch.Generator().manual_seed(0)
+        frames = torch.randint(0, 256, (7, 3, 6, 5), generator=g, dtype=torch.uint8)
+        planted = torch.randint(0, 256, (3, 6, 5), generator=g, dtype=torch.uint8)
+        frames[:4] = planted  # 4 of 7 frames agree at every pixel: a strict mode
+        image = estimate_background_image(frames)
+        for y in range(6):
+            for x in range(5):
+                pixel = frames[:, :, y : y + 1, x : x + 1]
+                torch.testing.assert_close(image[:, y, x], estimate_background_reference(pixel))
+
+    def test_what_moves_is_not_background(self):
+        frames = torch.full((6, 3, 8, 12), 0.1)
+        frames[:, :, 6:] = 0.7  # a static ground line
+        for n in range(6):  # a sprite at a different place in every frame
+            frames[n, :, 1:3, 2 * n : 2 * n + 2] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+        expected = torch.full((3, 8, 12), 0.1)
+        expected[:, 6:] = 0.7
+        torch.testing.assert_close(estimate_background_image(frames), expected)
+
+    def test_module_learns_and_checks_its_image(self):
+        frames = torch.zeros(3, 3, 4, 6, dtype=torch.uint8)
+        frames[:, 0, :, :3] = 255
+        config = ModelConfig(height=4, width=6, layer_size=2, num_sprites=2, dim_z=8)
+        background = ImageBackground.from_config(config, frames)
+        out = background(rand(2, 3, 4, 6))
+        assert out.shape == (2, 3, 4, 6) and background.own_learning_rate
+        assert out[1, 0, 0, 0] > 0.99 and out[1, 0, 0, 5] < 0.01
+        out.sum().backward()
+        assert background.logit.grad.abs().min() > 0
+        with pytest.raises(ValueError, match="image must be 3 x 4 x 6"):
+            ImageBackground(4, 6, torch.zeros(3, 4, 5))
 
 
 class TestStrip:

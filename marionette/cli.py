@@ -92,14 +92,19 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.resume and (out / CONFIG_FILE).exists() and not args.config and not args.preset:
         config = Config.load(out / CONFIG_FILE).replace(**settings)
-    else:
+    elif args.config or args.preset:
         config = _base_config(args).replace(**settings)
-    if (
-        args.data is None
-        and args.synthetic is None
-        and not (args.config or args.preset or args.resume)
-    ):
+    elif args.data is None and args.synthetic is None:
         config = preset_config("demo").replace(**settings)  # no data at all: the built-in demo
+    else:
+        from .autoconfig import auto_config
+
+        config = auto_config(settings)
+        launched = from_environment()
+        if launched is None or launched[0] == 0:
+            print("settings from the data (config.json records them with their reasons):")
+            for line in _chosen(config):
+                print(f"  {line}")
     try:
         result = train(
             config,
@@ -122,6 +127,36 @@ def _train(args: argparse.Namespace) -> int:
         f"dB, hard {m.get('psnr_hard', float('nan')):.2f} dB "
         f"({m['train_seconds']:.0f} s this session)"
     )
+    return 0
+
+
+def _chosen(config: Config) -> list[str]:
+    """Each data-chosen setting with its value and reason (``canvas``: height, width, resize)."""
+    lines = []
+    for name, reason in config.reasons.items():
+        if name == "canvas":
+            m = config.model
+            value = f"{m.height} x {m.width}, resize {config.data.resize}"
+        else:
+            value = config.get(name)
+            value = ", ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
+        lines.append(f"{name} = {value}: {reason}")
+    return lines
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    from .autoconfig import auto_config, data_stats, describe
+    from .data import open_frames
+
+    settings = {**_settings(args), "data": args.folder}
+    if args.split:  # a MOC game folder's split, by its frames' folder
+        settings["data"] = str(open_frames(args.folder, split=args.split).folder)
+    stats = data_stats(settings)
+    for line in describe(stats):
+        print(line)
+    print("settings marionette train would choose (flags override any of them):")
+    for line in _chosen(auto_config(settings, stats)):
+        print(f"  {line}")
     return 0
 
 
@@ -279,9 +314,13 @@ def _sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepFailed, parse_grid, run_sweep, summarise
 
     grid = parse_grid(args.grid)
-    base = _base_config(args)
-    if args.set:
-        base = base.replace(**parse_grid_settings(args.set))
+    settings = parse_grid_settings(args.set) if args.set else {}
+    if not (args.config or args.preset) and {"data", "synthetic"} & set(settings):
+        from .autoconfig import auto_config
+
+        base = auto_config(settings)  # as train: settings from the data, the grid on top
+    else:
+        base = _base_config(args).replace(**settings)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     failed = None
     try:
@@ -415,9 +454,11 @@ def _add_train(commands) -> None:
     train = commands.add_parser(
         "train",
         help="train a model (with no data argument: the built-in demo world)",
-        description="Train a model. Settings come from --preset or --config, then the flags. "
-        "Training into an existing run directory with the same settings resumes it "
-        "up to the same total --num_steps.",
+        description="Train a model. Settings come from --preset or --config, then the flags; "
+        "with --data or --synthetic and neither, they are chosen from the frames (see "
+        "`marionette data stats`; --preset original: the original's defaults). Training into "
+        "an existing run directory with the same settings resumes it up to the same total "
+        "--num_steps.",
     )
     source = train.add_mutually_exclusive_group()
     source.add_argument(
@@ -429,7 +470,11 @@ def _add_train(commands) -> None:
         "--synthetic", help="built-in synthetic world (demo, tiny, stars, large, tetrominoes)"
     )
     train.add_argument("--out", help="run directory (default: runs/<preset or data name>)")
-    train.add_argument("--preset", help="demo, space_invaders, mario or tetrominoes")
+    train.add_argument(
+        "--preset",
+        help="demo, space_invaders, space_invaders_moc, mario, tetrominoes or original "
+        "(default with --data: settings chosen from the data)",
+    )
     train.add_argument("--config", help="a config.json to start from (e.g. of another run)")
     train.add_argument(
         "--resume",
@@ -499,7 +544,12 @@ def _add_sweep(commands) -> None:
     sweep.add_argument(
         "--grid", nargs="+", required=True, help="key=v1,v2 ... e.g. seed=0,1,2 aow=0,10"
     )
-    sweep.add_argument("--set", nargs="+", help="fixed settings key=value for every run")
+    sweep.add_argument(
+        "--set",
+        nargs="+",
+        help="fixed settings key=value for every run (with data= or synthetic= and no "
+        "--preset or --config, the other settings are chosen from the data)",
+    )
     sweep.add_argument("--preset")
     sweep.add_argument("--config")
     sweep.add_argument("--out", required=True)
@@ -541,6 +591,20 @@ def _add_data_check(generators) -> None:
     )
     check.add_argument("--split", help="split of a MOC game folder (default: test)")
     check.set_defaults(handler=_data_check)
+
+
+def _add_data_stats(generators) -> None:
+    stats = generators.add_parser(
+        "stats",
+        help="measure a frame folder and print the settings training would choose from it",
+        description="Background, sprite sizes, looks and crowding of a sample of the frames, "
+        "and the settings `marionette train --data FOLDER` chooses from them without a preset "
+        "(with any settings given as flags kept).",
+    )
+    stats.add_argument("folder", help="a folder of frames, or a MOC dataset")
+    stats.add_argument("--split", help="split of a MOC game folder (default: train)")
+    _add_setting_flags(stats)
+    stats.set_defaults(handler=_data_stats)
 
 
 def _add_data_atari(generators) -> None:
@@ -606,7 +670,13 @@ def build_parser() -> argparse.ArgumentParser:
         "data", help="generate datasets (synthetic worlds, Atari, Mario) or check one"
     )
     generators = data.add_subparsers(dest="generator", required=True)
-    for add in (_add_data_synthetic, _add_data_atari, _add_data_mario, _add_data_check):
+    for add in (
+        _add_data_synthetic,
+        _add_data_atari,
+        _add_data_mario,
+        _add_data_check,
+        _add_data_stats,
+    ):
         add(generators)
     return parser
 

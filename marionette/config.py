@@ -234,12 +234,16 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
 
 @dataclass(frozen=True)
 class Config:
-    """A full run configuration: ``model``, ``train`` and ``data`` sections plus the preset name."""
+    """A full run configuration: ``model``, ``train`` and ``data`` sections plus the preset name
+    (``"auto"``: chosen from the data, :func:`marionette.autoconfig.auto_config`) and, for
+    settings chosen from the data, the reason for each (``reasons``: setting -> text; a setting
+    changed afterwards loses its reason)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     preset: str | None = None
+    reasons: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.train.aow > 0 and self.data.frames_per_item < 2:
@@ -248,6 +252,15 @@ class Config:
                 f"frames_per_item must be at least 2, got {self.data.frames_per_item} "
                 f"(e.g. --frames-per-item 4)"
             )
+
+    @staticmethod
+    def canonical(name: str) -> str:
+        """The setting's own name for ``name`` (one of :data:`ALIASES` or itself)."""
+        return ALIASES.get(name, name)
+
+    def with_reasons(self, reasons: dict[str, str]) -> "Config":
+        """A copy that records why its settings were chosen (added to any reasons it has)."""
+        return dataclasses.replace(self, reasons={**self.reasons, **reasons})
 
     @staticmethod
     def names() -> list[str]:
@@ -286,13 +299,21 @@ class Config:
             types_ = {f.name: f.type for f in fields(_SECTIONS[section])}
             per_section[section][name] = _coerce(value, types_[name], name)
         updated = {s: dataclasses.replace(getattr(self, s), **c) for s, c in per_section.items()}
-        return Config(**updated, preset=changes.get("preset", self.preset))
+        changed = {
+            name
+            for section, values in per_section.items()
+            for name, value in values.items()
+            if value != getattr(getattr(self, section), name)
+        }
+        reasons = {k: v for k, v in self.reasons.items() if k not in changed}
+        return Config(**updated, preset=changes.get("preset", self.preset), reasons=reasons)
 
     def to_dict(self) -> dict:
         """Nested plain-data form."""
         return {
             "preset": self.preset,
             **{s: dataclasses.asdict(getattr(self, s)) for s in _SECTIONS},
+            **({"reasons": dict(self.reasons)} if self.reasons else {}),
         }
 
     def flat(self) -> dict[str, Any]:
@@ -302,7 +323,7 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
         """Inverse of :meth:`to_dict` (unknown keys are an error)."""
-        unknown = set(data) - {"preset", *_SECTIONS}
+        unknown = set(data) - {"preset", "reasons", *_SECTIONS}
         if unknown:
             raise ValueError(f"unknown configuration sections {sorted(unknown)}")
         flat: dict[str, Any] = {}
@@ -313,7 +334,10 @@ class Config:
                 if _FIELDS.get(name) != section:
                     raise ValueError(f"unknown setting {section}.{name}")
                 flat[name] = value
-        return cls(preset=data.get("preset")).replace(**flat)
+        reasons = data.get("reasons", {})
+        if not isinstance(reasons, dict) or not all(isinstance(v, str) for v in reasons.values()):
+            raise ValueError(f"reasons must map settings to text, got {reasons!r}")
+        return cls(preset=data.get("preset")).replace(**flat).with_reasons(reasons)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the configuration as JSON (atomically)."""

@@ -41,6 +41,14 @@ PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
         Preset(
+            "original",
+            "The original MarioNette's defaults (128 x 128 canvas, 8 anchor rows of 16 px "
+            "cells, 2 layers, 150 sprites from random codes, a learned selection, a CNN "
+            "offset encoder, the soft loss only, lr 1e-4, batch 8), for comparisons; on "
+            "sparse sprite worlds they learn only the background (docs/learning.md).",
+            {},
+        ),
+        Preset(
             "demo",
             "The built-in 64 x 64 sprite world (5 classes of 7-12 px sprites, 2-5 objects per "
             "clip), sized to learn clean sprites on 2 CPU cores in 8-12 minutes (0.24-0.36 s "

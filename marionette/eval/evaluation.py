@@ -24,6 +24,7 @@ from .metrics import (
     foreground_ari,
     precision_recall,
     sprite_purity,
+    sprites_per_class,
 )
 from .objects import ObjectTable, collect_objects
 
@@ -192,6 +193,12 @@ def _purity(objects: ObjectTable, view: View) -> dict | None:
     return None if purity is None else {"sprite_purity": purity}
 
 
+def _redundancy(objects: ObjectTable, view: View) -> dict | None:
+    labelled = view.keep & (view.labels != NO_LABEL)
+    result = sprites_per_class(objects.sprite[labelled], view.labels[labelled])
+    return None if result is None else {"sprites_per_class": result}
+
+
 def _unlabelled(objects: ObjectTable, view: View) -> dict:
     unlabelled = float(np.mean(view.labels == NO_LABEL)) if len(view.labels) else 0.0
     return {"no_label_fraction": unlabelled}
@@ -214,6 +221,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("few-shot accuracy (ridge)", _few_shot, True, _SHOT_KEYS, ("relevant",)),
     Metric("k-means AMI / ARI", _clustering, True, ("ami", "ari"), ("relevant",)),
     Metric("sprite purity", _purity, True, ("sprite_purity",), ("relevant",)),
+    Metric(
+        "sprites per class (95 % of its objects)",
+        _redundancy,
+        True,
+        ("sprites_per_class/mean", "sprites_per_class/used"),
+        ("relevant",),
+    ),
     Metric(
         "detection (centre criterion)",
         lambda objects, view: precision_recall(view.frames, objects.size),

@@ -1,9 +1,10 @@
 """Object-representation metrics of the MOC protocol, re-implemented on plain arrays.
 
 Representation: few-shot accuracy (ridge classifier), AMI / ARI of seeded k-means, purity of the
-sprite id. Detection: precision / recall / F-score with MOC's centre-distance criterion, and
-11-point AP at IoU thresholds 0.1 .. 0.9. Temporal: whether a ground-truth instance keeps its
-sprite and its code across consecutive frames. Segmentation: foreground ARI.
+sprite id, and its redundancy (how many sprites draw one class). Detection: precision / recall /
+F-score with MOC's centre-distance criterion, and 11-point AP at IoU thresholds 0.1 .. 0.9.
+Temporal: whether a ground-truth instance keeps its sprite and its code across consecutive
+frames. Segmentation: foreground ARI.
 """
 
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ __all__ = [
     "foreground_ari",
     "precision_recall",
     "sprite_purity",
+    "sprites_per_class",
 ]
 
 SHOTS = (1, 4, 16, 64)
@@ -108,6 +110,31 @@ def sprite_purity(
         _, counts = np.unique(labels[sprites == sprite], return_counts=True)
         total += counts.max()
     return float(total / len(labels))
+
+
+@typed
+def sprites_per_class(
+    sprites: Integer[np.ndarray, " N"], labels: Shaped[np.ndarray, " N"], share: float = 0.95
+) -> dict | None:
+    """How many dictionary sprites draw each class: per class, the fewest sprites that draw
+    ``share`` of its objects (1: one sprite per look of the class, what a clean dictionary
+    gives); their ``mean`` and ``max`` over classes, and ``used``: distinct sprites drawn.
+
+    Example:
+        >>> sprites_per_class(np.array([3, 3, 3, 5, 1, 1]), np.array(list("aaaabb")), 0.7)
+        {'mean': 1.0, 'max': 1, 'used': 3}
+    """
+    if len(labels) == 0:
+        return None
+    labels = np.asarray(labels).astype(str)
+    needed = [_covering(sprites[labels == name], share) for name in np.unique(labels)]
+    return {"mean": float(np.mean(needed)), "max": max(needed), "used": len(np.unique(sprites))}
+
+
+def _covering(sprites: np.ndarray, share: float) -> int:
+    """The fewest distinct values of ``sprites`` that make up ``share`` of its entries."""
+    counts = np.sort(np.unique(sprites, return_counts=True)[1])[::-1]
+    return int(np.argmax(np.cumsum(counts) >= share * counts.sum() - 1e-9)) + 1
 
 
 @typed

@@ -213,7 +213,8 @@ class TestRoundTrip:
     def test_eval_gives_the_same_metrics(self, pong, tmp_path):
         native, moc = pong
         run = tmp_path / "run"
-        flags = ["--canvas_size", "128", "--layer_size", "16", "--num_classes", "8",
+        flags = ["--preset", "original", "--canvas_size", "128", "--layer_size", "16",
+                 "--num_classes", "8",
                  "--dim_z", "16", "--bs", "2", "--num_steps", "2", "--image_every", "0",
                  "--transform_encoder", "match", "--selection", "match", "--sprite_init",
                  "data", "--no-progress", "--no-tensorboard"]  # fmt: skip

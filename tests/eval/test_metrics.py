@@ -16,6 +16,7 @@ from marionette.eval import (
     foreground_ari,
     precision_recall,
     sprite_purity,
+    sprites_per_class,
     temporal_consistency,
     view_labels,
 )
@@ -116,6 +117,28 @@ class TestRepresentation:
 
     def test_sprite_purity(self):
         assert sprite_purity(np.array([0, 0, 1, 1]), np.array(["a", "a", "a", "b"])) == 0.75
+
+    def test_sprites_per_class_is_the_smallest_covering_set(self):
+        from itertools import combinations
+
+        rng = np.random.default_rng(0)
+        for _ in range(30):
+            sprites = rng.integers(0, 5, 40)
+            labels = rng.choice(["a", "b", "c"], 40)
+            result = sprites_per_class(sprites, labels, share=0.8)
+            smallest = []
+            for name in np.unique(labels):
+                drawn = sprites[labels == name]
+                ids = np.unique(drawn)
+                smallest.append(min(
+                    size
+                    for size in range(1, len(ids) + 1)
+                    for chosen in combinations(ids, size)
+                    if np.isin(drawn, chosen).sum() >= 0.8 * len(drawn)
+                ))  # fmt: skip
+            assert result == {"mean": np.mean(smallest), "max": max(smallest),
+                              "used": len(np.unique(sprites))}  # fmt: skip
+        assert sprites_per_class(np.zeros(0, np.int64), np.array([])) is None
 
 
 class TestDetection:

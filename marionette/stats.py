@@ -1,0 +1,287 @@
+"""What a folder of frames holds: its background, and the size, number, looks and crowding of
+the sprites against it. :mod:`marionette.autoconfig` turns these statistics into settings.
+
+Everything is measured on an evenly spread sample of the frames (consecutive pairs for the
+scrolling test), deterministically:
+
+- **Background.** The mode color (:func:`~marionette.core.estimate_background_color`) and the
+  per-pixel mode image (:func:`~marionette.core.estimate_background_image`). A pixel is
+  foreground where its largest channel differs from the background by more than a threshold
+  (10 / 255 above the background's own noise). The image is kept when it explains at least 1 %
+  of the pixels more than the color does (a maze, a playfield, a HUD that never moves); the
+  screen *scrolls* when, in at least 20 % of the consecutive pairs, a horizontal shift of the
+  first frame explains the second at least twice as well as no shift.
+- **Components.** 8-connected foreground blobs, gaps of one pixel bridged. Specks (fewer than
+  3 pixels) are counted apart: single pixels are noise or stars, not sprites.
+- **Looks.** Components that share a size (within a pixel), a shape (their masks at 8 x 8
+  within 0.15) and a mean color (closer than the foreground threshold: colors that differ as
+  much as a sprite from the background are different) are one look: the number of sprites a
+  dictionary needs.
+- **Crowding.** How many components share a cell of a given size, and how often two
+  components' boxes overlap.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .core import estimate_background_color, estimate_background_image
+from .data.frames import FrameSource
+
+__all__ = ["FrameStats", "NoSprites", "measure", "sample_indices"]
+
+#: The foreground threshold above the background's own noise (max over channels, [0, 1]).
+FOREGROUND_MARGIN = 10 / 255
+#: Components smaller than this many pixels are specks, not sprites.
+SPECK_PIXELS = 3
+#: The background image is kept when it explains this share of the pixels more than the color.
+IMAGE_GAIN = 0.01
+#: Share of consecutive pairs that must scroll for the background to be a scrolling strip.
+SCROLL_SHARE = 0.2
+
+
+class NoSprites(ValueError):
+    """The frames hold nothing a sprite model can learn; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """Statistics of a frame sample (see the module docstring).
+
+    Attributes:
+        height, width: frame size as measured (after the resize policy).
+        frames: frames in the source; sampled: frames measured.
+        color: the mode color, RGB in [0, 1]; image: the per-pixel mode image [3, H, W].
+        threshold: the foreground threshold used.
+        foreground_color, foreground_image: share of pixels that are foreground against the
+            color and against the image.
+        scroll_share: share of consecutive pairs best explained by a horizontal shift
+            (``nan`` without consecutive frames).
+        background: ``"color"``, ``"image"`` or ``"strip"`` (scrolling), by the rules above.
+        frame_index, boxes: per component, the sampled frame it lies in (0-based in the
+            sample) and its box (x0, y0, x1, y1), exclusive ends, pixels.
+        areas: per component, its foreground pixels.
+        looks: per component, the index of its look.
+        specks: components of fewer than :data:`SPECK_PIXELS` pixels (left out above).
+    """
+
+    height: int
+    width: int
+    frames: int
+    sampled: int
+    color: np.ndarray
+    image: np.ndarray
+    threshold: float
+    foreground_color: float
+    foreground_image: float
+    scroll_share: float
+    background: str
+    frame_index: np.ndarray
+    boxes: np.ndarray
+    areas: np.ndarray
+    looks: np.ndarray
+    specks: int
+
+    @property
+    def extents(self) -> np.ndarray:
+        """Per component, the larger side of its box (pixels)."""
+        return np.maximum(self.boxes[:, 2] - self.boxes[:, 0], self.boxes[:, 3] - self.boxes[:, 1])
+
+    @property
+    def num_looks(self) -> int:
+        return int(self.looks.max()) + 1 if len(self.looks) else 0
+
+    @property
+    def per_frame(self) -> float:
+        """Mean components per sampled frame."""
+        return len(self.areas) / self.sampled
+
+    def cell_crowding(self, cell: int) -> np.ndarray:
+        """Per occupied cell of a ``cell``-pixel grid in each sampled frame, the number of
+        component centres in it."""
+        if not len(self.areas):
+            return np.zeros(0, np.int64)
+        centres = (self.boxes[:, :2] + self.boxes[:, 2:]) / 2
+        cols = -(-self.width // cell)
+        cells = (centres[:, 1] // cell).astype(np.int64) * cols + (centres[:, 0] // cell)
+        keys = self.frame_index * (cols * (-(-self.height // cell))) + cells.astype(np.int64)
+        return np.unique(keys, return_counts=True)[1]
+
+    @property
+    def overlap_share(self) -> float:
+        """Share of components whose box overlaps another component's box in the same frame."""
+        overlapping = np.zeros(len(self.areas), bool)
+        for frame in np.unique(self.frame_index):
+            at = np.flatnonzero(self.frame_index == frame)
+            b = self.boxes[at]
+            x = (b[:, None, 0] < b[None, :, 2]) & (b[None, :, 0] < b[:, None, 2])
+            y = (b[:, None, 1] < b[None, :, 3]) & (b[None, :, 1] < b[:, None, 3])
+            both = x & y
+            np.fill_diagonal(both, False)
+            overlapping[at] = both.any(1)
+        return float(overlapping.mean()) if len(overlapping) else 0.0
+
+
+def sample_indices(source: FrameSource, count: int) -> np.ndarray:
+    """``count`` frame indices spread evenly over the source (all when it has fewer)."""
+    n = len(source)
+    if n <= count:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
+
+
+def measure(source: FrameSource, count: int = 200) -> FrameStats:
+    """Statistics of ``count`` frames spread over ``source`` (see the module docstring).
+
+    Raises:
+        NoSprites: the sample has no foreground, or foreground nearly everywhere (noise, or
+            frames that share no background).
+    """
+    picks = sample_indices(source, count)
+    frames = source.frames(picks)  # uint8 N 3 H W
+    images = frames.float() / 255
+    color = estimate_background_color(frames)
+    image = estimate_background_image(frames)
+    threshold = _threshold(images, image)
+    foreground_color = _foreground(images, color[:, None, None], threshold)
+    foreground_image = _foreground(images, image, threshold)
+    share_color, share_image = foreground_color.float().mean(), foreground_image.float().mean()
+    scroll = _scroll_share(source, picks)
+    if scroll >= SCROLL_SHARE:
+        background, mask = "strip", foreground_color
+    elif share_color - share_image >= IMAGE_GAIN:
+        background, mask = "image", foreground_image
+    else:
+        background, mask = "color", foreground_color
+    where = f"{len(picks)} frames of {source.height} x {source.width} (H x W) sampled"
+    if not mask.any():
+        raise NoSprites(
+            f"no foreground: in {where}, no pixel differs from the background by more than "
+            f"{threshold * 255:.0f} / 255 in any channel. Frames of one color have nothing to "
+            f"learn; for sprites that faint, give the settings by hand (--preset, or "
+            f"--layer-size, --num-sprites and --background)"
+        )
+    share = float(mask.float().mean())
+    if share > 0.5:
+        raise NoSprites(
+            f"foreground covers {share:.0%} of the pixels of {where} (against the "
+            f"{background} background): these frames share no background that sprites move "
+            f"over (noise, or unrelated pictures). Give the settings by hand (--preset, or "
+            f"--layer-size, --num-sprites and --background) if they are sprite frames"
+        )
+    frame_index, boxes, areas, looks, specks = _components(images, mask, threshold)
+    if not len(areas):
+        raise NoSprites(
+            f"the foreground of {where} is only specks ({specks} blobs of fewer than "
+            f"{SPECK_PIXELS} pixels: noise or stars, not sprites). Give the settings by hand "
+            f"(--layer-size, --num-sprites) if these are your sprites"
+        )
+    return FrameStats(
+        height=source.height,
+        width=source.width,
+        frames=len(source),
+        sampled=len(picks),
+        color=color.numpy(),
+        image=image.numpy(),
+        threshold=threshold,
+        foreground_color=float(share_color),
+        foreground_image=float(share_image),
+        scroll_share=scroll,
+        background=background,
+        frame_index=frame_index,
+        boxes=boxes,
+        areas=areas,
+        looks=looks,
+        specks=specks,
+    )
+
+
+def _foreground(images: torch.Tensor, background: torch.Tensor, threshold: float):
+    return (images - background).abs().amax(dim=1) > threshold  # N H W
+
+
+def _threshold(images: torch.Tensor, image: torch.Tensor) -> float:
+    """:data:`FOREGROUND_MARGIN` above the background's noise: the 90th percentile of the
+    pixels' distance to the per-pixel mode, among those closer than the margin itself."""
+    distance = (images - image).abs().amax(dim=1).flatten()
+    near = distance[distance < FOREGROUND_MARGIN]
+    noise = float(torch.quantile(near[:1_000_000], 0.9)) if len(near) else 0.0
+    return FOREGROUND_MARGIN + noise
+
+
+def _scroll_share(source: FrameSource, picks: np.ndarray) -> float:
+    """Share of (sampled frame, next frame of its clip) pairs in which a horizontal shift of
+    up to W / 8 explains the next frame at least twice as well as no shift (``nan`` when no
+    sampled frame has a successor)."""
+    nexts = picks + 1
+    keep = nexts < len(source)
+    keep[keep] &= source.clips[nexts[keep]] == source.clips[picks[keep]]
+    if not keep.any():
+        return float("nan")
+    a = source.frames(picks[keep]).float() / 255
+    b = source.frames(nexts[keep]).float() / 255
+    width = a.shape[-1]
+    reach = max(1, width // 8)
+    errors = []
+    for shift in range(-reach, reach + 1):  # b[x] = a[x + shift] where both exist
+        lo, hi = max(0, -shift), min(width, width - shift)
+        errors.append((b[..., lo:hi] - a[..., lo + shift : hi + shift]).abs().mean(dim=(1, 2, 3)))
+    errors = torch.stack(errors, 1)  # pairs x shifts
+    still = errors[:, reach]
+    best = errors.min(1).values
+    scrolls = (errors.argmin(1) != reach) & (best < 0.5 * still) & (still > 1e-3)
+    return float(scrolls.float().mean())
+
+
+def _components(images: torch.Tensor, mask: torch.Tensor, threshold: float):
+    """Per component (8-connected, 1 px gaps bridged, specks apart): its frame, box, area and
+    look index; and the number of specks."""
+    frame_index, boxes, areas, descriptors = [], [], [], []
+    specks = 0
+    eight = np.ones((3, 3), bool)
+    for n, frame_mask in enumerate(mask.numpy()):
+        bridged, _ = ndimage.label(ndimage.binary_dilation(frame_mask, eight), eight)
+        labels = bridged * frame_mask
+        for label, found in enumerate(ndimage.find_objects(labels), start=1):
+            if found is None:
+                continue
+            alpha = labels[found] == label
+            area = int(alpha.sum())
+            if area < SPECK_PIXELS:
+                specks += 1
+                continue
+            ys, xs = found
+            frame_index.append(n)
+            boxes.append((xs.start, ys.start, xs.stop, ys.stop))
+            areas.append(area)
+            crop = images[n, :, ys, xs]
+            colour = (crop * torch.from_numpy(alpha)).sum((1, 2)) / area
+            shape = F.interpolate(
+                torch.from_numpy(alpha).float()[None, None], (8, 8), mode="area"
+            ).flatten()
+            descriptors.append((alpha.shape, shape.numpy(), colour.numpy()))
+    looks = _looks(descriptors, threshold)
+    as_array = np.asarray(boxes, np.int64).reshape(-1, 4)
+    return np.asarray(frame_index, np.int64), as_array, np.asarray(areas, np.int64), looks, specks
+
+
+def _looks(descriptors, tolerance: float) -> np.ndarray:
+    """Greedy grouping: each component joins the first look within a pixel in size, 0.15 in
+    mean shape difference and ``tolerance`` in color, else starts a new look."""
+    n = len(descriptors)
+    sizes, shapes, colours = np.zeros((n, 2)), np.zeros((n, 64)), np.zeros((n, 3))
+    looks, count = np.zeros(n, np.int64), 0
+    for i, (size, shape, colour) in enumerate(descriptors):
+        near = np.abs(sizes[:count] - size).max(1) <= 1
+        near &= np.abs(colours[:count] - colour).max(1) <= tolerance
+        near &= np.abs(shapes[:count] - shape).mean(1) <= 0.15
+        found = np.flatnonzero(near)
+        if len(found):
+            looks[i] = found[0]
+        else:
+            sizes[count], shapes[count], colours[count] = size, shape, colour
+            looks[i], count = count, count + 1
+    return looks

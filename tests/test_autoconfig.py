@@ -1,0 +1,167 @@
+"""Settings from the data: the statistics of known frames, the rules applied to them, bad input,
+and the command line (``marionette data stats``, ``marionette train --data`` without a preset)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from marionette.autoconfig import auto_config, choose_settings, data_stats
+from marionette.cli import main
+from marionette.config import Config
+from marionette.data import InMemoryFrames, write_dataset
+from marionette.presets import preset_config
+from marionette.stats import NoSprites, measure
+
+BACKGROUND = (20, 24, 40)
+
+
+def save(frames: InMemoryFrames, out) -> str:
+    """A frame folder of ``frames`` (one clip)."""
+    n = len(frames)
+    arrays = frames.data.permute(0, 2, 3, 1).numpy()
+    write_dataset(out, arrays, frames.names, np.zeros(n, np.int64), np.arange(n), {})
+    return str(out)
+
+
+def sprite_frames(
+    n=60, size=(64, 96), classes=3, extent=9, per_frame=3, seed=0, playfield=False, dark=False
+):
+    """Frames of ``classes`` solid sprite shapes (extent x extent boxes with a class-specific
+    notch, one color each) at random places on a uniform background, optionally over a static
+    playfield (a frame-wide grid of lines that never moves). Sprites lie in distinct slots of
+    a grid of (extent + 4) px slots, so they never touch."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    frames = np.empty((n, height, width, 3), np.uint8)
+    frames[:] = BACKGROUND
+    if playfield:
+        frames[:, ::16, :] = (90, 90, 200)
+        frames[:, :, ::16] = (90, 90, 200)
+    colors = [(200, 60, 60), (60, 200, 60), (230, 230, 90)]
+    if dark:  # dark sprites on the dark background: 14 levels above it in one channel
+        colors = [(34, 24, 40), (20, 38, 40), (20, 24, 54)]
+    slot = extent + 4
+    rows, cols = (height - 2) // slot, (width - 2) // slot
+    for i in range(n):
+        for place in rng.choice(rows * cols, size=per_frame, replace=False):
+            c = int(rng.integers(classes))
+            y = 2 + (place // cols) * slot + int(rng.integers(0, 3))
+            x = 2 + (place % cols) * slot + int(rng.integers(0, 3))
+            frames[i, y : y + extent, x : x + extent] = colors[c]
+            frames[i, y + c : y + c + 2, x : x + 2] = BACKGROUND  # a notch that names the class
+    return InMemoryFrames(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous())
+
+
+class TestStatistics:
+    def test_sprites_on_a_uniform_background(self):
+        stats = measure(sprite_frames())
+        assert stats.background == "color"
+        np.testing.assert_allclose(stats.color * 255, BACKGROUND, atol=0.5)
+        recurring = np.bincount(stats.looks) >= 2
+        assert recurring.sum() == 3
+        assert (stats.extents == 9).all() and stats.specks == 0 and stats.per_frame == 3
+
+    def test_a_playfield_that_never_moves_is_background(self):
+        stats = measure(sprite_frames(playfield=True))
+        assert stats.background == "image"
+        assert stats.foreground_color - stats.foreground_image > 0.05
+        assert (stats.extents == 9).all()  # the grid lines are not components
+
+    def test_dark_sprites_on_a_dark_background(self):
+        stats = measure(sprite_frames(dark=True))
+        assert (stats.extents == 9).all() and (np.bincount(stats.looks) >= 2).sum() == 3
+
+    def test_a_scrolling_screen(self):
+        rng = np.random.default_rng(0)
+        strip = rng.integers(0, 255, (48, 400, 3), dtype=np.uint8)
+        frames = np.stack([strip[:, 3 * t : 3 * t + 64] for t in range(40)])
+        source = InMemoryFrames(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous())
+        with pytest.raises(NoSprites):  # texture everywhere: no sprites over a background
+            measure(source)
+        calm = np.full((48, 400, 3), 30, np.uint8)
+        calm[30:, ::23] = (200, 200, 200)  # posts along the ground, scrolling past
+        calm[10:14, 5::41] = (240, 120, 0)
+        frames = np.stack([calm[:, 3 * t : 3 * t + 64] for t in range(40)])
+        stats = measure(InMemoryFrames(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()))
+        assert stats.scroll_share > 0.9 and stats.background == "strip"
+
+
+class TestRules:
+    def test_cell_fits_the_typical_sprite_and_divides_the_canvas(self):
+        settings, reasons = choose_settings(measure(sprite_frames()), {})
+        assert settings["height"] // settings["layer_size"] == 16  # 10, 12, 14 do not divide 96
+        assert (settings["height"], settings["width"], settings["resize"]) == (64, 96, "keep")
+        assert settings["num_sprites"] == 16 and settings["num_layers"] == 2  # max(16, 2 x 3)
+        assert settings["background"] == "color" and "9 px" in reasons["layer_size"]
+
+    def test_a_canvas_that_no_cell_divides_is_padded(self):
+        settings, reasons = choose_settings(measure(sprite_frames(size=(61, 90), extent=7)), {})
+        cell = settings["height"] // settings["layer_size"]
+        assert settings["height"] % cell == 0 and settings["width"] % cell == 0
+        assert settings["height"] >= 61 and settings["width"] >= 90 and settings["resize"] == "pad"
+        assert "padded" in reasons["canvas"]
+
+    def test_given_settings_are_kept_and_the_rest_follows(self):
+        stats = measure(sprite_frames())
+        settings, reasons = choose_settings(stats, {"layer_size": 8, "num_layers": 3, "lr": 0.1})
+        assert "layer_size" not in settings and reasons["layer_size"].startswith("given")
+        assert "num_layers" not in settings and "lr" not in settings
+        assert len(settings["w_probs"]) == 3
+        np.testing.assert_allclose(settings["w_probs"], (0.005, 0.005 * 10**0.5, 0.05))
+
+    def test_bad_input_names_the_statistic_and_the_fix(self):
+        flat = InMemoryFrames(torch.full((5, 3, 32, 32), 90, dtype=torch.uint8))
+        with pytest.raises(NoSprites, match="no foreground.*--layer-size"):
+            measure(flat)
+        noise = torch.randint(0, 256, (5, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+        with pytest.raises(NoSprites, match="foreground covers .* of the pixels"):
+            measure(InMemoryFrames(noise.to(torch.uint8)))
+        specks = torch.full((8, 3, 32, 32), 90, dtype=torch.uint8)
+        for i in range(8):
+            specks[i, :, 3 * i, 2 * i] = 250
+        with pytest.raises(NoSprites, match="only specks"):
+            measure(InMemoryFrames(specks))
+        huge = sprite_frames(size=(40, 40), extent=30, per_frame=1)
+        with pytest.raises(NoSprites, match="more than half.*--layer-size"):
+            choose_settings(measure(huge), {})
+
+
+class TestConfig:
+    def test_reasons_round_trip_and_leave_with_a_changed_setting(self, tmp_path):
+        config = auto_config({"synthetic": "tiny", "synthetic_clips": 8})
+        assert config.preset == "auto" and set(config.reasons) >= {"layer_size", "num_sprites"}
+        config.save(tmp_path / "config.json")
+        loaded = Config.load(tmp_path / "config.json")
+        assert loaded.reasons == config.reasons and loaded.diff(config) == {}
+        changed = loaded.replace(num_sprites=loaded.model.num_sprites + 1, lr=loaded.train.lr)
+        assert "num_sprites" not in changed.reasons and "lr" in changed.reasons
+
+    def test_original_preset_is_the_defaults(self):
+        assert preset_config("original").diff(Config()) == {}
+
+    def test_a_canvas_given_for_a_folder_resizes_frames_to_it(self, tmp_path):
+        folder = save(sprite_frames(n=20, size=(64, 96)), tmp_path / "d")
+        config = auto_config({"data": folder, "canvas_size": 32})
+        assert (config.model.height, config.model.width, config.data.resize) == (32, 32, "resize")
+        stats = data_stats({"data": folder, "canvas_size": 32})
+        assert (stats.height, stats.width) == (32, 32)
+
+
+def test_cli_stats_and_train_from_the_data(tmp_path, capsys):
+    folder = save(sprite_frames(n=24, size=(32, 48), extent=6), tmp_path / "d")
+    assert main(["data", "stats", folder]) == 0
+    printed = capsys.readouterr().out
+    assert "3 recurring" in printed and "layer_size = 4" in printed  # 8 px cells on 32 rows
+    flags = ["--num_steps", "2", "--num_classes", "12", "--bs", "2", "--image_every", "0",
+             "--no-progress", "--no-tensorboard", "--threads", "1"]  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["train", "--data", folder, "--out", str(run), *flags]) == 0
+    assert "settings from the data" in capsys.readouterr().out
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["preset"] == "auto" and recorded["model"]["layer_size"] == 4
+    assert recorded["model"]["num_sprites"] == 12 and "num_sprites" not in recorded["reasons"]
+    assert recorded["model"]["dim_z"] == 64  # follows from the 12 sprites given
+    assert "3 recurring looks" in recorded["reasons"]["layer_size"]
+    assert main(["data", "stats", str(tmp_path / "missing")]) == 2

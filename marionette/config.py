@@ -79,6 +79,11 @@ class TrainConfig:
         hard_warmup: steps over which ``hard_mix`` ramps from 0 to its value.
         reinit_unused: every this many steps, re-initialise dictionary sprites no slot selected
             since the last check (0: never).
+        merge_every: every this many steps, free the dictionary entries that repeat a more
+            used one (same alpha mask after the best integer shift, IoU >= 0.9, and mean
+            colour within 0.1: :func:`marionette.core.duplicate_entries`) or that no slot used
+            since the last merge, and re-seed them from the step's worst reconstructed regions
+            (0: never).
         aow: weight of the object-consistency loss (0: off).
         aow_warmup: steps over which the consistency weight ramps in linearly.
         consistency_code: which vector is an object's code for the consistency loss:
@@ -113,6 +118,7 @@ class TrainConfig:
     hard_mix: float = 0.0
     hard_warmup: int = 0
     reinit_unused: int = 0
+    merge_every: int = 0
     aow: float = 0.0
     aow_warmup: int = 0
     consistency_code: str = "codes"

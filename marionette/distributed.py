@@ -58,6 +58,11 @@ class Group:
         dist.all_reduce(total)
         return total.to(tensor.device, tensor.dtype)
 
+    def share(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers of ``module`` (in place)."""
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
 
 def from_environment() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) that torchrun set, or None when not under torchrun."""

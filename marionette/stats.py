@@ -31,7 +31,16 @@ from scipy import ndimage
 from .core import estimate_background_color, estimate_background_image
 from .data.frames import FrameSource
 
-__all__ = ["FrameStats", "NoSprites", "measure", "sample_indices"]
+__all__ = [
+    "FOREGROUND_MARGIN",
+    "IMAGE_GAIN",
+    "SCROLL_SHARE",
+    "SPECK_PIXELS",
+    "FrameStats",
+    "NoSprites",
+    "measure",
+    "sample_indices",
+]
 
 #: The foreground threshold above the background's own noise (max over channels, [0, 1]).
 FOREGROUND_MARGIN = 10 / 255

@@ -21,13 +21,22 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from einops import rearrange
 
 from . import distributed
 from .build import build_data, build_eval_data, build_model, resolve_device
 from .callbacks import CallbackError, Callbacks, RunInfo
 from .checkpoint import list_checkpoints, nonfinite_tensors
 from .config import Config
-from .core import MarioNette, Objective, resolve_renderer, set_typecheck, typecheck_enabled
+from .core import (
+    MarioNette,
+    Objective,
+    duplicate_entries,
+    foreground_patches,
+    resolve_renderer,
+    set_typecheck,
+    typecheck_enabled,
+)
 from .data import FrameFolder, FrameStacks, batch_indices
 from .diagnostics import diagnose, evaluate_during_training, measure, panels, sprite_usage
 from .eval import first_frames
@@ -426,7 +435,7 @@ class _Training:
             self._diverged(error)
         self.step += 1
         self.last_frames = frames
-        self._track_usage(objective)
+        self._track_usage(objective, frames)
         logging = self.main and (self.step % t.log_every == 0 or self.step == t.num_steps)
         if logging:
             with self._rng_kept():
@@ -461,16 +470,46 @@ class _Training:
         items = batch_indices(len(self.stacks), t.bs * group.world, t.seed, self.step)
         return items[group.rank * t.bs : (group.rank + 1) * t.bs]
 
-    def _track_usage(self, objective: Objective) -> None:
-        """Count sprite use; every ``reinit_unused`` steps re-seed the unused sprites."""
+    def _track_usage(self, objective: Objective, frames: torch.Tensor) -> None:
+        """Count sprite use; every ``merge_every`` steps free repeated and unused sprites and
+        re-seed them from badly reconstructed regions, every ``reinit_unused`` steps re-seed
+        the unused ones from used ones."""
         with torch.no_grad():
             self.usage += sprite_usage(objective.output).cpu()
-        every = self.config.train.reinit_unused
-        if every and self.step % every == 0:
-            usage = self.group.sum(self.usage) if self.group is not None else self.usage
+        t = self.config.train
+        merge = t.merge_every and self.step % t.merge_every == 0
+        reinit = t.reinit_unused and self.step % t.reinit_unused == 0
+        if not (merge or reinit):
+            return
+        usage = self.group.sum(self.usage) if self.group is not None else self.usage
+        if merge:
+            self._merge(objective, frames, usage)
+        else:
             count = self.model.dictionary.reseed_unused(usage, self.reseed_generator)
             self.metrics["reinit_sprites"] = float(count)
-            self.usage.zero_()
+        self.usage.zero_()
+
+    @torch.no_grad()
+    def _merge(self, objective: Objective, frames: torch.Tensor, usage: torch.Tensor) -> None:
+        """One sprite per look: entries that repeat a more used one (:func:`duplicate_entries`)
+        and entries no slot used since the last merge become foreground patches of the step's
+        frames against their reconstruction, i.e. of what the model draws worst. In a group,
+        rank 0 decides and its dictionary is shared."""
+        dictionary, cell = self.model.dictionary, self.model.grid.cell
+        sprites, _ = dictionary()
+        repeated = duplicate_entries(sprites.float().cpu(), usage.long(), cell // 2)
+        entries = sorted(set(repeated) | set((usage == 0).nonzero().flatten().tolist()))
+        if entries and (self.group is None or self.group.main):
+            images = rearrange(frames.float(), "B T C H W -> (B T) C H W").cpu()
+            drawn = objective.output.reconstruction.detach().float()
+            drawn = rearrange(drawn, "B T C H W -> (B T) C H W").cpu()
+            patches = foreground_patches(images, drawn, cell, len(entries), self.reseed_generator)
+            dictionary.replace(entries, patches)
+        if self.group is not None:
+            self.group.share(dictionary)
+        self.metrics.update(
+            merged_sprites=float(len(repeated)), reseeded_sprites=float(len(entries))
+        )
 
     def _log(self) -> None:
         """The logged scalars to the callbacks; each diagnosis's warning once per session."""

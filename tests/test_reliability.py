@@ -282,8 +282,9 @@ def test_a_step_that_cannot_fit_is_refused_up_front(tmp_path, monkeypatch, capsy
     with pytest.raises(OutOfMemory, match="needs at least .* GiB but 4.0 GiB are free"):
         quiet_train(tiny_config(num_sprites=1_000_000), tmp_path / "run")
     assert not (tmp_path / "run" / "config.json").exists()
-    code = marionette_cli(["train", "--synthetic", "tiny", "--num_sprites", "1000000",
-                           "--out", str(tmp_path / "cli"), "--no-progress"])  # fmt: skip
+    code = marionette_cli(["train", "--preset", "original", "--synthetic", "tiny",
+                           "--num_sprites", "1000000", "--out", str(tmp_path / "cli"),
+                           "--no-progress"])  # fmt: skip
     assert code == 1 and "selection weights" in capsys.readouterr().err
 
 

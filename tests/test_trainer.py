@@ -285,3 +285,19 @@ def test_logging_settings_leave_the_weights_alone(tmp_path):
     b = quiet_train(tiny_config(log_every=6), tmp_path / "b").model.state_dict()
     for name, weight in a.items():
         torch.testing.assert_close(b[name], weight, atol=0, rtol=0, msg=name)
+
+
+def test_merging_frees_repeated_sprites(tmp_path):
+    """16 entries started from the tiny world's few looks repeat each other: the merge at step 2
+    frees the repeats (and the unused) and re-seeds them; training goes on."""
+    seen = {}
+
+    class Watch(marionette.Callback):
+        def on_log(self, step, metrics):
+            seen[step] = (metrics.get("merged_sprites"), metrics.get("reseeded_sprites"))
+
+    config = tiny_config(num_sprites=16, merge_every=2, num_steps=4)
+    quiet_train(config, tmp_path / "run", callbacks=[Watch()])
+    merged, reseeded = seen[2]
+    assert merged >= 1 and reseeded >= merged
+    assert all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))

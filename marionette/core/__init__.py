@@ -22,7 +22,13 @@ from .compositing import (
 )
 from .consistency import CODE_KINDS, ConsistencyResult, consistency_loss, encoding_consistency
 from .decomposition import Decomposition, shift_slots, slot_sprites
-from .dictionary import DECODERS, SpriteDictionary, decode_sprites, foreground_patches
+from .dictionary import (
+    DECODERS,
+    SpriteDictionary,
+    decode_sprites,
+    duplicate_entries,
+    foreground_patches,
+)
 from .encoders import CompensatedConv2d, GridEncoder, MLPHead, compensated_conv2d
 from .encoding import Encoding
 from .fused import render_fused, triton_unavailable_reason
@@ -127,6 +133,7 @@ __all__ = [
     "extract_windows",
     "flatten_layers",
     "footprint_boxes",
+    "duplicate_entries",
     "foreground_patches",
     "gate_presence",
     "gather_sprites",

@@ -8,7 +8,13 @@ from torch import nn
 
 from ._typing import Float, Int64, Tensor, typed
 
-__all__ = ["DECODERS", "SpriteDictionary", "decode_sprites", "foreground_patches"]
+__all__ = [
+    "DECODERS",
+    "SpriteDictionary",
+    "decode_sprites",
+    "duplicate_entries",
+    "foreground_patches",
+]
 
 DECODERS: tuple[str, ...] = ("mlp", "pixels")
 
@@ -123,11 +129,56 @@ class SpriteDictionary(nn.Module):
         )
         return len(unused)
 
+    @torch.no_grad()
+    def replace(self, entries: list[int], patches: Float[Tensor, "M C S S"]) -> float:
+        """Make entries ``entries`` equal ``patches``, keeping the others (through :meth:`fit`,
+        so for the MLP they move by its ridge error, which is returned)."""
+        sprites, _ = self()
+        targets = sprites.clone()
+        targets[torch.as_tensor(entries, dtype=torch.long)] = patches.to(targets)
+        return self.fit(targets)
+
     @typed
     def forward(self) -> tuple[Float[Tensor, "K C S S"], Float[Tensor, "K D"]]:
         if self.pixels is None:
             return decode_sprites(self.latents, self.decoder, self.channels, self.size)
         return torch.sigmoid(self.pixels), F.layer_norm(self.latents, (self.latents.shape[-1],))
+
+
+@typed
+def duplicate_entries(
+    sprites: Float[Tensor, "K 4 S S"],
+    usage: Int64[Tensor, " K"],
+    reach: int,
+    min_iou: float = 0.9,
+    max_color: float = 0.1,
+) -> list[int]:
+    """Entries that repeat a more used entry, to be freed (one sprite per look).
+
+    With masks a_k = [alpha_k > 1/2] and mean colours c_k = sum(alpha_k rgb_k) / sum(alpha_k),
+    entry j repeats entry i when, for the best integer shift d in [-reach, reach]^2,
+
+        IoU_ij = max_d |a_i(. - d) & a_j| / (|a_i| + |a_j| - |a_i(. - d) & a_j|) >= min_iou
+
+    and max over channels |c_i - c_j| <= max_color. Going from the most used entry down, each
+    entry that repeats one already kept is returned; empty masks are never returned.
+    """
+    masks = (sprites[:, 3:] > 0.5).float()
+    areas = masks.sum(dim=(1, 2, 3))
+    overlap = F.conv2d(masks, masks, padding=reach).amax(dim=(2, 3))  # [i, j]: best shift
+    iou = overlap / (areas[:, None] + areas[None, :] - overlap).clamp_min(1.0)
+    alpha = sprites[:, 3:]
+    colors = (sprites[:, :3] * alpha).sum(dim=(2, 3)) / alpha.sum(dim=(2, 3)).clamp_min(1e-6)
+    close = (colors[:, None] - colors[None, :]).abs().amax(dim=-1) <= max_color
+    repeats = (iou >= min_iou) & close & (areas[:, None] > 0) & (areas[None, :] > 0)
+    kept: list[int] = []
+    freed: list[int] = []
+    for k in torch.argsort(usage, descending=True, stable=True).tolist():
+        if areas[k] > 0 and any(bool(repeats[i, k]) for i in kept):
+            freed.append(k)
+        else:
+            kept.append(k)
+    return sorted(freed)
 
 
 def _blob(mask: Tensor, seed_y: int, seed_x: int, gap: int = 2) -> Tensor:

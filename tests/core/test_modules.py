@@ -15,6 +15,7 @@ from marionette.core import (
     StripBackground,
     beta_prior_loss,
     compensated_conv2d,
+    duplicate_entries,
     estimate_background_color,
     estimate_background_image,
     presence_loss,
@@ -116,6 +117,68 @@ class TestDictionary:
     def test_exception(self):
         with pytest.raises(ValueError, match="num_sprites"):
             SpriteDictionary(0, 8, 16)
+
+    @pytest.mark.parametrize("decoder", ["mlp", "pixels"])
+    def test_replace_sets_the_entries_and_keeps_the_others(self, decoder):
+        dictionary = SpriteDictionary(6, 8, 16, decoder=decoder)
+        before, _ = dictionary()
+        patches = torch.rand(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
+        dictionary.replace([1, 4], patches)
+        after, _ = dictionary()
+        torch.testing.assert_close(after[[1, 4]], patches, atol=2e-3, rtol=0)
+        torch.testing.assert_close(after[[0, 2, 3, 5]], before[[0, 2, 3, 5]], atol=2e-3, rtol=0)
+
+
+def duplicates_reference(sprites, usage, reach, min_iou=0.9, max_color=0.1):
+    """duplicate_entries by explicit shifts of zero-padded masks."""
+    masks = sprites[:, 3] > 0.5
+    alpha = sprites[:, 3:]
+    colors = (sprites[:, :3] * alpha).sum((2, 3)) / alpha.sum((2, 3)).clamp_min(1e-6)
+    size = masks.shape[-1]
+    padded = torch.nn.functional.pad(masks.float(), (reach,) * 4)
+
+    def repeats(i, j):
+        if not masks[i].any() or not masks[j].any():
+            return False
+        best = max(
+            float((padded[i, dy : dy + size, dx : dx + size] * masks[j]).sum())
+            for dy in range(2 * reach + 1)
+            for dx in range(2 * reach + 1)
+        )
+        union = float(masks[i].sum() + masks[j].sum()) - best
+        return best / union >= min_iou and (colors[i] - colors[j]).abs().max() <= max_color
+
+    kept, freed = [], []
+    for k in sorted(range(len(sprites)), key=lambda k: (-int(usage[k]), k)):
+        (freed if masks[k].any() and any(repeats(i, k) for i in kept) else kept).append(k)
+    return sorted(freed)
+
+
+class TestDuplicates:
+    def test_a_shifted_copy_repeats_and_the_less_used_goes(self):
+        sprites = torch.full((5, 4, 12, 12), 0.02)
+        sprites[:, :3] = torch.tensor([0.8, 0.2, 0.2])[:, None, None]
+        sprites[0, 3, 2:7, 3:9] = 0.95  # a 5 x 6 block
+        sprites[1, 3, 4:9, 5:11] = 0.95  # the same block, shifted by (2, 2)
+        sprites[2, 3, 2:7, 3:9] = 0.95
+        sprites[2, :3] = torch.tensor([0.2, 0.2, 0.8])[:, None, None]  # same shape, other color
+        sprites[3, 3, 1:11, 5:7] = 0.95  # another shape
+        usage = torch.tensor([3, 9, 5, 1, 0])  # entry 4 is empty: never a duplicate
+        assert duplicate_entries(sprites, usage, reach=2) == [0]
+        assert duplicate_entries(sprites, usage, reach=1) == []  # the shift is out of reach
+
+    def test_matches_the_reference(self):
+        g = torch.Generator().manual_seed(3)
+        for _ in range(5):
+            base = (torch.rand(3, 1, 6, 6, generator=g) > 0.4).float()
+            masks = torch.zeros(9, 1, 10, 10)
+            for k in range(9):
+                dy, dx = (int(v) for v in torch.randint(0, 4, (2,), generator=g))
+                masks[k, :, dy : dy + 6, dx : dx + 6] = base[k % 3]
+            colors = torch.rand(9, 3, 1, 1, generator=g).round() * 0.6 + 0.2
+            sprites = torch.cat([colors.expand(-1, -1, 10, 10), masks * 0.9 + 0.05], 1)
+            usage = torch.randint(0, 10, (9,), generator=g)
+            assert duplicate_entries(sprites, usage, 2) == duplicates_reference(sprites, usage, 2)
 
 
 class TestBackgroundColor:

@@ -116,6 +116,15 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v)) * 255.0
 
 
+def true_sprites(settings: dict) -> list[np.ndarray] | None:
+    """The class sprites (RGBA uint8 [h, w, 4]) of a sprite world from its recorded settings
+    (a dataset's ``dataset.json``, or :attr:`GeneratedData.settings`); None for other data."""
+    if settings.get("generator") != "sprite_world":
+        return None
+    size = tuple(settings["sprite_size"])
+    return make_sprite_classes(settings["num_classes"], size, settings["class_seed"])
+
+
 def make_sprite_classes(num_classes: int, size: tuple[int, int], seed: int) -> list[np.ndarray]:
     """Pixel-art sprites, RGBA uint8 [h, w, 4] with binary alpha: left-right symmetric random
     patterns (like arcade invaders) in a distinct hue per class, with a darker second tone.

@@ -29,6 +29,7 @@ from .metrics import (
     foreground_ari,
     precision_recall,
     sprite_purity,
+    sprite_recovery,
     sprites_per_class,
 )
 from .objects import ObjectTable, collect_objects, slot_segmentation
@@ -57,6 +58,7 @@ __all__ = [
     "precision_recall",
     "slot_segmentation",
     "sprite_purity",
+    "sprite_recovery",
     "sprites_per_class",
     "summary",
     "summary_keys",

@@ -15,6 +15,7 @@ import torch
 from .._io import atomic_write, write_json
 from ..core import MarioNette
 from ..data import Dataset, GroundTruth
+from ..data.synthetic import true_sprites
 from .labels import HUD_FILTERS, NO_LABEL, VIEWS, box_overlap, view_labels
 from .metrics import (
     SHOTS,
@@ -24,6 +25,7 @@ from .metrics import (
     foreground_ari,
     precision_recall,
     sprite_purity,
+    sprite_recovery,
     sprites_per_class,
 )
 from .objects import ObjectTable, collect_objects
@@ -164,8 +166,9 @@ class Metric:
     Attributes:
         name: what it measures.
         compute: ``compute(objects, view)`` for per-view metrics, ``compute(objects,
-            groundtruth, segments, masks)`` for the others: a dict of results to merge into the
-            view's (or the top-level) metrics, or None when it cannot be computed.
+            groundtruth, segments, data)`` for the others (``data``: the evaluated dataset):
+            a dict of results to merge into the view's (or the top-level) metrics, or None
+            when it cannot be computed.
         per_view: computed for every view (into ``metrics[view]``), else once.
         summary: the results (flattened names inside their section) that tables show: the
             sweep's summary, the trainer's evaluation scalars and the ``eval`` printout.
@@ -204,13 +207,21 @@ def _unlabelled(objects: ObjectTable, view: View) -> dict:
     return {"no_label_fraction": unlabelled}
 
 
-def _temporal(objects, groundtruth, segments, masks) -> dict | None:
+def _temporal(objects, groundtruth, segments, data) -> dict | None:
     result = temporal_consistency(objects, groundtruth)
     return None if result is None else {"temporal": result}
 
 
-def _foreground(objects, groundtruth, segments, masks) -> dict | None:
-    return None if segments is None else {"foreground_ari": foreground_ari(segments, masks)}
+def _foreground(objects, groundtruth, segments, data) -> dict | None:
+    return None if segments is None else {"foreground_ari": foreground_ari(segments, data.masks)}
+
+
+def _recovery(objects, groundtruth, segments, data) -> dict | None:
+    true = true_sprites(data.info.get("settings", data.info))
+    if true is None:
+        return None
+    used = np.bincount(objects.sprite, minlength=len(objects.dictionary)) > 0
+    return {"sprite_recovery": sprite_recovery(true, objects.dictionary, used)}
 
 
 _SHOT_KEYS = tuple(f"few_shot/{split}/{k}" for split in ("ordered", "mean") for k in SHOTS)
@@ -250,6 +261,12 @@ METRICS: tuple[Metric, ...] = (
         ("temporal/sprite", "temporal/code_nn", "temporal/code_cos"),
     ),
     Metric("foreground ARI", _foreground, False, ("foreground_ari",)),
+    Metric(
+        "recovery of known sprites (alpha IoU)",
+        _recovery,
+        False,
+        ("sprite_recovery/min", "sprite_recovery/matched"),
+    ),
 )
 
 
@@ -345,7 +362,7 @@ def evaluate(
         metrics[name] = _view_metrics(objects, _view(objects, groundtruth, name, game, seed))
     for metric in METRICS:
         if not metric.per_view:
-            metrics.update(metric.compute(objects, groundtruth, segments, data.masks) or {})
+            metrics.update(metric.compute(objects, groundtruth, segments, data) or {})
     return metrics
 
 

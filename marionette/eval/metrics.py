@@ -27,6 +27,7 @@ __all__ = [
     "foreground_ari",
     "precision_recall",
     "sprite_purity",
+    "sprite_recovery",
     "sprites_per_class",
 ]
 
@@ -129,6 +130,42 @@ def sprites_per_class(
     labels = np.asarray(labels).astype(str)
     needed = [_covering(sprites[labels == name], share) for name in np.unique(labels)]
     return {"mean": float(np.mean(needed)), "max": max(needed), "used": len(np.unique(sprites))}
+
+
+def sprite_recovery(
+    true: list[np.ndarray], learned: Real[np.ndarray, "K 4 S S"], used: Shaped[np.ndarray, " K"]
+) -> dict:
+    """How well the used learned sprites recover known sprites: for each true sprite (RGBA
+    [h, w, 4], binary alpha), the best alpha IoU with a used learned sprite (alpha > 1/2) over
+    every integer placement of one on the other,
+
+        IoU = max_{k used, d} |t(. - d) & a_k| / (|t| + |a_k| - |t(. - d) & a_k|);
+
+    ``per_sprite`` (by the true sprites' index), their ``mean`` and ``min``, and ``matched``:
+    the share >= 0.8.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    masks = torch.from_numpy(np.asarray(learned)[np.asarray(used, bool), 3] > 0.5).float()
+    best = []
+    for sprite in true:
+        target = torch.from_numpy(sprite[..., 3] > 127).float()
+        if not len(masks):
+            best.append(0.0)
+            continue
+        h, w = target.shape
+        overlap = F.conv2d(masks[:, None], target[None, None], padding=(h - 1, w - 1))
+        overlap = overlap.flatten(1).amax(1)
+        union = masks.sum((1, 2)) + target.sum() - overlap
+        best.append(float((overlap / union.clamp_min(1)).max()))
+    values = np.array(best)
+    return {
+        "per_sprite": {str(k): v for k, v in enumerate(best)},
+        "mean": float(values.mean()),
+        "min": float(values.min()),
+        "matched": float((values >= 0.8).mean()),
+    }
 
 
 def _covering(sprites: np.ndarray, share: float) -> int:

@@ -33,6 +33,7 @@ class ObjectTable:
         centers: global sprite centre (x, y) in pixels.
         codes: the object's code (see ``code``).
         size: frame (H, W).
+        dictionary: the model's sprites as drawn, RGBA float32 [K, 4, S, S].
     """
 
     frame: np.ndarray
@@ -49,6 +50,7 @@ class ObjectTable:
     times: np.ndarray
     size: tuple[int, int]
     code: str
+    dictionary: np.ndarray
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -149,5 +151,6 @@ def collect_objects(
         times=np.asarray(frames.times),
         size=(grid.height, grid.width),
         code=code,
+        dictionary=model.dictionary()[0].detach().float().cpu().numpy(),
     )
     return table, (torch.cat(segments).numpy() if segment else None)

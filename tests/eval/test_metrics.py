@@ -16,6 +16,7 @@ from marionette.eval import (
     foreground_ari,
     precision_recall,
     sprite_purity,
+    sprite_recovery,
     sprites_per_class,
     temporal_consistency,
     view_labels,
@@ -65,6 +66,7 @@ def _table(frames, boxes, sprites, codes, names, clips=None, times=None):
         times=np.asarray(times if times is not None else range(len(names))),
         size=(32, 32),
         code="codes",
+        dictionary=np.zeros((max(sprites, default=0) + 1, 4, 8, 8), np.float32),
     )
 
 
@@ -117,6 +119,21 @@ class TestRepresentation:
 
     def test_sprite_purity(self):
         assert sprite_purity(np.array([0, 0, 1, 1]), np.array(["a", "a", "a", "b"])) == 0.75
+
+    def test_sprite_recovery_finds_a_sprite_anywhere_in_the_window(self):
+        true = np.zeros((5, 4, 4), np.uint8)
+        true[..., 3] = 255
+        true[0, 0, 3] = 0  # a 5 x 4 block less one corner: 19 pixels
+        learned = np.zeros((3, 4, 12, 12), np.float32)
+        learned[0, 3, 6:11, 1:5] = 0.9  # the full block: IoU 19 / 20
+        learned[1, 3, 0:3, 0:3] = 0.9  # a small square
+        learned[2, 3] = 0.9  # everything, unused
+        result = sprite_recovery([true], learned, np.array([True, True, False]))
+        assert result["per_sprite"] == {"0": pytest.approx(19 / 20)}
+        assert result["matched"] == 1.0
+        only_square = sprite_recovery([true], learned, np.array([False, True, False]))
+        assert only_square["min"] == pytest.approx(9 / 19)  # 9 shared, 19 + 9 - 9 in union
+        assert sprite_recovery([true], learned, np.zeros(3, bool))["mean"] == 0.0
 
     def test_sprites_per_class_is_the_smallest_covering_set(self):
         from itertools import combinations

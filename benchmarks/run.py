@@ -193,9 +193,11 @@ def bench_step(
     aow: float = 0.0,
     frames_per_item: int = 1,
     renderer: str = "auto",
+    compile_backend: str | None = None,
 ) -> dict:
     """One training step as the trainer runs it: soft forward, losses, backward, AdamW; the
-    hard pass only runs (without autograd) when metrics are logged, so it is not timed here."""
+    hard pass only runs (without autograd) when metrics are logged, so it is not timed here.
+    ``compile_backend``: the model's forward through ``torch.compile`` with that backend."""
     stacks = max(batch // frames_per_item, 1)
     config = Config().replace(
         **CONFIGS[name], **VARIANTS[variant], bs=stacks, frames_per_item=frames_per_item,
@@ -205,6 +207,8 @@ def bench_step(
     model = build_model(config).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if compile_backend is not None:
+        model.forward = torch.compile(model.forward, backend=compile_backend)
     update = TrainingStep(model, config, device)
     frames = torch.rand(
         stacks, frames_per_item, 3, config.model.height, config.model.width, device=device
@@ -229,8 +233,8 @@ def bench_step(
 
 
 def _step_or_oom(name, variant, batch, device, precision, repeats, warmup, **setting) -> dict:
-    """:func:`bench_step` (``setting``: aow, frames_per_item, renderer), or a row saying that
-    it ran out of memory."""
+    """:func:`bench_step` (``setting``: aow, frames_per_item, renderer, compile_backend), or a
+    row saying that it ran out of memory."""
     try:
         return bench_step(name, variant, batch, device, precision, repeats, warmup, **setting)
     except torch.OutOfMemoryError:

@@ -17,7 +17,7 @@ from .config import Config
 from .data import open_frames
 from .data.frames import FrameSource
 from .data.synthetic import generate
-from .stats import FrameStats, measure
+from .stats import FrameStats, NoSprites, measure
 
 __all__ = ["RECIPE", "RULES", "auto_config", "choose_settings", "data_stats", "describe"]
 
@@ -31,6 +31,7 @@ RECIPE = dict(
     num_steps=20000,
     hard_mix=1.0,
     hard_warmup=100,
+    merge_every=200,
 )
 
 #: One line per data-derived setting: the rule that sets it.
@@ -69,9 +70,19 @@ def typical_extent(stats: FrameStats) -> float:
     return float(np.median([np.median(extents[stats.looks == look]) for look in looks]))
 
 
-def _cell(extent: float, height: int, width: int) -> int:
+def _cell(extent: float, height: int, width: int, fixed: bool) -> int:
     """The smallest even P in [extent, 2 extent] (P >= 4) that divides the canvas, else the one
-    that needs the least padding (then the smallest)."""
+    that needs the least padding (then the smallest). On a ``fixed`` canvas (given, so never
+    padded): the smallest even divisor >= extent, else the largest below it."""
+    if fixed:
+        divisors = [p for p in range(4, min(height, width) + 1, 2) if not height % p | width % p]
+        if not divisors:
+            raise ValueError(
+                f"no even cell size >= 4 divides the given {height} x {width} canvas; choose a "
+                f"canvas that is a multiple of 4 or 8 (e.g. --canvas-size 128)"
+            )
+        above = [p for p in divisors if p >= extent]
+        return above[0] if above else divisors[-1]
     low = max(4, 2 * math.ceil(extent / 2))
     candidates = range(low, max(low, 2 * math.floor(extent)) + 1, 2)
 
@@ -88,8 +99,6 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
     (``layer_size`` with a canvas fixes the cell). Raises :class:`marionette.stats.NoSprites`
     when the sprites fit no cell.
     """
-    from .stats import NoSprites
-
     settings: dict = {}
     reasons: dict[str, str] = {}
     h, w = stats.height, stats.width
@@ -107,7 +116,8 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
         cell = given.get("height", h) // given["layer_size"]
         reasons["layer_size"] = f"given: {given['layer_size']} rows, cell {cell} px"
     else:
-        cell = _cell(extent, given.get("height", h), given.get("width", w))
+        fixed = "height" in given or "width" in given
+        cell = _cell(extent, given.get("height", h), given.get("width", w), fixed)
         reasons["layer_size"] = (
             f"typical sprite {extent:.0f} px (median larger side over {looks} recurring "
             f"looks; {where}) -> cell {cell} px"

@@ -667,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_train, _add_decompose, _add_eval, _add_sweep):
         add(commands)
     data = commands.add_parser(
-        "data", help="generate datasets (synthetic worlds, Atari, Mario) or check one"
+        "data",
+        help="generate datasets (synthetic worlds, Atari, Mario), check one or measure one",
     )
     generators = data.add_subparsers(dest="generator", required=True)
     for add in (

@@ -103,6 +103,13 @@ class TestRules:
         assert settings["height"] >= 61 and settings["width"] >= 90 and settings["resize"] == "pad"
         assert "padded" in reasons["canvas"]
 
+    def test_a_given_canvas_is_divided_not_padded(self):
+        stats = measure(sprite_frames(size=(60, 90), extent=7))
+        settings, _ = choose_settings(stats, {"height": 60, "width": 90})
+        assert settings["layer_size"] == 6 and "height" not in settings  # 10 px cells
+        with pytest.raises(ValueError, match="no even cell size >= 4 divides the given 61"):
+            choose_settings(stats, {"height": 61, "width": 90})
+
     def test_given_settings_are_kept_and_the_rest_follows(self):
         stats = measure(sprite_frames())
         settings, reasons = choose_settings(stats, {"layer_size": 8, "num_layers": 3, "lr": 0.1})

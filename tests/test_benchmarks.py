@@ -23,3 +23,25 @@ def test_small_benchmark_writes_its_record(tmp_path, capsys):
     assert all(s["step_ms"] > 0 and s["frames_per_s"] > 0 for s in steps)
     assert record["device_type"] == "cpu" and record["torch"]
     assert "## Training step" in capsys.readouterr().out
+
+
+def test_gpu_call_runs_every_phase_dry(tmp_path):
+    """The prepared GPU call's --dry mode: the same phases at tiny sizes on the CPU, each
+    recorded (JSON and Markdown) without an error."""
+    from benchmarks.gpu import main as gpu
+
+    record = gpu(["--dry", "--out", str(tmp_path)])
+    phases = ["environment", "self_check", "kernels", "steps", "compile", "training"]
+    assert list(record) == phases
+    errors = {name: phase["error"] for name, phase in record.items() if "error" in phase}
+    assert not errors
+    assert {row["dtype"] for row in record["kernels"]["rows"]} == {"float32", "bfloat16"}
+    steps = record["steps"]["rows"]
+    measured = {(r["variant"], r["precision"]) for r in steps}
+    assert measured >= {("faithful", "fp32"), ("match", "bf16")}
+    assert [r["compiled"] for r in record["compile"]["rows"]] == [False, True]
+    assert record["training"]["steps"] == 3 and "evaluation" in record["training"]
+    assert json.loads((tmp_path / "gpu.json").read_text()).keys() == record.keys()
+    assert "## compile" in (tmp_path / "gpu.md").read_text()
+    skipped = gpu(["--dry", "--out", str(tmp_path / "short"), "--budget", "0"])
+    assert all("skipped" in skipped[name] for name in phases[1:])

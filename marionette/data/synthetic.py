@@ -118,7 +118,8 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 def true_sprites(settings: dict) -> list[np.ndarray] | None:
     """The class sprites (RGBA uint8 [h, w, 4]) of a sprite world from its recorded settings
-    (a dataset's ``dataset.json``, or :attr:`GeneratedData.settings`); None for other data."""
+    (a dataset's ``dataset.json``, or the ``settings`` of :class:`GeneratedData`); None for
+    other data."""
     if settings.get("generator") != "sprite_world":
         return None
     size = tuple(settings["sprite_size"])

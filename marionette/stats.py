@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .core import estimate_background_color, estimate_background_image
+from .core._typing import Float, Tensor
 from .data.frames import FrameSource
 
 __all__ = [
@@ -158,7 +159,7 @@ def measure(source: FrameSource, count: int = 200) -> FrameStats:
     foreground_color = _foreground(images, color[:, None, None], threshold)
     foreground_image = _foreground(images, image, threshold)
     share_color, share_image = foreground_color.float().mean(), foreground_image.float().mean()
-    scroll = _scroll_share(source, picks)
+    scroll = _scroll_share(source, picks, images)
     if scroll >= SCROLL_SHARE:
         background, mask = "strip", foreground_color
     elif share_color - share_image >= IMAGE_GAIN:
@@ -221,16 +222,18 @@ def _threshold(images: torch.Tensor, image: torch.Tensor) -> float:
     return FOREGROUND_MARGIN + noise
 
 
-def _scroll_share(source: FrameSource, picks: np.ndarray) -> float:
+def _scroll_share(
+    source: FrameSource, picks: np.ndarray, images: Float[Tensor, "N 3 H W"]
+) -> float:
     """Share of (sampled frame, next frame of its clip) pairs in which a horizontal shift of
     up to W / 8 explains the next frame at least twice as well as no shift (``nan`` when no
-    sampled frame has a successor)."""
+    sampled frame has a successor). ``images``: the sampled frames ``picks``, in [0, 1]."""
     nexts = picks + 1
     keep = nexts < len(source)
     keep[keep] &= source.clips[nexts[keep]] == source.clips[picks[keep]]
     if not keep.any():
         return float("nan")
-    a = source.frames(picks[keep]).float() / 255
+    a = images[torch.from_numpy(keep)]
     b = source.frames(nexts[keep]).float() / 255
     width = a.shape[-1]
     reach = max(1, width // 8)

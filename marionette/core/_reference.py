@@ -4,6 +4,7 @@ Every fast path in :mod:`marionette.core` is tested for equality with one of the
 obviousness over speed and are never exported.
 """
 
+import itertools
 import math
 
 import torch
@@ -131,37 +132,35 @@ def beta22_density(x: float) -> float:
     return math.gamma(4) / (math.gamma(2) ** 2) * x * (1 - x)
 
 
-def match_gains_reference(image_windows: Tensor, background_windows: Tensor, sprites: Tensor):
-    """Pixel by pixel: the squared-error change of placing each (binary-alpha) sprite displaced
-    by o over the background, a (||s - b||^2 - 2 (s - b).(I - b)), summed over the sprite's
-    pixels (image and background are zero outside the window), negated and divided by the
-    sprite's mass. Entry [m, k, i, j] is the displacement (x, y) = (j - P/2, i - P/2)."""
-    m_count, k_count, s = image_windows.shape[0], sprites.shape[0], sprites.shape[-1]
-    half = s // 4
-    out = torch.zeros(m_count, k_count, 2 * half + 1, 2 * half + 1, dtype=sprites.dtype)
-    for m in range(m_count):
-        image, behind = image_windows[m], background_windows[m]
-        for k in range(k_count):
-            alpha, color = sprites[k, 3], sprites[k, :3]
-            mass = max(float(alpha.sum()), 1.0)
-            for i in range(2 * half + 1):
-                for j in range(2 * half + 1):
-                    dy, dx = i - half, j - half
-                    total = 0.0
-                    for vy in range(s):
-                        for vx in range(s):
-                            a, c = alpha[vy, vx], color[:, vy, vx]
-                            term = a * (c * c).sum()
-                            y, x = vy + dy, vx + dx
-                            if 0 <= y < s and 0 <= x < s:
-                                pixel, bg = image[:, y, x], behind[:, y, x]
-                                term = term + a * (
-                                    -2 * (c * pixel).sum()
-                                    + 2 * (bg * pixel).sum()
-                                    - (bg * bg).sum()
-                                )
-                            total = total + term
-                    out[m, k, i, j] = -total / mass
+def match_gains_reference(frames: Tensor, background: Tensor, sprites: Tensor):
+    """Pixel by pixel: the squared-error change of placing each (binary-alpha) sprite at anchor
+    (i, j) displaced by o, top-left corner (iP - P/2 + o_y, jP - P/2 + o_x), over the background,
+    a (||s - b||^2 - 2 (s - b).(I - b)), summed over the sprite's pixels (image and background
+    are zero outside the canvas), negated and divided by the sprite's mass. Entry
+    [n, i, j, k, a, b] is the displacement (x, y) = (b - P/2, a - P/2)."""
+    n_count, _, h, w = frames.shape
+    k_count, s = sprites.shape[0], sprites.shape[-1]
+    p = s // 2
+    out = torch.zeros(n_count, h // p, w // p, k_count, p + 1, p + 1, dtype=sprites.dtype)
+    for n, i, j, k in itertools.product(
+        range(n_count), range(h // p), range(w // p), range(k_count)
+    ):
+        alpha, color = sprites[k, 3], sprites[k, :3]
+        mass = max(float(alpha.sum()), 1.0)
+        for a, b in itertools.product(range(p + 1), repeat=2):
+            top, left = i * p - p // 2 + a - p // 2, j * p - p // 2 + b - p // 2
+            total = 0.0
+            for vy, vx in itertools.product(range(s), repeat=2):
+                alpha_v, c = alpha[vy, vx], color[:, vy, vx]
+                term = alpha_v * (c * c).sum()
+                y, x = top + vy, left + vx
+                if 0 <= y < h and 0 <= x < w:
+                    pixel, bg = frames[n, :, y, x], background[n, :, y, x]
+                    term = term + alpha_v * (
+                        -2 * (c * pixel).sum() + 2 * (bg * pixel).sum() - (bg * bg).sum()
+                    )
+                total = total + term
+            out[n, i, j, k, a, b] = -total / mass
     return out
 
 

@@ -145,9 +145,9 @@ class AnchorOffsets(_LearnedOffsets):
 
 class MatchOffsets(nn.Module):
     """Template matching, nothing learned: with matched selection each sprite's softmax-weighted
-    best displacement in the anchor window (:func:`marionette.core.expected_displacement` of the
+    best displacement at the anchor (:func:`marionette.core.expected_displacement` of the
     selection's gains), mixed by the selection weights; else the displacement that best aligns
-    the slot's own soft sprite (:func:`marionette.core.match_offsets`)."""
+    the slot's own soft sprite with the frame (:func:`marionette.core.match_offsets`)."""
 
     def __init__(self, config: "ModelConfig") -> None:
         super().__init__()
@@ -168,21 +168,15 @@ class MatchOffsets(nn.Module):
                 weights, per_sprite, "B T NL Lh Lw K, B T Lh Lw K xy -> B T NL Lh Lw xy"
             )
             return Offsets(offsets, None, per_sprite)
-        b, t, nl, lh, lw = codes.shape[:5]
-        anchors = "B T Lh Lw C Sy Sx -> (B T NL Lh Lw) C Sy Sx"
+        t = codes.shape[1]
+        frames = "B T C H W -> (B T) C H W"
         offsets = match_offsets(
-            repeat(windows.image, anchors, NL=nl),
-            rearrange(mixed, "B T NL Lh Lw C Sy Sx -> (B T NL Lh Lw) C Sy Sx"),
-            repeat(windows.behind, anchors, NL=nl),
+            rearrange(windows.frames, frames),
+            rearrange(windows.background, frames),
+            rearrange(mixed, "B T NL Lh Lw C Sy Sx -> (B T) Lh Lw NL C Sy Sx"),
             self.temperature,
         )
-        return Offsets(
-            rearrange(
-                offsets, "(B T NL Lh Lw) xy -> B T NL Lh Lw xy", B=b, T=t, NL=nl, Lh=lh, Lw=lw
-            ),
-            None,
-            None,
-        )
+        return Offsets(rearrange(offsets, "(B T) Lh Lw NL xy -> B T NL Lh Lw xy", T=t), None, None)
 
 
 #: Offset predictors by name (the ``transform_encoder`` setting); each is built from the

@@ -143,16 +143,16 @@ def match_selection(
 
         logit_k = q . z_k / sqrt(D) + log sum_o exp(gain_k(o) / tau),
 
-    with the gains of :func:`marionette.core.match_gains`
-    of the anchor's window (the same for every layer), tau = ``temperature``. A slot thus picks
+    with the gains of :func:`marionette.core.match_gains` of the anchor (the same for every
+    layer), tau = ``temperature``. A slot thus picks
     the sprite that explains its window before the learned part has learned anything.
     """
-    b, t, _, lh, lw, _ = queries.shape
-    anchors = "B T Lh Lw C Sy Sx -> (B T Lh Lw) C Sy Sx"
+    t = queries.shape[1]
+    frames = "B T C H W -> (B T) C H W"
     gains = match_gains(
-        rearrange(windows.image, anchors), rearrange(windows.behind, anchors), sprites
+        rearrange(windows.frames, frames), rearrange(windows.background, frames), sprites
     )
-    gains = rearrange(gains, "(B T Lh Lw) K Qy Qx -> B T Lh Lw K Qy Qx", B=b, T=t, Lh=lh, Lw=lw)
+    gains = rearrange(gains, "(B T) Lh Lw K Qy Qx -> B T Lh Lw K Qy Qx", T=t)
     evidence = torch.logsumexp(gains.flatten(-2) / temperature, dim=-1)
     logits = selection_logits(queries, dict_codes) + evidence[:, :, None]
     return Selection(logits, gains)

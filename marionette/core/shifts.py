@@ -89,59 +89,94 @@ def discrete_offsets(
     return rearrange([weights_x @ displacement, weights_y @ displacement], "xy ... -> ... xy")
 
 
-def _gain_terms(image_windows: Tensor, background_windows: Tensor, sprites: Tensor):
-    """Signals and kernels whose correlations give the matching gain (see :func:`match_gains`)."""
-    s = sprites.shape[-1]
-    half = s // 4
-    pad = (half, half, half, half)
-    image = F.pad(image_windows, pad)
-    behind = F.pad(background_windows, pad)
-    signals = torch.cat([image, (2 * behind * image - behind * behind).sum(1, keepdim=True)], 1)
+def _gain_signals(frames: Tensor, background: Tensor, cell: int) -> Tensor:
+    """The frames and 2 b.I - ||b||^2, zero-padded by the cell size P on every side (the reach of
+    a sprite displaced by -P/2 from an edge anchor): the signals of :func:`match_gains`."""
+    signals = torch.cat(
+        [frames, (2 * background * frames - background * background).sum(-3, keepdim=True)], -3
+    )
+    return F.pad(signals, (cell, cell, cell, cell))
+
+
+def _gain_kernels(sprites: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Kernels (a s, -a/2), energy sum a ||s||^2 and mass max(sum a, 1) of each sprite."""
     alpha, color = sprites[..., 3:, :, :], sprites[..., :3, :, :]
     kernels = torch.cat([alpha * color, -0.5 * alpha], dim=-3)
     energy = (alpha * color * color).sum(dim=(-3, -2, -1))
     mass = alpha.sum(dim=(-3, -2, -1)).clamp(min=1.0)
-    return signals, kernels, energy, mass
+    return kernels, energy, mass
+
+
+def _transformable(x: Tensor) -> Tensor:
+    """x in a precision the FFTs take: float32 or float64 as it is, half precisions in float32."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _channel_dot(a: Tensor, b: Tensor) -> Tensor:
+    """sum_c a[..., c, :, :] b[..., c, :, :] of broadcastable spectra, one channel at a time
+    (on the CPU about twice as fast as the complex batched matrix product ``einsum`` makes of
+    it, whose matrices are only C = 4 deep)."""
+    total = a[..., 0, :, :] * b[..., 0, :, :]
+    for channel in range(1, a.shape[-3]):
+        total = total + a[..., channel, :, :] * b[..., channel, :, :]
+    return total
+
+
+def _check_canvas(frames: Tensor, sprites: Tensor) -> int:
+    """The cell size P = S / 2, after checking that it divides the canvas."""
+    cell = sprites.shape[-1] // 2
+    if frames.shape[-2] % cell or frames.shape[-1] % cell:
+        raise ValueError(
+            f"the canvas must be divisible by the cell size S / 2 = {cell}, got "
+            f"{tuple(frames.shape[-2:])}"
+        )
+    return cell
 
 
 @typed
 def match_gains(
-    image_windows: Float[Tensor, "N 3 S S"],
-    background_windows: Float[Tensor, "N 3 S S"],
+    frames: Float[Tensor, "N 3 H W"],
+    background: Float[Tensor, "N 3 H W"],
     sprites: Float[Tensor, "K 4 S S"],
-) -> Float[Tensor, "N K Q Q"]:
-    """Per-pixel gain of placing each sprite at each integer displacement of each window.
+) -> Float[Tensor, "N Lh Lw K Q Q"]:
+    """Per-pixel gain of placing each sprite at each integer displacement of each anchor.
 
-    Placing a sprite (alpha a, color s) displaced by o pixels over background b changes the
-    squared error of the window's image I by
-        cost(o) = sum_u a(u - o) ||s(u - o)||^2 - 2 sum_u (a s)(u - o) . I(u)
-                  + sum_u a(u - o) (2 b(u) . I(u) - ||b(u)||^2),
-    a constant minus cross-correlations of I with a s and of 2 b.I - ||b||^2 with a. The gain is
-    -cost(o) / max(sum a, 1) for o in [-P/2, P/2]^2; entry [n, k, i, j] is displacement
-    (x, y) = (j - P/2, i - P/2). Correlations use FFTs of size S + P, which cannot wrap around;
-    outside the canvas both windows are zero, so sprite parts placed there neither gain nor cost.
+    Placing a sprite (alpha a, color s) at top-left corner u0 over background b changes the
+    squared error of the frame I by
+        cost(u0) = sum_u a(u - u0) ||s(u - u0)||^2 - 2 sum_u (a s)(u - u0) . I(u)
+                   + sum_u a(u - u0) (2 b(u) . I(u) - ||b(u)||^2),
+    a constant minus cross-correlations of I with a s and of 2 b.I - ||b||^2 with a; the gain
+    is -cost / max(sum a, 1). Anchor (i, j) places the sprite at u0 = (iP - P/2, jP - P/2)
+    displaced by o in [-P/2, P/2]^2 (P = S / 2); entry [n, i, j, k, a, b] is displacement
+    (x, y) = (b - P/2, a - P/2). The sprite is scored against the frame it lands on, the
+    neighbouring cells included; outside the canvas frame and background are zero, so sprite
+    parts placed there cost their energy and gain nothing. Each frame is correlated with each
+    sprite once, by FFTs of the canvas padded by P (size H + S, which cannot wrap around), and
+    the anchors read their (P + 1)^2 displacements from the one correlation map.
     """
-    s = sprites.shape[-1]
-    q = s // 2 + 1
-    if image_windows.shape[0] == 0:  # no windows: FFT libraries refuse empty batches
-        return sprites.new_zeros(0, sprites.shape[0], q, q)
-    signals, kernels, energy, mass = _gain_terms(image_windows, background_windows, sprites)
+    cell = _check_canvas(frames, sprites)
+    (n, _, h, w), k, q = frames.shape, sprites.shape[0], cell + 1
+    if n == 0:  # no frames: FFT libraries refuse empty batches
+        return sprites.new_zeros(0, h // cell, w // cell, k, q, q)
+    signals = _gain_signals(frames, background, cell)
+    kernels, energy, mass = _gain_kernels(sprites)
     size = signals.shape[-2:]
-    spectrum = torch.einsum(
-        "mcxy,kcxy->mkxy",
-        torch.fft.rfft2(signals.float()),
-        torch.fft.rfft2(kernels.float(), s=size).conj(),
+    spectrum = _channel_dot(
+        rearrange(torch.fft.rfft2(_transformable(signals)), "N C Fy Fx -> N 1 C Fy Fx"),
+        torch.fft.rfft2(_transformable(kernels), s=size).conj(),
     )
-    correlation = _leading_inverse(spectrum, size, q).to(sprites.dtype)
-    return (2 * correlation - energy[None, :, None, None]) / mass[None, :, None, None]
+    correlation = _leading_inverse(spectrum, size, (h + 1, w + 1)).to(sprites.dtype)
+    gains = (2 * correlation - energy[:, None, None]) / mass[:, None, None]
+    per_anchor = gains.unfold(-2, q, cell).unfold(-2, q, cell)
+    return rearrange(per_anchor, "N K Lh Lw Qy Qx -> N Lh Lw K Qy Qx")
 
 
-def _leading_inverse(spectrum: Tensor, size: tuple[int, int], q: int) -> Tensor:
-    """``irfft2(spectrum, s=size)[..., :q, :q]`` without the rows that are cut: the inverse
-    along the rows first, then along the columns of the q rows kept only (exact; the second
-    transform runs on q / size[0] of the data, about a third here)."""
-    rows = torch.fft.ifft(spectrum, dim=-2)[..., :q, :]
-    return torch.fft.irfft(rows, n=size[-1], dim=-1)[..., :q]
+def _leading_inverse(spectrum: Tensor, size: torch.Size, kept: tuple[int, int]) -> Tensor:
+    """``irfft2(spectrum, s=size)[..., :rows, :cols]`` without the rows that are cut: the inverse
+    along the rows first, then along the columns of the rows kept only (exact)."""
+    rows, cols = kept
+    leading = torch.fft.ifft(spectrum, dim=-2)[..., :rows, :]
+    return torch.fft.irfft(leading, n=size[-1], dim=-1)[..., :cols]
 
 
 @typed
@@ -161,23 +196,35 @@ def expected_displacement(
 
 @typed
 def match_offsets(
-    image_windows: Float[Tensor, "N 3 S S"],
-    sprites: Float[Tensor, "N 4 S S"],
-    background_windows: Float[Tensor, "N 3 S S"],
+    frames: Float[Tensor, "N 3 H W"],
+    background: Float[Tensor, "N 3 H W"],
+    sprites: Float[Tensor, "N Lh Lw M 4 S S"],
     temperature: float = 0.05,
-) -> Float[Tensor, "N 2"]:
-    """Offset (x, y) in units of P that best aligns each slot's own sprite with its window.
+) -> Float[Tensor, "N Lh Lw M 2"]:
+    """Offset (x, y) in units of P that best aligns each slot's own sprite with the frame.
 
-    The gain of :func:`match_gains` for one sprite per window, turned into an offset by
+    The gain of :func:`match_gains` of the M slots of every anchor, each with its own sprite
+    (correlated with the anchor's (S + P)-pixel reach of the frame), turned into an offset by
     :func:`expected_displacement`.
     """
-    s = sprites.shape[-1]
-    q = s // 2 + 1
-    if image_windows.shape[0] == 0:  # no windows: FFT libraries refuse empty batches
-        return sprites.new_zeros(0, 2)
-    signals, kernels, energy, mass = _gain_terms(image_windows, background_windows, sprites)
-    size = signals.shape[-2:]
-    spectrum = torch.fft.rfft2(signals.float()) * torch.fft.rfft2(kernels.float(), s=size).conj()
-    correlation = _leading_inverse(spectrum.sum(dim=1), size, q).to(sprites.dtype)
-    gains = (2 * correlation - energy[:, None, None]) / mass[:, None, None]
+    cell = _check_canvas(frames, sprites)
+    q, reach = cell + 1, 3 * cell
+    anchors = (frames.shape[-2] // cell, frames.shape[-1] // cell)
+    if sprites.shape[1:3] != anchors:
+        raise ValueError(
+            f"sprites must have one row per anchor, [N, {anchors[0]}, {anchors[1]}, M, 4, S, S] "
+            f"for {tuple(frames.shape[-2:])} frames, got {tuple(sprites.shape)}"
+        )
+    if frames.shape[0] == 0:  # no frames: FFT libraries refuse empty batches
+        return sprites.new_zeros(*sprites.shape[:4], 2)
+    signals = _gain_signals(frames, background, cell)
+    windows = signals.unfold(-2, reach, cell).unfold(-2, reach, cell)
+    kernels, energy, mass = _gain_kernels(sprites)
+    size = (reach, reach)
+    spectrum = _channel_dot(
+        rearrange(torch.fft.rfft2(_transformable(windows)), "N C Lh Lw Fy Fx -> N Lh Lw 1 C Fy Fx"),
+        torch.fft.rfft2(_transformable(kernels), s=size).conj(),
+    )
+    correlation = _leading_inverse(spectrum, size, (q, q)).to(sprites.dtype)
+    gains = (2 * correlation - energy[..., None, None]) / mass[..., None, None]
     return expected_displacement(gains, temperature)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from einops import rearrange, repeat
 
 from marionette.core import (
     BACKGROUNDS,
@@ -19,7 +18,6 @@ from marionette.core import (
     discrete_offsets,
     expected_displacement,
     match_gains,
-    match_offsets,
     mix_sprites,
     scroll_strip,
     selection_logits,
@@ -53,15 +51,13 @@ class TestSelections:
         torch.testing.assert_close(selection.logits, selection_logits(codes, dict_codes))
         assert selection.gains is None
 
-    def test_match_adds_the_soft_maximal_gain_of_the_anchor_window(self):
+    def test_match_adds_the_soft_maximal_gain_of_the_anchor(self):
         config = ModelConfig(**CONFIG)
         codes, sprites, windows, _ = inputs(config)
         dict_codes = rand(3, 16, seed=9)
         selection = SELECTIONS["match"](codes, dict_codes, sprites, windows, 0.05)
         b, i, j = 1, 0, 2  # one anchor, by hand
-        gains = match_gains(
-            windows.image[b, 0, i, j][None], windows.behind[b, 0, i, j][None], sprites
-        )[0]
+        gains = match_gains(windows.frames[b], windows.background[b], sprites)[0, i, j]
         torch.testing.assert_close(selection.gains[b, 0, i, j], gains)
         evidence = torch.logsumexp(gains.flatten(1) / 0.05, dim=-1)
         for layer in range(2):
@@ -108,15 +104,14 @@ class TestOffsetPredictors:
         mixed = mix_sprites(weights, sprites)
         selection = SELECTIONS["learned"](codes, rand(3, 16), sprites, windows, 0.05)
         result = OFFSET_PREDICTORS["match"](config)(codes, windows, mixed, weights, selection)
-        slots = "B T NL Lh Lw C Sy Sx -> (B T NL Lh Lw) C Sy Sx"
-        per_anchor = "B T Lh Lw C Sy Sx -> B T NL Lh Lw C Sy Sx"
-        expected = match_offsets(
-            rearrange(repeat(windows.image, per_anchor, NL=2), slots),
-            rearrange(mixed, slots),
-            rearrange(repeat(windows.behind, per_anchor, NL=2), slots),
-            config.match_temperature,
-        )
-        torch.testing.assert_close(result.offsets.reshape(-1, 2), expected)
+        for b, layer, i, j in [(0, 0, 0, 0), (1, 1, 1, 2)]:  # slots by hand
+            own = match_gains(
+                windows.frames[b], windows.background[b], mixed[b, 0, layer, i, j][None]
+            )[0, i, j, 0]
+            torch.testing.assert_close(
+                result.offsets[b, 0, layer, i, j],
+                expected_displacement(own, config.match_temperature),
+            )
 
 
 class TestBackgrounds:

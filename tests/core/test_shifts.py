@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from hypothesis import given
@@ -127,7 +129,9 @@ class TestMatching:
 
     @pytest.mark.parametrize("seed", range(3))
     def test_gains_equal_the_naive_loop(self, seed):
-        images, behind = rand(2, 3, 8, 8, seed=seed), rand(2, 3, 8, 8, seed=seed + 10)
+        # a rectangular canvas of 3 x 4 cells of 4 px: sprites reach past its edges and into
+        # the neighbouring cells
+        images, behind = rand(2, 3, 12, 16, seed=seed), rand(2, 3, 12, 16, seed=seed + 10)
         sprites = rand(3, 4, 8, 8, seed=seed + 20)
         sprites[:, 3] = (sprites[:, 3] > 0.5).float()  # binary alpha: the gain is exact
         torch.testing.assert_close(
@@ -141,12 +145,35 @@ class TestMatching:
         sprite = torch.zeros(1, 4, 8, 8)
         sprite[0, :3, 3:5, 3:5], sprite[0, 3, 3:5, 3:5] = 1.0, 1.0  # a 2 x 2 white square
         image = torch.zeros(1, 3, 8, 8)
-        image[0, :, 4:6, 2:4] = 1.0  # the square moved by (x, y) = (-1, +1)
-        gains = match_gains(image, torch.zeros(1, 3, 8, 8), sprite)[0, 0]
+        # anchor (0, 0) puts the square on rows and columns 1..2; here it is moved by (-1, +1)
+        image[0, :, 2:4, 0:2] = 1.0
+        gains = match_gains(image, torch.zeros(1, 3, 8, 8), sprite)[0, 0, 0, 0]
         i, j = divmod(int(gains.argmax()), gains.shape[-1])
         assert (j - 2, i - 2) == (-1, 1)
         offsets = expected_displacement(gains, temperature=1e-3)
         torch.testing.assert_close(offsets, torch.tensor([-1 / 4, 1 / 4]))
+
+    def test_a_sprite_is_scored_against_the_neighbouring_cell_it_covers(self):
+        # a white 4 x 8 bar sprite and a white bar in the frame that runs on past anchor
+        # (0, 0)'s window: the sprite is scored against the pixels it lands on
+        sprite = torch.zeros(1, 4, 8, 8)
+        sprite[0, :, 2:6, :] = 1.0
+        image = torch.zeros(1, 3, 8, 16)
+        image[0, :, 2:6, 0:12] = 1.0
+        gains = match_gains(image, torch.zeros(1, 3, 8, 16), sprite)[0, 0, 0, 0]
+        # displacement (x, y) = (+2, +2) puts the bar on columns 0..7, rows 2..5, all white: each
+        # pixel gains 2 s.I - ||s||^2 = 3 (the window alone, columns -2..5, would see 6 of 8)
+        assert float(gains[4, 4]) == pytest.approx(3.0)
+        # (-2, +2) puts half of it off the canvas: 16 pixels gain 3, 16 cost 3
+        assert float(gains[4, 0]) == pytest.approx(0.0, abs=1e-5)
+
+    def test_the_gains_have_gradients_for_the_sprites_and_the_background(self):
+        images = rand(1, 3, 8, 8, dtype=torch.float64)
+        behind = rand(1, 3, 8, 8, dtype=torch.float64, seed=1).requires_grad_()
+        sprites = rand(2, 4, 4, 4, dtype=torch.float64, seed=2).requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda b, k: match_gains(images, b, k), (behind, sprites), fast_mode=True
+        )
 
     @pytest.mark.parametrize("temperature", [0.05, 1.0])
     def test_expected_displacement_equals_the_naive_loop(self, temperature):
@@ -157,18 +184,13 @@ class TestMatching:
         )
 
     def test_match_offsets_are_the_own_sprite_gains(self):
-        images, behind, sprites = (
-            rand(3, 3, 8, 8),
-            rand(3, 3, 8, 8, seed=1),
-            rand(3, 4, 8, 8, seed=2),
-        )
-        own = torch.stack(
-            [
-                match_gains(*(x[n : n + 1] for x in (images, behind, sprites)))[0, 0]
-                for n in range(3)
-            ]
-        )
+        images, behind = rand(2, 3, 8, 12), rand(2, 3, 8, 12, seed=1)
+        sprites = rand(2, 2, 3, 2, 4, 8, 8, seed=2)  # N Lh Lw M 4 S S: each slot its own
+        own = torch.zeros(2, 2, 3, 2, 5, 5)
+        for n, i, j, m in itertools.product(range(2), range(2), range(3), range(2)):
+            gains = match_gains(images[n : n + 1], behind[n : n + 1], sprites[n, i, j, m][None])
+            own[n, i, j, m] = gains[0, i, j, 0]
         torch.testing.assert_close(
-            match_offsets(images, sprites, behind, 0.05), expected_displacement(own, 0.05)
+            match_offsets(images, behind, sprites, 0.05), expected_displacement(own, 0.05)
         )
-        check_op(match_offsets, images, sprites, behind, 0.05)
+        check_op(match_offsets, images, behind, sprites, 0.05)

@@ -8,7 +8,8 @@ Output folder (the interface other tools read)::
     backgrounds.npy         float32 [N, 3, H, W] per-frame backgrounds (learned strips only)
     background.npy          float32 [3, H, W] the one background image (image backgrounds)
     sprites/<id>.png        each dictionary sprite, RGBA
-    sprite_sheet.png        the dictionary over a checkerboard, most used first, with counts
+    sprite_sheet.png        each used look once (repeated entries counted with the entry they
+                            repeat), over a checkerboard, most used first, with counts
     summary.png             input / hard reconstruction / difference / layers for a few frames
     reconstructions/<frame>.png       hard reconstruction of every frame
     layers/<frame>_layer<l>.png       every depth layer of every frame, RGBA
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._io import atomic_directory, atomic_write, write_json
-from .core import PARITY_GROUPS, Decomposition, MarioNette, plane_order_for
+from .core import PARITY_GROUPS, Decomposition, MarioNette, plane_order_for, sprite_looks
 from .data import FrameSource
 from .viz import panel, save_png, sprite_sheet, to_uint8
 
@@ -111,30 +112,33 @@ def _write_frames(out: Path, names: list[str], reconstruction, layers) -> None:
             save_png(_rgba_uint8(layers[i, 0, layer]), out / "layers" / f"{stem}_layer{layer}.png")
 
 
-def _write_dictionary(out: Path, model: MarioNette, summary: _Summary) -> dict:
+def _write_dictionary(out: Path, model: MarioNette, summary: _Summary) -> tuple[dict, list[int]]:
     """Sprites, backgrounds, the sprite sheet and the summary picture; returns the document's
-    ``background`` entry."""
+    ``background`` entry and the look of every sprite (:func:`marionette.core.sprite_looks`)."""
     sprites = summary.first.sprites.float().cpu()
     for k in range(len(sprites)):
         save_png(_rgba_uint8(sprites[k]), out / "sprites" / f"{k}.png")
     with atomic_write(out / "sprites.npy") as handle:
         np.save(handle, sprites.numpy())
-    save_png(sprite_sheet(sprites, summary.usage), out / "sprite_sheet.png")
+    looks = sprite_looks(sprites, summary.usage, model.grid.cell // 2)
+    save_png(sprite_sheet(sprites, summary.usage, looks=looks), out / "sprite_sheet.png")
     save_png(panel(*(torch.cat(parts) for parts in zip(*summary.pictures, strict=True))),
              out / "summary.png")  # fmt: skip
     if summary.backgrounds:
         with atomic_write(out / "backgrounds.npy") as handle:
             np.save(handle, torch.cat(summary.backgrounds).numpy())
-        return {"kind": "per_frame", "file": "backgrounds.npy"}
+        return {"kind": "per_frame", "file": "backgrounds.npy"}, looks
     image = summary.first.background[0, 0].float().cpu()  # the same for every frame
     if torch.equal(image, image[:, :1, :1].expand_as(image)):
-        return {"kind": "color", "color": [float(v) for v in image[:, 0, 0]]}
+        return {"kind": "color", "color": [float(v) for v in image[:, 0, 0]]}, looks
     with atomic_write(out / "background.npy") as handle:
         np.save(handle, image.numpy())
-    return {"kind": "image", "file": "background.npy"}
+    return {"kind": "image", "file": "background.npy"}, looks
 
 
-def _document(model: MarioNette, summary: _Summary, background: dict, records: list) -> dict:
+def _document(
+    model: MarioNette, summary: _Summary, background: dict, looks: list[int], records: list
+) -> dict:
     grid, first = model.grid, summary.first
     return {
         "format": FORMAT_VERSION,
@@ -150,6 +154,7 @@ def _document(model: MarioNette, summary: _Summary, background: dict, records: l
         "coordinates": "pixels; (x, y) with x the column; boxes (x0, y0, x1, y1), x1/y1 "
         "exclusive; offsets in units of the cell size",
         "sprite_usage": summary.usage.tolist(),
+        "sprite_looks": looks,
         "psnr_hard": summary.psnr,
         "frames": records,
     }
@@ -206,8 +211,8 @@ def _decompose_into(out, model, frames, batch_size, summary_frames, device, prog
         records += _records(d, output.boxes(), names)
         _write_frames(out, names, output.reconstruction, layers)
         summary.add(images, d, output.reconstruction, layers, model.background.per_frame)
-    background = _write_dictionary(out, model, summary)
-    write_json(out / "decomposition.json", _document(model, summary, background, records))
+    background, looks = _write_dictionary(out, model, summary)
+    write_json(out / "decomposition.json", _document(model, summary, background, looks, records))
     return summary, records
 
 

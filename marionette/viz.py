@@ -1,6 +1,7 @@
 """Pictures of what a model learned: sprite sheets, layer panels, reconstructions."""
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -68,6 +69,7 @@ def sprite_sheet(
     columns: int = 0,
     scale: int = 3,
     order_by_usage: bool = True,
+    looks: Sequence[int] | None = None,
 ) -> np.ndarray:
     """The dictionary over a checkerboard, optionally ordered by use and labelled with counts.
 
@@ -77,15 +79,29 @@ def sprite_sheet(
         columns: sprites per row (0: about square).
         scale: nearest-neighbour upscaling of each sprite.
         order_by_usage: most used first (when ``usage`` is given).
+        looks: the look of every entry (:func:`marionette.core.sprite_looks`; needs ``usage``):
+            each used look is drawn once, with the use of its repeats added to its count and
+            their number after it (``#id n +r``); unused entries are left out.
     """
     k, _, s, _ = sprites.shape
-    order = list(range(k))
-    if usage is not None and order_by_usage:
-        order = sorted(order, key=lambda i: (-int(usage[i]), i))
-    columns = columns or int(np.ceil(np.sqrt(k)))
-    rows = int(np.ceil(k / columns))
+    order, counts, repeats = list(range(k)), usage, [0] * k
+    if looks is not None:
+        if usage is None or len(looks) != k:
+            raise ValueError(
+                f"looks need the usage and one look per entry ({k}), got usage "
+                f"{None if usage is None else tuple(usage.shape)} and {len(looks)} looks"
+            )
+        counts = torch.zeros(k, dtype=torch.long)
+        for entry, look in enumerate(looks):
+            counts[look] += int(usage[entry])
+            repeats[look] += look != entry
+        order = [entry for entry in order if looks[entry] == entry and counts[entry] > 0]
+    if counts is not None and order_by_usage:
+        order = sorted(order, key=lambda i: (-int(counts[i]), i))
+    columns = columns or max(1, int(np.ceil(np.sqrt(len(order)))))
+    rows = max(1, int(np.ceil(len(order) / columns)))
     cell = s * scale + 2
-    label = 12 if usage is not None else 0
+    label = 12 if counts is not None else 0
     sheet = Image.new("RGB", (columns * cell, rows * (cell + label)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     tiles = over_checkerboard(sprites.detach().float().cpu(), tile=max(2, s // 4))
@@ -94,10 +110,7 @@ def sprite_sheet(
         tile = np.kron(to_uint8(_border(tiles[index])), np.ones((scale, scale, 1), np.uint8))
         tile = Image.fromarray(tile).resize((cell, cell), Image.Resampling.NEAREST)
         sheet.paste(tile, (col * cell, row * (cell + label)))
-        if usage is not None:
-            draw.text(
-                (col * cell + 2, row * (cell + label) + cell),
-                f"#{index} {int(usage[index])}",
-                fill=(0, 0, 0),
-            )
+        if counts is not None:
+            text = f"#{index} {int(counts[index])}" + (f" +{repeats[index]}" * bool(repeats[index]))
+            draw.text((col * cell + 2, row * (cell + label) + cell), text, fill=(0, 0, 0))
     return np.asarray(sheet)

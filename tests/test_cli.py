@@ -45,6 +45,8 @@ def test_decompose_round_trip(run, tmp_path, capsys):
             x0, y0, x1, y1 = sprite["box"]
             assert 0 <= x0 <= x1 <= 32 and 0 <= y0 <= y1 <= 32
             assert set(sprite) >= {"layer", "row", "col", "sprite", "presence", "offset", "depth"}
+    looks = document["sprite_looks"]  # each entry's look is an entry that is its own look
+    assert len(looks) == document["num_sprites"] and all(looks[look] == look for look in looks)
     for name in ("sprite_sheet.png", "summary.png", "sprites/0.png"):
         assert (out / name).exists()
     with Image.open(out / "sprites" / "0.png") as sprite:

@@ -28,6 +28,7 @@ from .dictionary import (
     decode_sprites,
     duplicate_entries,
     foreground_patches,
+    sprite_looks,
 )
 from .encoders import CompensatedConv2d, GridEncoder, MLPHead, compensated_conv2d
 from .encoding import Encoding
@@ -165,6 +166,7 @@ __all__ = [
     "shift_slots",
     "slide_strip_window",
     "slot_sprites",
+    "sprite_looks",
     "straight_through",
     "training_objective",
     "triton_unavailable_reason",

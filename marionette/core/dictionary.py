@@ -14,6 +14,7 @@ __all__ = [
     "decode_sprites",
     "duplicate_entries",
     "foreground_patches",
+    "sprite_looks",
 ]
 
 DECODERS: tuple[str, ...] = ("mlp", "pixels")
@@ -146,22 +147,23 @@ class SpriteDictionary(nn.Module):
 
 
 @typed
-def duplicate_entries(
+def sprite_looks(
     sprites: Float[Tensor, "K 4 S S"],
     usage: Int64[Tensor, " K"],
     reach: int,
     min_iou: float = 0.9,
     max_color: float = 0.1,
 ) -> list[int]:
-    """Entries that repeat a more used entry, to be freed (one sprite per look).
+    """The look of every entry: the most used entry it repeats, or itself (one sprite per look).
 
     With masks a_k = [alpha_k > 1/2] and mean colours c_k = sum(alpha_k rgb_k) / sum(alpha_k),
     entry j repeats entry i when, for the best integer shift d in [-reach, reach]^2,
 
         IoU_ij = max_d |a_i(. - d) & a_j| / (|a_i| + |a_j| - |a_i(. - d) & a_j|) >= min_iou
 
-    and max over channels |c_i - c_j| <= max_color. Going from the most used entry down, each
-    entry that repeats one already kept is returned; empty masks are never returned.
+    and max over channels |c_i - c_j| <= max_color. Going from the most used entry down, an
+    entry that repeats entries already kept takes the look of the first of them (the most
+    used); the others, and entries with empty masks, keep their own.
     """
     masks = (sprites[:, 3:] > 0.5).float()
     areas = masks.sum(dim=(1, 2, 3))
@@ -171,14 +173,27 @@ def duplicate_entries(
     colors = (sprites[:, :3] * alpha).sum(dim=(2, 3)) / alpha.sum(dim=(2, 3)).clamp_min(1e-6)
     close = (colors[:, None] - colors[None, :]).abs().amax(dim=-1) <= max_color
     repeats = (iou >= min_iou) & close & (areas[:, None] > 0) & (areas[None, :] > 0)
+    looks = list(range(len(sprites)))
     kept: list[int] = []
-    freed: list[int] = []
     for k in torch.argsort(usage, descending=True, stable=True).tolist():
-        if areas[k] > 0 and any(bool(repeats[i, k]) for i in kept):
-            freed.append(k)
-        else:
+        looks[k] = next((i for i in kept if bool(repeats[i, k])), k) if areas[k] > 0 else k
+        if looks[k] == k:
             kept.append(k)
-    return sorted(freed)
+    return looks
+
+
+@typed
+def duplicate_entries(
+    sprites: Float[Tensor, "K 4 S S"],
+    usage: Int64[Tensor, " K"],
+    reach: int,
+    min_iou: float = 0.9,
+    max_color: float = 0.1,
+) -> list[int]:
+    """Entries that repeat a more used entry (their :func:`sprite_looks` is another), to be
+    freed, in increasing order."""
+    looks = sprite_looks(sprites, usage, reach, min_iou, max_color)
+    return [k for k, look in enumerate(looks) if look != k]
 
 
 def _blob(mask: Tensor, seed_y: int, seed_x: int, gap: int = 2) -> Tensor:

@@ -23,6 +23,7 @@ from marionette.core import (
     reconstruction_loss,
     scroll_strip,
     slide_strip_window,
+    sprite_looks,
 )
 from marionette.core._reference import (
     beta22_density,
@@ -129,8 +130,8 @@ class TestDictionary:
         torch.testing.assert_close(after[[0, 2, 3, 5]], before[[0, 2, 3, 5]], atol=2e-3, rtol=0)
 
 
-def duplicates_reference(sprites, usage, reach, min_iou=0.9, max_color=0.1):
-    """duplicate_entries by explicit shifts of zero-padded masks."""
+def looks_reference(sprites, usage, reach, min_iou=0.9, max_color=0.1):
+    """sprite_looks by explicit shifts of zero-padded masks."""
     masks = sprites[:, 3] > 0.5
     alpha = sprites[:, 3:]
     colors = (sprites[:, :3] * alpha).sum((2, 3)) / alpha.sum((2, 3)).clamp_min(1e-6)
@@ -148,10 +149,14 @@ def duplicates_reference(sprites, usage, reach, min_iou=0.9, max_color=0.1):
         union = float(masks[i].sum() + masks[j].sum()) - best
         return best / union >= min_iou and (colors[i] - colors[j]).abs().max() <= max_color
 
-    kept, freed = [], []
+    kept, looks = [], list(range(len(sprites)))
     for k in sorted(range(len(sprites)), key=lambda k: (-int(usage[k]), k)):
-        (freed if masks[k].any() and any(repeats(i, k) for i in kept) else kept).append(k)
-    return sorted(freed)
+        repeated = [i for i in kept if masks[k].any() and repeats(i, k)]
+        if repeated:
+            looks[k] = repeated[0]
+        else:
+            kept.append(k)
+    return looks
 
 
 class TestDuplicates:
@@ -164,6 +169,7 @@ class TestDuplicates:
         sprites[2, :3] = torch.tensor([0.2, 0.2, 0.8])[:, None, None]  # same shape, other color
         sprites[3, 3, 1:11, 5:7] = 0.95  # another shape
         usage = torch.tensor([3, 9, 5, 1, 0])  # entry 4 is empty: never a duplicate
+        assert sprite_looks(sprites, usage, reach=2) == [1, 1, 2, 3, 4]
         assert duplicate_entries(sprites, usage, reach=2) == [0]
         assert duplicate_entries(sprites, usage, reach=1) == []  # the shift is out of reach
 
@@ -178,7 +184,10 @@ class TestDuplicates:
             colors = torch.rand(9, 3, 1, 1, generator=g).round() * 0.6 + 0.2
             sprites = torch.cat([colors.expand(-1, -1, 10, 10), masks * 0.9 + 0.05], 1)
             usage = torch.randint(0, 10, (9,), generator=g)
-            assert duplicate_entries(sprites, usage, 2) == duplicates_reference(sprites, usage, 2)
+            looks = looks_reference(sprites, usage, 2)
+            assert sprite_looks(sprites, usage, 2) == looks
+            repeats = [k for k, look in enumerate(looks) if look != k]
+            assert duplicate_entries(sprites, usage, 2) == repeats
 
 
 class TestBackgroundColor:

@@ -71,13 +71,15 @@ def _peak_rss_mb() -> float:
 
 
 def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> dict:
-    """Median / IQR of the wall time of ``fn`` in ms, and its peak memory in MiB."""
+    """Median / IQR of the wall time of ``fn`` in ms, and its peak memory in MiB (on the CPU
+    the growth of the peak resident set from before the warm-up runs, which allocate what the
+    timed ones reuse: a bound only in a fresh process, see ``benchmarks.scaling``)."""
+    rss_before = _peak_rss_mb()
     for _ in range(warmup):
         fn()
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _peak_rss_mb()
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -194,14 +196,17 @@ def bench_step(
     frames_per_item: int = 1,
     renderer: str = "auto",
     compile_backend: str | None = None,
+    overrides: dict | None = None,
 ) -> dict:
     """One training step as the trainer runs it: soft forward, losses, backward, AdamW; the
     hard pass only runs (without autograd) when metrics are logged, so it is not timed here.
-    ``compile_backend``: the model's forward through ``torch.compile`` with that backend."""
+    ``compile_backend``: the model's forward through ``torch.compile`` with that backend;
+    ``overrides``: settings that replace the configuration's."""
     stacks = max(batch // frames_per_item, 1)
+    settings = {**CONFIGS[name], **VARIANTS[variant], **(overrides or {})}
     config = Config().replace(
-        **CONFIGS[name], **VARIANTS[variant], bs=stacks, frames_per_item=frames_per_item,
-        aow=aow, renderer=renderer, precision=precision,
+        **settings, bs=stacks, frames_per_item=frames_per_item, aow=aow, renderer=renderer,
+        precision=precision,
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(config).to(device)

@@ -45,3 +45,22 @@ def test_gpu_call_runs_every_phase_dry(tmp_path):
     assert "## compile" in (tmp_path / "gpu.md").read_text()
     skipped = gpu(["--dry", "--out", str(tmp_path / "short"), "--budget", "0"])
     assert all("skipped" in skipped[name] for name in phases[1:])
+
+
+def test_scaling_varies_one_setting_at_a_time(tmp_path):
+    from benchmarks.scaling import DRY_SCALES, point
+    from benchmarks.scaling import main as scaling
+
+    assert point("space_invaders", "canvas", 256, 8) == (
+        {"height": 256, "width": 256, "layer_size": 32},  # the base's 8 px cell kept
+        1,
+        8,
+    )
+    assert point("space_invaders", "T", 4, 8) == ({}, 4, 8)
+    assert point("space_invaders", "num_sprites", 108, 8) == ({"num_sprites": 108}, 1, 8)
+    record = scaling(["--dry", "--out", str(tmp_path / "scaling.json")])
+    measured = [(row["setting"], row["value"]) for row in record["rows"]]
+    assert measured == [(name, v) for name, values in DRY_SCALES.items() for v in values]
+    assert all(row["step_ms"] > 0 for row in record["rows"])
+    assert [row["T"] for row in record["rows"] if row["setting"] == "T"] == DRY_SCALES["T"]
+    assert json.loads((tmp_path / "scaling.json").read_text()) == json.loads(json.dumps(record))

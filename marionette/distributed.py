@@ -95,6 +95,8 @@ def join(device_name: str):
         dist.init_process_group("nccl" if cuda else "gloo")
     try:
         yield Group(rank, world, local_rank, device, owned)
+        if owned:  # all ranks done before any tears down (gloo aborts a rank left in a call)
+            dist.barrier()
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()

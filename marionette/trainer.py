@@ -14,10 +14,11 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -53,6 +54,8 @@ __all__ = [
     "TrainingFailed",
     "train",
 ]
+
+Result = TypeVar("Result")
 
 
 class TrainingFailed(RuntimeError):
@@ -299,12 +302,12 @@ class _Training:
             with _typecheck_policy(t.typecheck), _StopRequest() as stop:
                 interrupted = False
                 while self.step < t.num_steps:
-                    interrupted, stopped = self._stop_requested(stop)
+                    interrupted, stopped = self._guarded(self._stop_requested, stop)
                     if interrupted or stopped:
                         break
                     if t.typecheck == "first" and self.step > 0:
                         set_typecheck(False)
-                    self._guarded_step()
+                    self._guarded(self._one_step)
                 if interrupted:
                     status = "interrupted"
                     self._stop(stop.signal)
@@ -376,10 +379,11 @@ class _Training:
         self.checkpoint(final=True)
         self._confirm()
 
-    def _guarded_step(self) -> None:
-        """One step; an error in it stops the run with a checkpoint of the last finished step."""
+    def _guarded(self, part: Callable[..., Result], *args) -> Result:
+        """A part of the loop (a step, or the group's agreement before it, where a broken group
+        shows first); an error in it stops the run with a checkpoint of the last finished step."""
         try:
-            self._one_step()
+            return part(*args)
         except KeyboardInterrupt:  # a second Ctrl-C: the step is half done, so no checkpoint
             newest = self.last_good or self.unconfirmed or "none yet"
             say(f"stopped at once in step {self.step + 1}; newest checkpoint: {newest}")

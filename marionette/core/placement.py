@@ -70,8 +70,9 @@ def extract_windows(
 @typed
 @dataclass(frozen=True, eq=False)
 class AnchorWindows:
-    """The frames and the background around every anchor, cut out on first use (only matched
-    selection and offsets and the per-slot transform encoder look at them).
+    """The frames and the background under the sprites, with the frames' window around every
+    anchor cut out on first use (only the per-slot transform encoder looks at it; matched
+    selection and offsets correlate the whole frames).
 
     Attributes:
         frames: the frames being explained.
@@ -87,8 +88,3 @@ class AnchorWindows:
     def image(self) -> Float[Tensor, "B T Lh Lw 3 S S"]:
         """The frames' window around every anchor."""
         return extract_windows(self.frames, self.grid)
-
-    @cached_property
-    def behind(self) -> Float[Tensor, "B T Lh Lw 3 S S"]:
-        """The background's window around every anchor."""
-        return extract_windows(self.background, self.grid)

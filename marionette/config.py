@@ -18,6 +18,7 @@ from ._io import write_json
 from .core import (
     BACKGROUNDS,
     CODE_KINDS,
+    CONTRASTS,
     DECODERS,
     GATING_MODES,
     OFFSET_PREDICTORS,
@@ -43,6 +44,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "renderer": RENDERER_CHOICES,
     "typecheck": ("first", "on", "off"),
     "consistency_code": CODE_KINDS,
+    "consistency_contrast": CONTRASTS,
     "sprite_init": ("random", "data"),
 }
 
@@ -84,11 +86,20 @@ class TrainConfig:
             colour within 0.1: :func:`marionette.core.duplicate_entries`) or that no slot used
             since the last merge, and re-seed them from the step's worst reconstructed regions
             (0: never).
+        w_select: weight of the selection-prediction term: the presence-weighted cross-entropy
+            of the anchor code's own logits q . z / sqrt(D) against the selection weights used
+            (:func:`marionette.core.selection_prediction_loss`). With matched selection it makes
+            the codes say which sprite their slot draws, which the matching otherwise decides
+            alone (docs/results.md); with the learned selection the target is the logits' own
+            softmax and the term has no gradient (0: off).
         aow: weight of the object-consistency loss (0: off).
         aow_warmup: steps over which the consistency weight ramps in linearly.
         consistency_code: which vector is an object's code for the consistency loss:
             ``"codes"`` (anchor code), ``"queries"`` (projected code) or ``"weights"``.
         consistency_radius: candidate radius in pixels (0: one cell size P).
+        consistency_contrast: what a matched object's code is contrasted with: ``"objects"``
+            (every object of the next frame) or ``"looks"`` (every slot of the next frame but
+            the objects drawing the match's sprite; see :func:`marionette.core.consistency_loss`).
         seed: seeds Python, NumPy and torch before anything random happens.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
@@ -119,10 +130,12 @@ class TrainConfig:
     hard_warmup: int = 0
     reinit_unused: int = 0
     merge_every: int = 0
+    w_select: float = 0.0
     aow: float = 0.0
     aow_warmup: int = 0
     consistency_code: str = "codes"
     consistency_radius: float = 0.0
+    consistency_contrast: str = "objects"
     seed: int = 2
     device: str = "auto"
     precision: str = "auto"

@@ -20,7 +20,13 @@ from .compositing import (
     gate_presence,
     plane_order,
 )
-from .consistency import CODE_KINDS, ConsistencyResult, consistency_loss, encoding_consistency
+from .consistency import (
+    CODE_KINDS,
+    CONTRASTS,
+    ConsistencyResult,
+    consistency_loss,
+    encoding_consistency,
+)
 from .decomposition import Decomposition, shift_slots, slot_sprites
 from .dictionary import (
     DECODERS,
@@ -34,7 +40,13 @@ from .encoders import CompensatedConv2d, GridEncoder, MLPHead, compensated_conv2
 from .encoding import Encoding
 from .fused import render_fused, triton_unavailable_reason
 from .geometry import Grid, footprint_boxes, global_centers, window_origins
-from .losses import beta_prior_loss, presence_loss, psnr, reconstruction_loss
+from .losses import (
+    beta_prior_loss,
+    presence_loss,
+    psnr,
+    reconstruction_loss,
+    selection_prediction_loss,
+)
 from .model import MarioNette, MarioNetteOutput, ModelConfig, plane_order_for
 from .modes import RENDER_MODES, decompose_encoding
 from .objective import Objective, ObjectiveWeights, ramp, training_objective
@@ -82,6 +94,7 @@ from .shifts import (
 __all__ = [
     "BACKGROUNDS",
     "CODE_KINDS",
+    "CONTRASTS",
     "DECODERS",
     "GATING_MODES",
     "OFFSET_HEADS",
@@ -160,6 +173,7 @@ __all__ = [
     "resolve_renderer",
     "scroll_strip",
     "selection_logits",
+    "selection_prediction_loss",
     "set_typecheck",
     "shift_bilinear",
     "shift_discrete",

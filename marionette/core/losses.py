@@ -1,4 +1,5 @@
-"""Training objective: reconstruction MSE, Beta(2, 2) prior on weights and presence, L1 presence."""
+"""Training objective: reconstruction MSE, Beta(2, 2) prior on weights and presence, L1 presence,
+the selection-prediction cross-entropy."""
 
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ __all__ = [
     "presence_loss",
     "psnr",
     "reconstruction_loss",
+    "selection_prediction_loss",
 ]
 
 
@@ -75,3 +77,28 @@ def presence_loss(
         )
     weights = presence.new_tensor(list(layer_weights)).expand(num_layers)
     return (presence.abs().mean(dim=(0, 1, 3, 4)) * weights).mean()
+
+
+@typed
+def selection_prediction_loss(
+    logits: Float[Tensor, "*batch K"],
+    weights: Float[Tensor, "*batch K"],
+    presence: Float[Tensor, "*batch"],
+) -> Float[Tensor, ""]:
+    """Presence-weighted cross-entropy of the learned selection against the selection used,
+
+        mean_i p_i H(w_i, softmax(l_i)) = mean_i p_i ( -sum_k w_ik log softmax(l_i)_k ),
+
+    with the weights w and presence p held fixed (detached): only the logits l learn. With
+    matched selection, l = q . z / sqrt(D) are the anchor code's own logits, and this term asks
+    the code to say which sprite its slot draws, which the matching otherwise decides alone.
+    Empty slots (p = 0) do not count.
+
+    Example:
+        >>> logits = torch.tensor([[0.0, 0.0]])
+        >>> round(float(selection_prediction_loss(logits, torch.tensor([[1.0, 0.0]]),
+        ...     torch.ones(1))), 4)  # log 2
+        0.6931
+    """
+    cross_entropy = -(weights.detach() * torch.log_softmax(logits, dim=-1)).sum(-1)
+    return (presence.detach() * cross_entropy).mean()

@@ -5,7 +5,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ._typing import Float, Tensor
 from .consistency import encoding_consistency
-from .losses import beta_prior_loss, presence_loss, reconstruction_loss
+from .losses import (
+    beta_prior_loss,
+    presence_loss,
+    reconstruction_loss,
+    selection_prediction_loss,
+)
+from .selection import selection_logits
 
 if TYPE_CHECKING:
     from .model import MarioNette, MarioNetteOutput
@@ -23,10 +29,12 @@ class ObjectiveWeights:
     presence_warmup: int = 0
     hard_mix: float = 0.0
     hard_warmup: int = 0
+    w_select: float = 0.0
     aow: float = 0.0
     aow_warmup: int = 0
     consistency_code: str = "codes"
     consistency_radius: float = 0.0
+    consistency_contrast: str = "objects"
 
 
 class Objective(NamedTuple):
@@ -55,9 +63,10 @@ def training_objective(
 
         L = MSE(soft, x) + w_beta Beta22(w, p) + [step >= presence_warmup] L1_lambda(p)
             + hard_mix ramp(hard_warmup) MSE(straight-through hard, x)
-            + aow ramp(aow_warmup) L_consistency,
+            + w_select L_select(q . z / sqrt(D), w, p) + aow ramp(aow_warmup) L_consistency,
 
-    the last two only when their weight is positive (and T >= 2 for the consistency term).
+    (L_select: :func:`selection_prediction_loss`, with the dictionary codes z held fixed), the
+    last three only when their weight is positive (and T >= 2 for the consistency term).
     Terms are computed in float32 whatever the autocast precision.
     """
     w = weights
@@ -74,9 +83,20 @@ def training_objective(
         hard = model.render(out.encoding, "straight_through")
         terms["hard_rec_loss"] = reconstruction_loss(hard.reconstruction.float(), target)
         loss = loss + w.hard_mix * ramp(step, w.hard_warmup) * terms["hard_rec_loss"]
+    if w.w_select > 0:
+        encoding = out.encoding
+        learned = selection_logits(encoding.queries, encoding.dict_codes.detach())
+        terms["select_loss"] = selection_prediction_loss(
+            learned.float(), encoding.weights.float(), encoding.presence.float()
+        )
+        loss = loss + w.w_select * terms["select_loss"]
     if w.aow > 0 and frames.shape[1] > 1:
         consistency = encoding_consistency(
-            out.encoding, model.grid, w.consistency_code, w.consistency_radius
+            out.encoding,
+            model.grid,
+            w.consistency_code,
+            w.consistency_radius,
+            contrast=w.consistency_contrast,
         )
         terms["consistency_loss"] = consistency.loss
         terms["matched_objects"] = consistency.matched.float()

@@ -3,17 +3,19 @@
 import dataclasses
 import math
 
+import einops
 import pytest
 import torch
 import torch.nn.functional as F
 
-from marionette.core import Grid, consistency_loss, encoding_consistency
+from marionette.core import Grid, consistency_loss, encoding_consistency, global_centers
 from marionette.core.model import MarioNette, ModelConfig
 
 
-def naive_consistency(codes, presence, centers, radius, tau=0.1, threshold=0.5):
+def naive_consistency(codes, presence, centers, radius, tau=0.1, threshold=0.5, looks=None):
     """Object by object: the nearest object of the next frame within the radius is the match
-    (if it is also the most similar candidate); -log of its softmax share over all objects."""
+    (if it is also the most similar candidate); -log of its softmax share over all objects, or
+    with ``looks`` over all slots of the next frame but the match's look-alike objects."""
     total, matched = 0.0, 0
     batch, steps, slots, _ = codes.shape
     for b in range(batch):
@@ -35,7 +37,17 @@ def naive_consistency(codes, presence, centers, radius, tau=0.1, threshold=0.5):
                 nearest = min(candidates, key=lambda j: distance[j])
                 if max(candidates, key=lambda j: cos[j]) != nearest:
                     continue
-                share = math.exp(cos[nearest] / tau) / sum(math.exp(c / tau) for c in cos.values())
+                if looks is None:
+                    counted = objects
+                else:
+                    look = looks[b, t + 1, nearest]
+                    alike = {j for j in objects if looks[b, t + 1, j] == look and j != nearest}
+                    counted = [j for j in range(slots) if j not in alike]
+                sims = {
+                    j: float(F.cosine_similarity(codes[b, t, i], codes[b, t + 1, j], dim=0))
+                    for j in counted
+                }
+                share = math.exp(cos[nearest] / tau) / sum(math.exp(c / tau) for c in sims.values())
                 total -= math.log(share)
                 matched += 1
     return total / (batch * (steps - 1) * slots), matched
@@ -56,6 +68,33 @@ def test_equals_the_naive_loop(seed):
     expected, count = naive_consistency(codes, presence, centers, radius=8.0)
     assert int(matched) == count > 0
     torch.testing.assert_close(loss, torch.as_tensor(expected, dtype=loss.dtype))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_looks_contrast_equals_the_naive_loop(seed):
+    codes, presence, centers = random_case(seed)
+    looks = torch.randint(0, 3, presence.shape, generator=torch.Generator().manual_seed(seed))
+    loss, matched = consistency_loss(codes, presence, centers, radius=8.0, looks=looks)
+    expected, count = naive_consistency(codes, presence, centers, radius=8.0, looks=looks)
+    assert int(matched) == count > 0
+    torch.testing.assert_close(loss, torch.as_tensor(expected, dtype=loss.dtype))
+    assert not torch.allclose(loss, consistency_loss(codes, presence, centers, 8.0).loss)
+
+
+def test_looks_contrast_lets_look_alikes_share_a_code():
+    """Two identical objects that keep one code: against every object the term pushes them apart
+    (only their position could tell them apart); against other looks it is satisfied."""
+    codes = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).expand(1, 2, 3, 2)
+    centers = torch.tensor([[0.0, 0.0], [20.0, 0.0], [40.0, 0.0]]).expand(1, 2, 3, 2)
+    presence = torch.tensor([1.0, 1.0, 0.0]).expand(1, 2, 3)  # slot 2 is empty
+    same_look = torch.zeros(1, 2, 3, dtype=torch.int64)
+    alike = consistency_loss(codes, presence, centers, 4.0, agreement=False, looks=same_look)
+    apart = consistency_loss(codes, presence, centers, 4.0, agreement=False)
+    assert int(alike.matched) == int(apart.matched) == 2
+    # each object against itself and the empty slot (cosine 0): -log(e^10 / (e^10 + 1))
+    expected = 2 * math.log1p(math.exp(-10.0)) / 3
+    assert float(alike.loss) == pytest.approx(expected, abs=1e-6)  # float32 logsumexp
+    assert float(apart.loss) == pytest.approx(2 * math.log(2.0) / 3, rel=1e-4)
 
 
 def test_gradient_pulls_the_match_and_pushes_the_other_object():
@@ -168,3 +207,21 @@ def test_unknown_code_kind():
     encoding = model.encode(torch.rand(1, 2, 3, 32, 32))
     with pytest.raises(ValueError, match="code must be one of"):
         encoding_consistency(encoding, model.grid, code="z_what")
+    with pytest.raises(ValueError, match="contrast must be one of"):
+        encoding_consistency(encoding, model.grid, contrast="classes")
+
+
+def test_encoding_looks_are_the_drawn_sprites():
+    model = MarioNette(ModelConfig(height=32, width=32, layer_size=4, num_layers=2, dim_z=8))
+    encoding = model.encode(torch.rand(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    grid = model.grid
+    slots = "B T NL Lh Lw ... -> B T (NL Lh Lw) ..."
+    args = (
+        einops.rearrange(encoding.codes, slots),
+        einops.rearrange(encoding.presence, slots),
+        einops.rearrange(global_centers(encoding.offsets, grid), slots),
+    )
+    looks = einops.rearrange(encoding.weights.argmax(-1), slots)
+    expected = consistency_loss(*args, radius=float(grid.cell), looks=looks)
+    result = encoding_consistency(encoding, grid, contrast="looks")
+    torch.testing.assert_close(result.loss, expected.loss)

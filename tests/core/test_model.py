@@ -4,11 +4,13 @@ import torch
 from marionette.core import (
     MarioNette,
     ModelConfig,
+    ObjectiveWeights,
     beta_prior_loss,
     presence_loss,
     psnr,
     reconstruction_loss,
     render,
+    training_objective,
 )
 from tests._checks import rand
 
@@ -232,3 +234,21 @@ def test_overfits_a_handful_of_frames():
         optimizer.step()
         history.append(float(psnr(out.reconstruction.detach(), frames)))
     assert history[-1] > history[0] + 6.0, history[::25]
+
+
+def test_selection_prediction_trains_the_codes_not_the_dictionary():
+    """The term's gradient reaches the image encoder and the projection (the code's own logits),
+    never the dictionary, whose codes are held fixed."""
+    model = MarioNette(tiny(selection="match", transform_encoder="match"))
+    weights = ObjectiveWeights(w_select=1.0)
+    objective = training_objective(model, rand(2, 1, 3, 32, 32), weights, step=0)
+    select = objective.terms["select_loss"]
+    assert select.detach() > 0
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(select, list(params.values()), allow_unused=True)
+    moved = {name for name, g in zip(params, grads, strict=True) if g is not None and g.any()}
+    assert any(name.startswith("image_encoder.") for name in moved)
+    assert any(name.startswith("project.") for name in moved)
+    assert not any(name.startswith("dictionary.") for name in moved)
+    without = training_objective(model, rand(2, 1, 3, 32, 32), ObjectiveWeights(), step=0)
+    assert "select_loss" not in without.terms

@@ -1,5 +1,7 @@
 """Encoders, dictionary, backgrounds and losses."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -22,6 +24,7 @@ from marionette.core import (
     psnr,
     reconstruction_loss,
     scroll_strip,
+    selection_prediction_loss,
     slide_strip_window,
     sprite_looks,
 )
@@ -322,6 +325,35 @@ class TestLosses:
         assert float(presence_loss(presence, [0.0, 1.0])) == pytest.approx(0.5)
         with pytest.raises(ValueError, match="w_probs must have 1 or num_layers=2 values"):
             presence_loss(presence, [1.0, 2.0, 3.0])
+
+    def test_selection_prediction_equals_the_loop(self):
+        logits = 4 * rand(3, 4, 6) - 2
+        weights = torch.softmax(4 * rand(3, 4, 6, seed=1), -1)
+        presence = rand(3, 4, seed=2)
+        expected = 0.0
+        for i in range(3):
+            for j in range(4):
+                scores, targets = logits[i, j].tolist(), weights[i, j].tolist()
+                norm = math.log(sum(math.exp(v) for v in scores))
+                ce = -sum(w * (v - norm) for w, v in zip(targets, scores, strict=True))
+                expected += float(presence[i, j]) * ce / 12
+        loss = selection_prediction_loss(logits, weights, presence)
+        assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+    def test_selection_prediction_trains_only_the_logits(self):
+        logits = torch.zeros(2, 3, requires_grad=True)
+        weights = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
+        presence = torch.tensor([1.0, 0.0], requires_grad=True)
+        selection_prediction_loss(logits, weights, presence).backward()
+        assert weights.grad is None and presence.grad is None
+        # the present slot's logits move towards its sprite; the empty slot's do not move
+        assert logits.grad[0, 0] < 0 and (logits.grad[0, 1:] > 0).all()
+        assert torch.equal(logits.grad[1], torch.zeros(3))
+
+    def test_selection_prediction_of_its_own_softmax_has_no_gradient(self):
+        logits = torch.randn(4, 5, requires_grad=True)
+        selection_prediction_loss(logits, torch.softmax(logits, -1), torch.ones(4)).backward()
+        torch.testing.assert_close(logits.grad, torch.zeros(4, 5), atol=1e-7, rtol=0)
 
     def test_reconstruction_and_psnr(self):
         a, b = torch.zeros(1, 1, 3, 4, 4), torch.full((1, 1, 3, 4, 4), 0.01)

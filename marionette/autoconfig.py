@@ -32,6 +32,7 @@ RECIPE = dict(
     hard_mix=1.0,
     hard_warmup=100,
     merge_every=200,
+    w_select=0.01,
 )
 
 #: One line per data-derived setting: the rule that sets it.

@@ -52,15 +52,18 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "demo",
             "The built-in 64 x 64 sprite world (5 classes of 7-12 px sprites, 2-5 objects per "
-            "clip), sized to learn clean sprites on 2 CPU cores in 8-12 minutes (0.24-0.36 s "
-            "per step, as busy as the machine is; the PSNR plateaus near 33 dB after about "
-            "1,000 steps). A 16 px cell fits every sprite (the original's author: a cell "
+            "clip), sized to learn clean sprites on 2 CPU cores in 4-10 minutes (0.1-0.3 s per "
+            "step, as busy as the machine is; about 31 dB hard PSNR on held-out clips after "
+            "2,000 steps). A 16 px cell fits every sprite (the original's author: a cell "
             "should roughly fit one sprite). "
             "The per-slot CNN transform encoder is replaced by template matching (offsets from "
             "the correlation of each window with its soft sprite) and the dictionary starts "
             "from foreground patches of the data: with the original's random start and learned "
             "offsets the model collapses to the background on this world (measured; see "
-            "docs/learning.md).",
+            "docs/learning.md). The codes learn to predict the sprite their slot draws "
+            "(w_select 0.01); without it they say almost nothing about the object (2,000 steps, "
+            "held-out: AMI 0.01 -> 0.63, few-shot@64 0.26 -> 0.80, relevant F 0.89 -> 0.91; "
+            "docs/results.md).",
             dict(
                 synthetic="demo",
                 height=64,
@@ -75,6 +78,7 @@ PRESETS: dict[str, Preset] = {
                 lr=1e-3,
                 bs=8,
                 num_steps=2000,
+                w_select=0.01,
                 log_every=100,
                 image_every=500,
                 checkpoint_every=500,

@@ -53,7 +53,7 @@ PRESETS: dict[str, Preset] = {
             "demo",
             "The built-in 64 x 64 sprite world (5 classes of 7-12 px sprites, 2-5 objects per "
             "clip), sized to learn clean sprites on 2 CPU cores in 4-10 minutes (0.1-0.3 s per "
-            "step, as busy as the machine is; about 31 dB hard PSNR on held-out clips after "
+            "step, as busy as the machine is; about 30 dB hard PSNR on held-out clips after "
             "2,000 steps). A 16 px cell fits every sprite (the original's author: a cell "
             "should roughly fit one sprite). "
             "The per-slot CNN transform encoder is replaced by template matching (offsets from "

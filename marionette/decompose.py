@@ -120,7 +120,7 @@ def _write_dictionary(out: Path, model: MarioNette, summary: _Summary) -> tuple[
         save_png(_rgba_uint8(sprites[k]), out / "sprites" / f"{k}.png")
     with atomic_write(out / "sprites.npy") as handle:
         np.save(handle, sprites.numpy())
-    looks = sprite_looks(sprites, summary.usage, model.grid.cell // 2)
+    looks = sprite_looks(sprites, summary.usage)
     save_png(sprite_sheet(sprites, summary.usage, looks=looks), out / "sprite_sheet.png")
     save_png(panel(*(torch.cat(parts) for parts in zip(*summary.pictures, strict=True))),
              out / "summary.png")  # fmt: skip

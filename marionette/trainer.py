@@ -501,7 +501,7 @@ class _Training:
         rank 0 decides and its dictionary is shared."""
         dictionary, cell = self.model.dictionary, self.model.grid.cell
         sprites, _ = dictionary()
-        repeated = duplicate_entries(sprites.float().cpu(), usage.long(), cell // 2)
+        repeated = duplicate_entries(sprites.float().cpu(), usage.long())
         entries = sorted(set(repeated) | set((usage == 0).nonzero().flatten().tolist()))
         if entries and (self.group is None or self.group.main):
             images = rearrange(frames.float(), "B T C H W -> (B T) C H W").cpu()

@@ -150,7 +150,7 @@ class SpriteDictionary(nn.Module):
 def sprite_looks(
     sprites: Float[Tensor, "K 4 S S"],
     usage: Int64[Tensor, " K"],
-    reach: int,
+    reach: int | None = None,
     min_iou: float = 0.9,
     max_color: float = 0.1,
 ) -> list[int]:
@@ -163,8 +163,10 @@ def sprite_looks(
 
     and max over channels |c_i - c_j| <= max_color. Going from the most used entry down, an
     entry that repeats entries already kept takes the look of the first of them (the most
-    used); the others, and entries with empty masks, keep their own.
+    used); the others, and entries with empty masks, keep their own. ``reach`` defaults to half
+    a cell, S / 4 pixels.
     """
+    reach = sprites.shape[-1] // 4 if reach is None else reach
     masks = (sprites[:, 3:] > 0.5).float()
     areas = masks.sum(dim=(1, 2, 3))
     overlap = F.conv2d(masks, masks, padding=reach).amax(dim=(2, 3))  # [i, j]: best shift
@@ -186,7 +188,7 @@ def sprite_looks(
 def duplicate_entries(
     sprites: Float[Tensor, "K 4 S S"],
     usage: Int64[Tensor, " K"],
-    reach: int,
+    reach: int | None = None,
     min_iou: float = 0.9,
     max_color: float = 0.1,
 ) -> list[int]:

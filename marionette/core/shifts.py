@@ -171,7 +171,7 @@ def match_gains(
     return rearrange(per_anchor, "N K Lh Lw Qy Qx -> N Lh Lw K Qy Qx")
 
 
-def _leading_inverse(spectrum: Tensor, size: torch.Size, kept: tuple[int, int]) -> Tensor:
+def _leading_inverse(spectrum: Tensor, size: tuple[int, int], kept: tuple[int, int]) -> Tensor:
     """``irfft2(spectrum, s=size)[..., :rows, :cols]`` without the rows that are cut: the inverse
     along the rows first, then along the columns of the rows kept only (exact)."""
     rows, cols = kept

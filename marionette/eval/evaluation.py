@@ -207,6 +207,10 @@ def _unlabelled(objects: ObjectTable, view: View) -> dict:
     return {"no_label_fraction": unlabelled}
 
 
+def _reconstruction(objects, groundtruth, segments, data) -> dict:
+    return {"psnr": objects.psnr}
+
+
 def _temporal(objects, groundtruth, segments, data) -> dict | None:
     result = temporal_consistency(objects, groundtruth)
     return None if result is None else {"temporal": result}
@@ -229,6 +233,12 @@ _SHOT_KEYS = tuple(f"few_shot/{split}/{k}" for split in ("ordered", "mean") for 
 #: Every metric :func:`evaluate` reports, in report order. Add one here and it appears in
 #: ``metrics.json``, the sweep table, the trainer's scalars and the ``eval`` printout.
 METRICS: tuple[Metric, ...] = (
+    Metric(
+        "reconstruction PSNR: soft, hard, background alone",
+        _reconstruction,
+        False,
+        ("psnr/soft", "psnr/hard", "psnr/background"),
+    ),
     Metric("few-shot accuracy (ridge)", _few_shot, True, _SHOT_KEYS, ("relevant",)),
     Metric("k-means AMI / ARI", _clustering, True, ("ami", "ari"), ("relevant",)),
     Metric("sprite purity", _purity, True, ("sprite_purity",), ("relevant",)),

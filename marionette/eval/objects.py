@@ -34,6 +34,8 @@ class ObjectTable:
         codes: the object's code (see ``code``).
         size: frame (H, W).
         dictionary: the model's sprites as drawn, RGBA float32 [K, 4, S, S].
+        psnr: PSNR in dB of the frames' reconstructions, over all their pixels: ``soft``,
+            ``hard`` (the decomposition the objects come from) and ``background`` alone.
     """
 
     frame: np.ndarray
@@ -51,6 +53,7 @@ class ObjectTable:
     size: tuple[int, int]
     code: str
     dictionary: np.ndarray
+    psnr: dict[str, float]
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -91,6 +94,15 @@ def slot_segmentation(
     return segments
 
 
+#: The reconstructions whose PSNR :func:`collect_objects` measures.
+RECONSTRUCTIONS = ("soft", "hard", "background")
+
+
+def _psnr(mse: float) -> float:
+    """-10 log10(MSE) in dB, the MSE floored at 1e-10 like :func:`marionette.core.psnr`."""
+    return float(-10 * np.log10(max(mse, 1e-10)))
+
+
 @torch.no_grad()
 def collect_objects(
     model: MarioNette,
@@ -102,7 +114,7 @@ def collect_objects(
     segment: bool = False,
 ) -> tuple[ObjectTable, np.ndarray | None]:
     """Run the model on every frame and keep the slots with presence > ``threshold`` whose
-    sprite is visible (some alpha > 0.5).
+    sprite is visible (some alpha > 0.5); measure the reconstructions' PSNR on the way.
 
     Boxes are the footprint of the slot's alpha (> 0.5) at its global position, in pixels.
     With ``segment`` also returns the visible-slot id per pixel ``[N, H, W]`` (-1: background).
@@ -116,10 +128,20 @@ def collect_objects(
     order = plane_order_for(model.config, training=False)
     parts: dict[str, list] = {k: [] for k in ("frame", "slot", "pres", "box", "ctr", "code", "sid")}
     segments = []
+    squared_error, pixels = dict.fromkeys(RECONSTRUCTIONS, 0.0), 0
     for start in range(0, len(frames), batch_size):
         indices = range(start, min(start + batch_size, len(frames)))
         batch = frames.frames(indices).to(device).float().div(255)[:, None]
         out = model(batch, "hard", order)
+        drawn = {
+            "soft": model.render(out.encoding, "soft", order).reconstruction,
+            "hard": out.reconstruction,
+            "background": out.background,
+        }
+        for name, image in drawn.items():  # numpy's sum: the same whatever torch's threads
+            error = (image.double() - batch.double()).square().cpu().numpy()
+            squared_error[name] += float(error.sum())
+        pixels += batch.numel()
         presence = out.encoding.presence[:, 0]  # soft: the detection confidence
         boxes, visible = footprint_boxes(out.alpha[:, 0], grid)
         centers = out.centers[:, 0]
@@ -152,5 +174,6 @@ def collect_objects(
         size=(grid.height, grid.width),
         code=code,
         dictionary=model.dictionary()[0].detach().float().cpu().numpy(),
+        psnr={name: _psnr(error / pixels) for name, error in squared_error.items()},
     )
     return table, (torch.cat(segments).numpy() if segment else None)

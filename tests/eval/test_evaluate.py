@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from marionette.config import Config
-from marionette.core import Grid, MarioNette, ModelConfig, render_decomposition
+from marionette.core import Grid, MarioNette, ModelConfig, psnr, render_decomposition
 from marionette.core.model import plane_order_for
 from marionette.data import Dataset, GroundTruth, generate
 from marionette.eval import collect_objects, evaluate, first_frames, slot_segmentation
@@ -69,6 +69,22 @@ def test_objects_are_present_and_visible(tiny):
     assert (objects.presence > 0.5).all()
     assert (objects.boxes[:, 2] > objects.boxes[:, 0]).all()
     assert (np.diff(objects.frame) >= 0).all()
+
+
+def test_reconstruction_psnr_is_over_all_frames_whatever_the_batches(tiny):
+    torch.manual_seed(0)
+    model = MarioNette(ModelConfig(height=32, width=32, layer_size=4, num_layers=2, dim_z=8))
+    objects, _ = collect_objects(model, tiny.frames, batch_size=3)  # 16 frames: a short last
+    frames = tiny.frames.frames(range(len(tiny.frames))).float().div(255)[:, None]
+    order = plane_order_for(model.config, training=False)
+    with torch.no_grad():
+        hard = model(frames, "hard", order)
+        soft = model.render(hard.encoding, "soft", order)
+    expected = {"soft": soft.reconstruction, "hard": hard.reconstruction,
+                "background": hard.background}  # fmt: skip
+    for name, image in expected.items():
+        assert objects.psnr[name] == pytest.approx(float(psnr(image, frames)), abs=1e-4)
+    assert evaluate(model, tiny)["psnr"] == pytest.approx(objects.psnr, abs=1e-3)
 
 
 def test_a_model_that_detects_nothing_still_gets_metrics(tiny):

@@ -67,6 +67,7 @@ def _table(frames, boxes, sprites, codes, names, clips=None, times=None):
         size=(32, 32),
         code="codes",
         dictionary=np.zeros((max(sprites, default=0) + 1, 4, 8, 8), np.float32),
+        psnr={"soft": 30.0, "hard": 29.0, "background": 20.0},
     )
 
 

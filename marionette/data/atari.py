@@ -256,14 +256,17 @@ class _Recorder:
 
 
 def _rows(name: str, clip: int, t: int, objects: list[_Object], native, config) -> list[dict]:
-    """Ground-truth rows of one frame, boxes in pixels of the saved frame."""
+    """Ground-truth rows of one frame, boxes in pixels of the saved frame. HUD objects, and
+    those MOC never labelled (MsPacman's pills: part of the maze, which a model rightly draws
+    as background), are not ``moving``, so the moving and relevant views leave them out."""
     boxes, keep = scale_boxes(
         np.array([o.box for o in objects]).reshape(-1, 4), native, config.size, config.rows
     )
+    labelled = [label is not None for label in moc_labels(config.game, objects)]
     return [
         dict(frame=name, clip=clip, t=t, x0=box[0], y0=box[1], x1=box[2], y1=box[3],
-             moving=not obj.hud, instance=obj.slot, **{"class": obj.category})
-        for obj, box, kept in zip(objects, boxes, keep, strict=True)
+             moving=labelled and not obj.hud, instance=obj.slot, **{"class": obj.category})
+        for obj, box, kept, labelled in zip(objects, boxes, keep, labelled, strict=True)
         if kept
     ]  # fmt: skip
 

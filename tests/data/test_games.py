@@ -8,7 +8,7 @@ import pytest
 
 from marionette.data import load_dataset
 from marionette.data._screen import fit_screen, scale_boxes
-from marionette.data.atari import BULLET_RGB, AtariConfig, _Object, moc_labels
+from marionette.data.atari import BULLET_RGB, AtariConfig, _Object, _rows, moc_labels
 from marionette.data.mario import MarioConfig, mario_box
 
 
@@ -55,6 +55,18 @@ class TestMocLabels:
             _object("Fruit", 173),
         ]
         assert moc_labels("MsPacman", objects) == ["blinky", None, "save_fruit"]
+
+    def test_objects_moc_never_labelled_are_not_moving(self):
+        objects = [_object("Player", 50), _object("Pill", 60), _object("PowerPill", 70),
+                   _object("Score", 180, hud=True)]  # fmt: skip
+        config = AtariConfig(game="MsPacman", size=None)
+        rows = _rows("0.png", 0, 0, objects, (210, 160), config)
+        assert [(r["class"], r["moving"]) for r in rows] == [
+            ("Player", True),
+            ("Pill", False),
+            ("PowerPill", False),
+            ("Score", False),
+        ]
 
 
 class TestMarioBox:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from marionette._io import write_json
 from marionette.presets import preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": sweep(args.sweep_steps, Path(work)),
         }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "distributed.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_json(args.out / "distributed.json", record)
     print(record["machine"])
     print(_table(record["training"]))
     print()

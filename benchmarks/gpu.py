@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.run import CONFIGS, _commit, _step_or_oom, _table, bench_kernels
+from marionette._io import atomic_write, write_json
 from marionette.core import triton_unavailable_reason, typecheck
 from marionette.core.renderers import self_check
 
@@ -193,11 +194,9 @@ def _markdown(record: dict) -> str:
 
 
 def _write(out: Path, record: dict) -> None:
-    for name, text in (("gpu.json", json.dumps(record, indent=2) + "\n"),
-                       ("gpu.md", _markdown(record))):  # fmt: skip
-        partial = out / f".{name}.partial"
-        partial.write_text(text)
-        partial.replace(out / name)
+    write_json(out / "gpu.json", record)
+    with atomic_write(out / "gpu.md", "w") as handle:
+        handle.write(_markdown(record))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -12,7 +12,6 @@ JSON.
 """
 
 import argparse
-import json
 import sys
 import time
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import marionette.core.model as model_module
+from marionette._io import write_json
 from marionette.build import build_data, build_model
 from marionette.config import Config
 from marionette.core import SELECTIONS, typecheck
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         for op, seconds in record["top_ops"]:
             print(f"| `{op}` | {seconds:.3f} |")
     if args.out:
-        args.out.write_text(json.dumps(records, indent=1) + "\n")
+        write_json(args.out, records)
     return 0
 
 

@@ -13,7 +13,6 @@ they must read and write at least once, divided by ``--bandwidth`` (GB/s).
 
 import argparse
 import itertools
-import json
 import platform
 import resource
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from marionette._io import write_json
 from marionette.build import build_model
 from marionette.config import Config
 from marionette.core import (
@@ -358,7 +358,7 @@ def _run(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     print(f"# {record['device']}, torch {record['torch']}, commit {record['commit']}, {precision}")
     if kernels:
         print("\n## Kernels (float32)\n")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from marionette._io import write_json
 from marionette.core import typecheck
 
 from .run import CONFIGS, _commit, _device_name, _table, bench_step
@@ -126,7 +127,7 @@ def _run(args: argparse.Namespace) -> dict:
     name = f"scaling-{device.type}.json"
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out, record)
     print(f"# {record['device']}, torch {record['torch']}, commit {record['commit']}, fp32; "
           f"base: {args.config}, batch {args.batch}, T 1\n")  # fmt: skip
     print(_table(rows, ["setting", "value", "batch", "T", "step_ms", "frames_per_s", "peak_mib"]))

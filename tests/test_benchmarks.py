@@ -64,3 +64,31 @@ def test_scaling_varies_one_setting_at_a_time(tmp_path):
     assert all(row["step_ms"] > 0 for row in record["rows"])
     assert [row["T"] for row in record["rows"] if row["setting"] == "T"] == DRY_SCALES["T"]
     assert json.loads((tmp_path / "scaling.json").read_text()) == json.loads(json.dumps(record))
+
+
+def test_suite_runs_dry_and_continues_where_it_stopped(tmp_path, capsys):
+    """The game suite's --dry mode: generate, train with the automatic settings, evaluate,
+    tabulate; run again, it reads back what is done and never trains a run twice; the budget
+    stops training at a step boundary."""
+    from benchmarks.suite import HEADER
+    from benchmarks.suite import main as suite
+
+    (record,) = suite(["--dry", "--out", str(tmp_path / "a")])
+    assert "error" not in record, record.get("traceback")
+    assert record["steps"] == 3
+    assert record["settings"]["cell"] * record["settings"]["grid"][0] == 32
+    assert set(record["evaluation"]["psnr"]) == {"soft", "hard", "background"}
+    assert record["commands"][2].endswith(f"--num_steps 3 --out {tmp_path / 'a' / 'tiny'}")
+    table = (tmp_path / "a" / "suite.md").read_text()
+    assert table.startswith(HEADER) and table.count("\n| tiny |") == 1
+    run, data = tmp_path / "a" / "tiny", tmp_path / "a" / "data" / "tiny" / "dataset.json"
+    written = (run / "metrics.csv").stat().st_mtime_ns, data.stat().st_mtime_ns
+    assert suite(["--dry", "--out", str(tmp_path / "a")]) == [record]
+    assert (run / "metrics.csv").stat().st_mtime_ns == written[0]
+    (run / "suite.json").unlink()  # evaluated again, from the finished run and the same data
+    (again,) = suite(["--dry", "--out", str(tmp_path / "a")])
+    assert again["steps"] == 3 and again["evaluation"] == record["evaluation"]
+    assert (run / "metrics.csv").stat().st_mtime_ns == written[0]  # not trained again
+    assert data.stat().st_mtime_ns == written[1]
+    (stopped,) = suite(["--dry", "--out", str(tmp_path / "b"), "--budget", "0"])
+    assert stopped["steps"] == 1

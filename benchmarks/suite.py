@@ -11,7 +11,8 @@ screens at MOC's 128 x 128, the synthetic worlds at their own size), the setting
 ``marionette train --data DIR`` without a preset except a batch of 2 stacks (the CPU's scale),
 seed 0, and training stopped at the first step boundary after ``--budget`` seconds. A run's
 row records the steps it reached; ``marionette train --data DIR --bs 2 --seed 0 --num_steps
-STEPS`` repeats it on any machine (no setting depends on the total number of steps). The
+STEPS`` trains as many steps with the same settings anywhere (no setting of the training
+depends on the total number of steps). The
 datasets and runs live under ``--out``. Run again, the suite continues where it stopped: data
 already generated and runs already evaluated are read back, a finished training whose record
 (``RUN/suite.json``) was removed is evaluated again without more training, and a training that
@@ -70,8 +71,8 @@ SUITE = {
     "SpaceInvaders": _atari("SpaceInvaders", "many small sprites in rows, a HUD"),
     "MsPacman": _atari("MsPacman", "a maze: a static playfield that is background"),
     "Boxing": _atari("Boxing", "a playfield with two large sprites (about 28 px at 128)"),
-    "Pong": _atari("Pong", "tiny sprites: a 2 x 4 px ball, thin paddles"),
-    "Carnival": _atari("Carnival", "many objects in rows, overlapping when they pass"),
+    "Pong": _atari("Pong", "tiny sprites: the ball (2 x 4 px native), thin paddles"),
+    "Carnival": _atari("Carnival", "many small targets moving in rows"),
     "Riverraid": _atari("Riverraid", "a vertically scrolling screen"),
     "SuperMarioBros": Entry(
         "a horizontally scrolling screen (ground truth: Mario only)",

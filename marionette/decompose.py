@@ -24,7 +24,14 @@ import torch
 from torch import Tensor
 
 from ._io import atomic_directory, atomic_write, write_json
-from .core import PARITY_GROUPS, Decomposition, MarioNette, plane_order_for, sprite_looks
+from .core import (
+    PARITY_GROUPS,
+    Decomposition,
+    MarioNette,
+    plane_order_for,
+    psnr_of_mse,
+    sprite_looks,
+)
 from .data import FrameSource
 from .viz import panel, save_png, sprite_sheet, to_uint8
 
@@ -100,7 +107,7 @@ class _Summary:
 
     @property
     def psnr(self) -> float:
-        return float(-10 * np.log10(max(self.squared_error / max(self.pixels, 1), 1e-10)))
+        return psnr_of_mse(self.squared_error / max(self.pixels, 1))
 
 
 def _write_frames(out: Path, names: list[str], reconstruction, layers) -> None:

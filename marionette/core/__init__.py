@@ -44,6 +44,7 @@ from .losses import (
     beta_prior_loss,
     presence_loss,
     psnr,
+    psnr_of_mse,
     reconstruction_loss,
     selection_prediction_loss,
 )
@@ -164,6 +165,7 @@ __all__ = [
     "plane_order_for",
     "presence_loss",
     "psnr",
+    "psnr_of_mse",
     "ramp",
     "reconstruction_loss",
     "render",

@@ -1,6 +1,7 @@
 """Training objective: reconstruction MSE, Beta(2, 2) prior on weights and presence, L1 presence,
 the selection-prediction cross-entropy."""
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -12,6 +13,7 @@ __all__ = [
     "beta_prior_loss",
     "presence_loss",
     "psnr",
+    "psnr_of_mse",
     "reconstruction_loss",
     "selection_prediction_loss",
 ]
@@ -37,6 +39,17 @@ def psnr(
     """
     mse = F.mse_loss(reconstruction.float(), frames.float())
     return -10.0 * torch.log10(mse.clamp(min=1e-10))
+
+
+def psnr_of_mse(mse: float) -> float:
+    """:func:`psnr` of an MSE accumulated elsewhere (over many batches): -10 log10(MSE) in dB,
+    the MSE floored at 1e-10 as there.
+
+    Example:
+        >>> psnr_of_mse(0.01), psnr_of_mse(0.0)
+        (20.0, 100.0)
+    """
+    return float(-10.0 * math.log10(max(mse, 1e-10)))
 
 
 def _beta22(x: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from ..core import (
     MarioNette,
     footprint_boxes,
     plane_order_for,
+    psnr_of_mse,
     typed,
 )
 from ..data import FrameSource
@@ -98,11 +99,6 @@ def slot_segmentation(
 RECONSTRUCTIONS = ("soft", "hard", "background")
 
 
-def _psnr(mse: float) -> float:
-    """-10 log10(MSE) in dB, the MSE floored at 1e-10 like :func:`marionette.core.psnr`."""
-    return float(-10 * np.log10(max(mse, 1e-10)))
-
-
 @torch.no_grad()
 def collect_objects(
     model: MarioNette,
@@ -174,6 +170,6 @@ def collect_objects(
         size=(grid.height, grid.width),
         code=code,
         dictionary=model.dictionary()[0].detach().float().cpu().numpy(),
-        psnr={name: _psnr(error / pixels) for name, error in squared_error.items()},
+        psnr={name: psnr_of_mse(error / pixels) for name, error in squared_error.items()},
     )
     return table, (torch.cat(segments).numpy() if segment else None)

@@ -64,7 +64,8 @@ def gate_presence(
     """
     p = presence[..., None, None, None]
     if mode == "premultiplied":
-        return torch.cat([windows[..., :3, :, :], windows[..., 3:, :, :] * p], dim=-3)
+        color, alpha = windows.split([3, 1], dim=-3)  # views whose backward is one cat
+        return torch.cat([color, alpha * p], dim=-3)
     if mode == "original":
         return windows * p
     raise ValueError(f"gating must be one of {GATING_MODES}, got {mode!r}")
@@ -79,9 +80,11 @@ def composite_over(
     out_0 = bg;  out_{i+1} = (1 - alpha_i) out_i + alpha_i rgb_i, i.e.
     out = sum_i alpha_i rgb_i prod_{j > i} (1 - alpha_j) + prod_i (1 - alpha_i) bg.
     """
+    # split and unbind: their backward assembles the gradient once (indexing each plane would
+    # zero-fill a gradient of all planes per index)
+    colors, alphas = planes.split([3, 1], dim=3)
     out = background
-    for i in range(planes.shape[2]):
-        rgb, alpha = planes[:, :, i, :3], planes[:, :, i, 3:]
+    for rgb, alpha in zip(colors.unbind(2), alphas.unbind(2), strict=True):
         out = out + alpha * (rgb - out)
     return out
 

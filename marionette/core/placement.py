@@ -35,15 +35,20 @@ def place_sprites(
             f"windows must have shape [..., {grid.rows}, {grid.cols}, C, {grid.sprite}, "
             f"{grid.sprite}] for this grid, got {tuple(windows.shape)}"
         )
-    p, s = grid.cell, grid.sprite
+    p = grid.cell
+    # an even number of anchor rows and columns (the added anchors are empty and land outside
+    # the canvas), so that the parity groups are a reshape; unbind, not indexing: its backward
+    # stacks the groups' gradients instead of zero-filling a gradient of all windows per group
+    even = F.pad(windows, (0, 0, 0, 0, 0, 0, 0, grid.cols % 2, 0, grid.rows % 2))
+    tiles = rearrange(even, "... (Gh ry) (Gw rx) C Sy Sx -> ry rx ... C (Gh Sy) (Gw Sx)",
+                      ry=2, rx=2)  # fmt: skip
+    groups = [row.unbind(0) for row in tiles.unbind(0)]
+    height, width = tiles.shape[-2:]
     planes = []
     for row_parity, col_parity in PARITY_GROUPS:
-        group = windows[..., row_parity::2, col_parity::2, :, :, :]
-        tiled = rearrange(group, "... Gh Gw C Sy Sx -> ... C (Gh Sy) (Gw Sx)")
         top, left = row_parity * p - p // 2, col_parity * p - p // 2
-        bottom = grid.height - top - group.shape[-5] * s
-        right = grid.width - left - group.shape[-4] * s
-        planes.append(F.pad(tiled, (left, right, top, bottom)))
+        bottom, right = grid.height - top - height, grid.width - left - width
+        planes.append(F.pad(groups[row_parity][col_parity], (left, right, top, bottom)))
     return rearrange(planes, "G ... C H W -> ... G C H W")
 
 

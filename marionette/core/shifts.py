@@ -39,12 +39,9 @@ def shift_bilinear(
     row_y = torch.stack([zero, one, -offsets[:, 1]], dim=-1)
     theta = torch.stack([row_x, row_y], dim=1)
     grid = F.affine_grid(theta, [n, 1, s, s], align_corners=False)
-    rgb = F.grid_sample(
-        sprites[:, :3], grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    alpha = F.grid_sample(
-        sprites[:, 3:], grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
+    color, alpha = sprites.split([3, 1], dim=1)
+    rgb = F.grid_sample(color, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    alpha = F.grid_sample(alpha, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return torch.cat([rgb, alpha], dim=1)
 
 
@@ -100,7 +97,7 @@ def _gain_signals(frames: Tensor, background: Tensor, cell: int) -> Tensor:
 
 def _gain_kernels(sprites: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Kernels (a s, -a/2), energy sum a ||s||^2 and mass max(sum a, 1) of each sprite."""
-    alpha, color = sprites[..., 3:, :, :], sprites[..., :3, :, :]
+    color, alpha = sprites.split([3, 1], dim=-3)
     kernels = torch.cat([alpha * color, -0.5 * alpha], dim=-3)
     energy = (alpha * color * color).sum(dim=(-3, -2, -1))
     mass = alpha.sum(dim=(-3, -2, -1)).clamp(min=1.0)
@@ -116,9 +113,11 @@ def _channel_dot(a: Tensor, b: Tensor) -> Tensor:
     """sum_c a[..., c, :, :] b[..., c, :, :] of broadcastable spectra, one channel at a time
     (on the CPU about twice as fast as the complex batched matrix product ``einsum`` makes of
     it, whose matrices are only C = 4 deep)."""
-    total = a[..., 0, :, :] * b[..., 0, :, :]
-    for channel in range(1, a.shape[-3]):
-        total = total + a[..., channel, :, :] * b[..., channel, :, :]
+    pairs = zip(a.unbind(-3), b.unbind(-3), strict=True)
+    first_a, first_b = next(pairs)
+    total = first_a * first_b
+    for channel_a, channel_b in pairs:
+        total = total + channel_a * channel_b
     return total
 
 

@@ -27,7 +27,7 @@ from marionette.config import Config
 from marionette.core import SELECTIONS, typecheck
 from marionette.data import FrameStacks, batch_indices
 from marionette.presets import preset_config
-from marionette.step import TrainingStep
+from marionette.step import TrainingStep, prepare_training
 
 from .run import CONFIGS, VARIANTS
 
@@ -91,7 +91,7 @@ def profile_step(name: str, batch: int, frames: int, steps: int) -> dict:
     config = _configuration(name, batch, frames)
     source = build_data(config)
     stacks = FrameStacks(source, config.data.frames_per_item)
-    model = build_model(config, source)
+    model = prepare_training(build_model(config, source), torch.device("cpu"))
     update = TrainingStep(model, config, torch.device("cpu"))
     timings = {"data loading": 0.0, "optimiser": 0.0}
     original_step = [o.step for o in update.optimizers]

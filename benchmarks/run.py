@@ -42,7 +42,7 @@ from marionette.core import (
     triton_unavailable_reason,
     typecheck,
 )
-from marionette.step import TrainingStep
+from marionette.step import TrainingStep, prepare_training
 
 #: Model settings measured. ``default`` is the original's default model on a 128 px canvas (the
 #: configuration of the issue's baseline table), ``space_invaders`` the fork's SI settings.
@@ -209,9 +209,7 @@ def bench_step(
         precision=precision,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = build_model(config).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_training(build_model(config), device)  # as the trainer runs it
     if compile_backend is not None:
         model.forward = torch.compile(model.forward, backend=compile_backend)
     update = TrainingStep(model, config, device)

@@ -43,7 +43,13 @@ from .diagnostics import diagnose, evaluate_during_training, measure, panels, sp
 from .eval import first_frames
 from .monitor import default_callbacks, say
 from .rundir import ConfigMismatch, RunDirectory, RunInUse
-from .step import OutOfMemory, TrainingDiverged, TrainingStep, check_memory
+from .step import (
+    OutOfMemory,
+    TrainingDiverged,
+    TrainingStep,
+    check_memory,
+    prepare_training,
+)
 
 __all__ = [
     "ConfigMismatch",
@@ -236,10 +242,8 @@ class _Training:
         if isinstance(source, FrameFolder) and not list_checkpoints(run.path):
             source.check()  # a new run: every frame decodes, now rather than at step 11
         self.stacks = FrameStacks(source, config.data.frames_per_item)
-        self.model = build_model(config, source).to(self.device)
+        self.model = prepare_training(build_model(config, source), self.device)
         resolve_renderer(t.renderer, self.device)  # fails now, not at the first step
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.update = TrainingStep(self.model, config, self.device, group)
         self.step = self._resume()
         self.usage = torch.zeros(config.model.num_sprites, dtype=torch.long)

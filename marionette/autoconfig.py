@@ -157,6 +157,7 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
             f"foreground {stats.foreground_color:.1%} of pixels against the mode color, "
             f"{stats.foreground_image:.1%} against the per-pixel mode image; "
             f"{stats.scroll_share:.0%} of consecutive pairs scroll -> {stats.background}"
+            f"{_moving(stats)}"
         )
     if "dim_z" not in given:
         sprites = settings.get("num_sprites", given.get("num_sprites"))
@@ -227,6 +228,13 @@ def auto_config(given: dict | None = None, stats: FrameStats | None = None) -> C
     return base.replace(**settings).with_reasons(reasons)
 
 
+def _moving(stats: FrameStats) -> str:
+    """For a scrolling strip, the foreground the components are cut from."""
+    if stats.background != "strip":
+        return ""
+    return f" (foreground moving against the scrolled scenery: {stats.foreground:.1%})"
+
+
 def describe(stats: FrameStats) -> list[str]:
     """The statistics as lines of text, for ``marionette data stats``."""
     extents = stats.extents
@@ -241,7 +249,7 @@ def describe(stats: FrameStats) -> list[str]:
         f"background: mode color {np.round(stats.color * 255).astype(int).tolist()} (RGB); "
         f"foreground {stats.foreground_color:.1%} of pixels against it, "
         f"{stats.foreground_image:.1%} against the per-pixel mode image; consecutive pairs "
-        f"scrolling {stats.scroll_share:.0%} -> {stats.background}",
+        f"scrolling {stats.scroll_share:.0%} -> {stats.background}{_moving(stats)}",
         f"foreground threshold: {stats.threshold * 255:.1f} / 255 (max over channels)",
         f"components: {len(stats.areas)} ({stats.per_frame:.1f} per frame), {stats.specks} "
         f"specks of < 3 px left out; larger side 10 / 50 / 90 %: {q[0]} / {q[1]} / {q[2]} px, "

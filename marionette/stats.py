@@ -10,7 +10,9 @@ scrolling test), deterministically:
   (10 / 255 above the background's own noise). The image is kept when it explains at least 1 %
   of the pixels more than the color does (a maze, a playfield, a HUD that never moves); the
   screen *scrolls* when, in at least 20 % of the consecutive pairs, a horizontal shift of the
-  first frame explains the second at least twice as well as no shift.
+  first frame explains the second at least twice as well as no shift. On a scrolling screen the
+  foreground is what moves against the scenery: the pixels that differ from both neighbouring
+  frames once each is shifted to follow the scroll.
 - **Components.** 8-connected foreground blobs, gaps of one pixel bridged. Specks (fewer than
   3 pixels) are counted apart: single pixels are noise or stars, not sprites.
 - **Looks.** Components that share a size (within a pixel), a shape (their masks at 8 x 8
@@ -71,6 +73,8 @@ class FrameStats:
         scroll_share: share of consecutive pairs best explained by a horizontal shift
             (``nan`` without consecutive frames).
         background: ``"color"``, ``"image"`` or ``"strip"`` (scrolling), by the rules above.
+        foreground: share of pixels that are foreground against that background (for a
+            strip: what moves against the scrolled scenery); the components are its blobs.
         frame_index, boxes: per component, the sampled frame it lies in (0-based in the
             sample) and its box (x0, y0, x1, y1), exclusive ends, pixels.
         areas: per component, its foreground pixels.
@@ -89,6 +93,7 @@ class FrameStats:
     foreground_image: float
     scroll_share: float
     background: str
+    foreground: float
     frame_index: np.ndarray
     boxes: np.ndarray
     areas: np.ndarray
@@ -161,7 +166,7 @@ def measure(source: FrameSource, count: int = 200) -> FrameStats:
     share_color, share_image = foreground_color.float().mean(), foreground_image.float().mean()
     scroll = _scroll_share(source, picks, images)
     if scroll >= SCROLL_SHARE:
-        background, mask = "strip", foreground_color
+        background, mask = "strip", _moving_foreground(source, picks, images, threshold)
     elif share_color - share_image >= IMAGE_GAIN:
         background, mask = "image", foreground_image
     else:
@@ -201,6 +206,7 @@ def measure(source: FrameSource, count: int = 200) -> FrameStats:
         foreground_image=float(share_image),
         scroll_share=scroll,
         background=background,
+        foreground=share,
         frame_index=frame_index,
         boxes=boxes,
         areas=areas,
@@ -222,30 +228,79 @@ def _threshold(images: torch.Tensor, image: torch.Tensor) -> float:
     return FOREGROUND_MARGIN + noise
 
 
+def _successors(source: FrameSource, picks: np.ndarray, step: int) -> np.ndarray:
+    """Per sampled frame, whether the frame ``step`` away (+1 next, -1 previous) is in its clip
+    (a clip's frames are consecutive)."""
+    other = picks + step
+    keep = (other >= 0) & (other < len(source))
+    keep[keep] &= source.clips[other[keep]] == source.clips[picks[keep]]
+    return keep
+
+
+def _shift_errors(a: Float[Tensor, "N 3 H W"], b: Float[Tensor, "N 3 H W"]) -> tuple[Tensor, int]:
+    """Mean absolute error of b against a shifted horizontally, b[x] = a[x + shift], per pair
+    and shift in [-reach, reach] (reach = W / 8), over the columns both cover; and reach."""
+    width = a.shape[-1]
+    reach = max(1, width // 8)
+    errors = []
+    for shift in range(-reach, reach + 1):
+        lo, hi = max(0, -shift), min(width, width - shift)
+        errors.append((b[..., lo:hi] - a[..., lo + shift : hi + shift]).abs().mean(dim=(1, 2, 3)))
+    return torch.stack(errors, 1), reach  # pairs x shifts
+
+
+def _scrolls(errors: Tensor, reach: int) -> Tensor:
+    """Per pair, whether a shift explains it at least twice as well as no shift."""
+    still, best = errors[:, reach], errors.min(1).values
+    return (errors.argmin(1) != reach) & (best < 0.5 * still) & (still > 1e-3)
+
+
 def _scroll_share(
     source: FrameSource, picks: np.ndarray, images: Float[Tensor, "N 3 H W"]
 ) -> float:
     """Share of (sampled frame, next frame of its clip) pairs in which a horizontal shift of
     up to W / 8 explains the next frame at least twice as well as no shift (``nan`` when no
     sampled frame has a successor). ``images``: the sampled frames ``picks``, in [0, 1]."""
-    nexts = picks + 1
-    keep = nexts < len(source)
-    keep[keep] &= source.clips[nexts[keep]] == source.clips[picks[keep]]
+    keep = _successors(source, picks, 1)
     if not keep.any():
         return float("nan")
-    a = images[torch.from_numpy(keep)]
-    b = source.frames(nexts[keep]).float() / 255
-    width = a.shape[-1]
-    reach = max(1, width // 8)
-    errors = []
-    for shift in range(-reach, reach + 1):  # b[x] = a[x + shift] where both exist
-        lo, hi = max(0, -shift), min(width, width - shift)
-        errors.append((b[..., lo:hi] - a[..., lo + shift : hi + shift]).abs().mean(dim=(1, 2, 3)))
-    errors = torch.stack(errors, 1)  # pairs x shifts
-    still = errors[:, reach]
-    best = errors.min(1).values
-    scrolls = (errors.argmin(1) != reach) & (best < 0.5 * still) & (still > 1e-3)
-    return float(scrolls.float().mean())
+    b = source.frames(picks[keep] + 1).float() / 255
+    return float(_scrolls(*_shift_errors(images[torch.from_numpy(keep)], b)).float().mean())
+
+
+def _moving_foreground(
+    source: FrameSource, picks: np.ndarray, images: Float[Tensor, "N 3 H W"], threshold: float
+) -> Tensor:
+    """Foreground of a scrolling screen: the pixels of each sampled frame that differ (by more
+    than ``threshold``) from both its neighbours in the clip once each is shifted to follow the
+    scroll (its best horizontal shift). The scrolled scenery matches them, and
+    so does the place a sprite has just left (the other neighbour no longer shows it there);
+    what moves against the scenery differs from both. Frames at either end of a clip, with one
+    neighbour, have no foreground (one test alone keeps the sprite's trail), unless no sampled
+    frame has two: then one decides. Where a shift uncovers columns, the other test alone
+    decides them."""
+    n, _, height, width = images.shape
+    near = {step: _successors(source, picks, step) for step in (-1, 1)}
+    inside = near[-1] & near[1]
+    uses = {step: inside for step in near} if inside.any() else near
+    verdict = torch.ones(n, height, width, dtype=torch.bool)
+    covered = torch.zeros(n, height, width, dtype=torch.bool)
+    for step, keep in uses.items():
+        if not keep.any():
+            continue
+        at = torch.from_numpy(keep)
+        b, other = images[at], source.frames(picks[keep] + step).float() / 255
+        errors, reach = _shift_errors(other, b)
+        differs = torch.ones_like(verdict[at])
+        seen = torch.zeros_like(covered[at])
+        for i, shift in enumerate((errors.argmin(1) - reach).tolist()):
+            lo, hi = max(0, -shift), min(width, width - shift)
+            gap = (b[i, :, :, lo:hi] - other[i, :, :, lo + shift : hi + shift]).abs()
+            differs[i, :, lo:hi] = gap.amax(dim=0) > threshold
+            seen[i, :, lo:hi] = True
+        verdict[at] &= differs | ~seen
+        covered[at] |= seen
+    return verdict & covered
 
 
 def _components(images: torch.Tensor, mask: torch.Tensor, threshold: float):

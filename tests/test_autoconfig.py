@@ -84,8 +84,17 @@ class TestStatistics:
         calm[30:, ::23] = (200, 200, 200)  # posts along the ground, scrolling past
         calm[10:14, 5::41] = (240, 120, 0)
         frames = np.stack([calm[:, 3 * t : 3 * t + 64] for t in range(40)])
+        look = rng.integers(80, 255, (6, 6, 3), dtype=np.uint8)  # a textured 6 px sprite
+        for t, frame in enumerate(frames):  # walking right against the scroll
+            frame[20:26, 10 + t : 16 + t] = look
         stats = measure(InMemoryFrames(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()))
         assert stats.scroll_share > 0.9 and stats.background == "strip"
+        # what moves against the scenery is the sprite alone: the posts and the orange marks
+        # scroll with it, and the place the sprite has just left matches the next frame
+        # (the clip's first and last frames, with one neighbour each, are left out)
+        walked = [[10 + t, 20, 16 + t, 26] for t in range(1, 39)]
+        assert stats.boxes.tolist() == walked and stats.frame_index.tolist() == list(range(1, 39))
+        assert stats.foreground == pytest.approx(38 * 36 / (40 * 48 * 64))
 
 
 class TestRules:

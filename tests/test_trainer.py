@@ -257,10 +257,12 @@ def test_consistency_needs_frame_stacks():
 @pytest.mark.slow
 def test_the_demo_preset_trains_as_recorded(tmp_path):
     """The first 50 steps of the demo preset give the recorded losses (the fixture says when
-    they were recorded, and why again). The tolerance grows from 1e-5 with the step (doubling
-    every 3 steps, at most 10 %): training amplifies float rounding, e.g. 1 against 2 threads
-    differ by 3e-5 at step 21 and 3 % at step 46 (measured); a changed term or random draw
-    differs at once."""
+    they were recorded, and why again). The tolerance grows from 1e-4 with the step (doubling
+    every 3 steps, at most 20 %): training amplifies float rounding, which differs with the
+    thread count and the CPU (another 2-core EPYC than the recording one: 1e-7 at step 1,
+    2e-5 at step 8, 1 % at step 28 and 9 % at step 44, with 1 or 2 threads; 1 against 2
+    threads on the recording one: 3e-5 at step 21, 3 % at step 46); a changed term or random
+    draw differs at once (w_select 0.02 for 0.01: 66 % at step 1)."""
     from pathlib import Path
 
     recorded = json.loads(
@@ -274,7 +276,7 @@ def test_the_demo_preset_trains_as_recorded(tmp_path):
     now = losses(tmp_path / "run")
     assert len(now) == len(recorded["loss"]) == 50
     for step, (value, before) in enumerate(zip(now, recorded["loss"], strict=True), start=1):
-        tolerance = min(0.1, 1e-5 * 2 ** (step / 3))
+        tolerance = min(0.2, 1e-4 * 2 ** (step / 3))
         assert abs(value - before) <= tolerance * abs(before), (step, value, before)
 
 

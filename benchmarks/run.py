@@ -26,7 +26,7 @@ import torch
 
 from marionette._io import write_json
 from marionette.build import build_model
-from marionette.config import Config
+from marionette.config import CHOICES, Config
 from marionette.core import (
     RENDERER_CHOICES,
     Decomposition,
@@ -42,7 +42,7 @@ from marionette.core import (
     triton_unavailable_reason,
     typecheck,
 )
-from marionette.step import TrainingStep, prepare_training
+from marionette.step import TrainingStep, prepare_training, resolve_precision
 
 #: Model settings measured. ``default`` is the original's default model on a 128 px canvas (the
 #: configuration of the issue's baseline table), ``space_invaders`` the fork's SI settings.
@@ -297,7 +297,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--batch", type=int, nargs="+", help="default: 8 (CPU) or 8 32 64 (CUDA)")
     parser.add_argument("--kernel-batch", type=int, help="kernel batch (default 64 CUDA, 8 CPU)")
-    parser.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on CUDA)")
+    parser.add_argument(
+        "--precision", default="auto", choices=CHOICES["precision"],
+        help="the training setting; auto: bf16 on CUDA, bf16_encoder on a CPU with native bf16",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
@@ -313,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
-    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    precision = resolve_precision(args.precision, device)
     bandwidth = args.bandwidth or (3350.0 if device.type == "cuda" else 20.0)
     configs, repeats, warmup = args.configs, args.repeats, args.warmup
     batches = args.batch or ([8, 32, 64] if device.type == "cuda" else [8])

@@ -40,7 +40,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dictionary": DECODERS,
     "selection": tuple(SELECTIONS),
     "resize": RESIZE_POLICIES,
-    "precision": ("auto", "fp32", "bf16"),
+    "precision": ("auto", "fp32", "bf16", "bf16_encoder"),
     "renderer": RENDERER_CHOICES,
     "typecheck": ("first", "on", "off"),
     "consistency_code": CODE_KINDS,
@@ -102,7 +102,9 @@ class TrainConfig:
             the objects drawing the match's sprite; see :func:`marionette.core.consistency_loss`).
         seed: seeds Python, NumPy and torch before anything random happens.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU), ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` (autocast of the forward), ``"bf16_encoder"`` (the
+            image encoder's convolutions in bf16, the rest in fp32) or ``"auto"``: ``bf16`` on
+            CUDA, ``bf16_encoder`` on a CPU with native bf16, else ``fp32``.
         renderer: ``"auto"`` (the fused Triton renderer on CUDA, PyTorch elsewhere),
             ``"torch"`` or ``"triton"`` (see :func:`marionette.core.render_decomposition`).
         threads: CPU threads for torch (0: torch's default).

@@ -2,11 +2,14 @@
 backpropagated and applied by the optimizers."""
 
 import ctypes
+import functools
 import os
 import platform
+import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,6 +26,8 @@ __all__ = [
     "available_memory",
     "build_optimizers",
     "check_memory",
+    "cpu_has_native_bf16",
+    "native_bf16_flag",
     "objective_weights",
     "prepare_training",
     "retain_freed_memory",
@@ -169,11 +174,41 @@ def prepare_training(model: MarioNette, device: torch.device) -> MarioNette:
     return model.to(device, memory_format=torch.channels_last)
 
 
+def native_bf16_flag(cpuinfo: str) -> bool:
+    """Whether Linux's ``/proc/cpuinfo`` text lists a native bf16 instruction set (AVX512-BF16
+    or AMX-BF16) among the CPU's flags.
+
+    Example:
+        >>> native_bf16_flag("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni")
+        True
+        >>> native_bf16_flag("flags\t\t: fpu avx2 avx512f avx512_vnni")
+        False
+    """
+    return re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", cpuinfo, re.MULTILINE) is not None
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (:func:`native_bf16_flag`) and oneDNN runs bf16
+    on it: there its bf16 convolutions take a third to a half of the fp32 time
+    (benchmarks/RESULTS.md); elsewhere oneDNN would emulate them, or not run them at all."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return native_bf16_flag(cpuinfo) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` is bf16 autocast on CUDA and fp32 elsewhere."""
+    """``"auto"``: bf16 autocast on CUDA; on a CPU with native bf16 (:func:`cpu_has_native_bf16`)
+    the image encoder's convolutions in bf16 and the rest in fp32 (``"bf16_encoder"``: the
+    convolutions are most of a step there, and bf16 autocast of everything is no faster); fp32
+    elsewhere."""
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" else "fp32"
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16_encoder" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 class _Objective(nn.Module):
@@ -215,6 +250,8 @@ class TrainingStep:
             )
         self.optimizers = build_optimizers(model, config)
         self.precision = resolve_precision(config.train.precision, device)
+        encoder_bf16 = self.precision == "bf16_encoder"
+        model.image_encoder.autocast_dtype = torch.bfloat16 if encoder_bf16 else None
         self.updating = False  # True while the optimizers write the weights
 
     def loss(self, frames: torch.Tensor, step: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ TINY = [
     "--num_classes", "4", "--dim_z", "16", "--image_every", "0", "--transform_encoder", "match",
     "--selection", "match", "--sprite_init", "data", "--lr", "1e-3", "--log_every", "1",
     "--threads", "1", "--no-progress", "--no-tensorboard",
+    "--precision", "fp32",  # ranks and one process agree to float32 rounding (bf16's is coarser)
 ]  # fmt: skip
 
 

@@ -270,7 +270,7 @@ def test_the_demo_preset_trains_as_recorded(tmp_path):
     )
     config = marionette.preset_config("demo").replace(
         num_steps=50, log_every=1, image_every=0, checkpoint_every=1000, renderer="torch",
-        threads=1, device="cpu",
+        threads=1, device="cpu", precision="fp32",
     )  # fmt: skip
     quiet_train(config, tmp_path / "run")
     now = losses(tmp_path / "run")

@@ -6,6 +6,7 @@ before the bias is added: :func:`compensated_conv2d` computes exactly that, with
 """
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +37,14 @@ def compensated_conv2d(
     y = conv(x, w) * k^2 / n_valid + b, where n_valid counts the kernel taps that fall inside
     the canvas at each output position: 9/6 on edges and 9/4 in corners for a 3x3 kernel, and 9
     on a 1x1 input. This equals the original's partial convolution with an all-ones mask.
+    The result keeps the convolution's dtype (bf16 under bf16 autocast).
     """
     k = weight.shape[-1]
     out = F.conv2d(x, weight, None, stride, padding)
     ones = x.new_ones(1, 1, x.shape[-2], x.shape[-1])
     valid = F.conv2d(ones, x.new_ones(1, 1, k, k), None, stride, padding)
-    out = out * (k * k / valid)
-    return out if bias is None else out + bias[:, None, None]
+    out = out * (k * k / valid).to(out.dtype)
+    return out if bias is None else out + bias.to(out.dtype)[:, None, None]
 
 
 class CompensatedConv2d(nn.Conv2d):
@@ -98,6 +100,11 @@ class GridEncoder(nn.Module):
         grid: output grid (gh, gw).
         num_heads: number of output grids (one per depth layer).
         base_width: channels of the first block (a multiple of 8, at most D); 0: D everywhere.
+
+    Attributes:
+        autocast_dtype: when set (``torch.bfloat16``), the convolutions run under autocast to
+            that dtype and the codes return to the input's dtype before the LayerNorm: the
+            ``bf16_encoder`` precision of training. ``None``: the caller's precision.
     """
 
     def __init__(
@@ -130,13 +137,18 @@ class GridEncoder(nn.Module):
         )
         self.heads = nn.ModuleList(CompensatedConv2d(dim, dim) for _ in range(num_heads))
         self.dim = dim
+        self.autocast_dtype: torch.dtype | None = None
 
     @typed
     def forward(self, x: Float[Tensor, "B C H W"]) -> Float[Tensor, "B NL Lh Lw D"]:
-        features = self.blocks(x)
-        if tuple(features.shape[-2:]) != self.grid:
-            features = F.adaptive_avg_pool2d(features, self.grid)
-        codes = torch.stack([head(features) for head in self.heads], dim=1)
+        dtype = self.autocast_dtype
+        with nullcontext() if dtype is None else torch.autocast(x.device.type, dtype):
+            features = self.blocks(x)
+            if tuple(features.shape[-2:]) != self.grid:
+                features = F.adaptive_avg_pool2d(features, self.grid)
+            codes = torch.stack([head(features) for head in self.heads], dim=1)
+        if dtype is not None:
+            codes = codes.to(x.dtype)
         codes = rearrange(codes, "B NL D Lh Lw -> B NL Lh Lw D")
         return F.layer_norm(codes, (self.dim,))
 

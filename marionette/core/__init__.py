@@ -62,6 +62,7 @@ from .offsets import (
     Offsets,
 )
 from .placement import PARITY_GROUPS, AnchorWindows, extract_windows, place_sprites
+from .presence import PRESENCES, learned_presence, matched_presence
 from .renderers import (
     RENDERER_CHOICES,
     RENDERERS,
@@ -101,6 +102,7 @@ __all__ = [
     "OFFSET_HEADS",
     "OFFSET_PREDICTORS",
     "PARITY_GROUPS",
+    "PRESENCES",
     "RENDERERS",
     "RENDERER_CHOICES",
     "RENDER_MODES",
@@ -155,10 +157,12 @@ __all__ = [
     "global_centers",
     "hard_presence",
     "hard_weights",
+    "learned_presence",
     "learned_selection",
     "match_gains",
     "match_offsets",
     "match_selection",
+    "matched_presence",
     "mix_sprites",
     "place_sprites",
     "plane_order",

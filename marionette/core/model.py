@@ -20,6 +20,7 @@ from .geometry import Grid, footprint_boxes
 from .modes import decompose_encoding
 from .offsets import OFFSET_PREDICTORS
 from .placement import AnchorWindows
+from .presence import PRESENCES
 from .renderers import RENDERER_CHOICES, Rendering, render_decomposition
 from .selection import SELECTIONS, mix_sprites
 
@@ -54,6 +55,9 @@ class ModelConfig:
             per-slot CNN, many times cheaper).
         xform_dim: channels of the ``"conv"`` transform encoder (0: same as ``dim_z``).
         presence_bias: initial bias of the presence logit (0: presence starts near 1/2).
+        presence: ``"learned"`` (the original: the sigmoid of the presence head's logit) or
+            ``"match"`` (on the back layer, that logit plus the anchor's best matching gain;
+            needs ``selection="match"``; see :func:`marionette.core.matched_presence`).
         alpha_init: initial mean sprite opacity in (0, 1); 0 keeps the default initialisation
             (about 1/2, as the original).
         dictionary: ``"mlp"`` (sprites decoded from codes by a shared MLP, the original) or
@@ -85,6 +89,7 @@ class ModelConfig:
     transform_encoder: str = "conv"
     xform_dim: int = 0
     presence_bias: float = 0.0
+    presence: str = "learned"
     alpha_init: float = 0.0
     dictionary: str = "mlp"
     selection: str = "learned"
@@ -130,6 +135,7 @@ class ModelConfig:
             ("transform_encoder", tuple(OFFSET_PREDICTORS)),
             ("dictionary", DECODERS),
             ("selection", tuple(SELECTIONS)),
+            ("presence", tuple(PRESENCES)),
         )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -293,7 +299,7 @@ class MarioNette(nn.Module):
             config.num_layers,
             config.encoder_base_width,
         )
-        self.presence_head = MLPHead(d, 1, nn.Sigmoid())
+        self.presence_head = MLPHead(d, 1, nn.Identity())  # logits: PRESENCES make them p
         with torch.no_grad():
             self.presence_head[3].bias.fill_(config.presence_bias)
         self.project = nn.Linear(d, d)
@@ -313,12 +319,14 @@ class MarioNette(nn.Module):
             return rearrange(x, "(B T) ... -> B T ...", T=t)
 
         codes = split(self.image_encoder(images))
-        presence = self.presence_head(codes)[..., 0]
         queries = F.layer_norm(self.project(codes), (config.dim_z,))
         background = split(self.background(images))
         windows = AnchorWindows(frames, background, self.grid)
         selection = SELECTIONS[config.selection](
             queries, dict_codes, sprites, windows, config.match_temperature
+        )
+        presence = PRESENCES[config.presence](
+            self.presence_head(codes)[..., 0], selection, config.match_temperature
         )
         weights = torch.softmax(selection.logits, dim=-1)
         mixed = mix_sprites(weights, sprites)

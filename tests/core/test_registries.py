@@ -6,6 +6,7 @@ import torch
 from marionette.core import (
     BACKGROUNDS,
     OFFSET_PREDICTORS,
+    PRESENCES,
     SELECTIONS,
     AnchorWindows,
     ColorBackground,
@@ -65,6 +66,27 @@ class TestSelections:
                 selection.logits[b, 0, layer, i, j],
                 selection_logits(codes[b, 0, layer, i, j], dict_codes) + evidence,
             )
+
+
+class TestPresences:
+    def test_learned_is_the_sigmoid_of_the_logit(self):
+        config = ModelConfig(**CONFIG)
+        codes, sprites, windows, _ = inputs(config)
+        selection = SELECTIONS["learned"](codes, rand(3, 16), sprites, windows, 0.05)
+        logits = rand(*codes.shape[:-1], seed=5) - 0.5
+        torch.testing.assert_close(PRESENCES["learned"](logits, selection, 0.05), logits.sigmoid())
+
+    def test_match_adds_the_best_gain_of_the_anchor_to_the_back_layer(self):
+        config = ModelConfig(**CONFIG)
+        codes, sprites, windows, _ = inputs(config)
+        selection = SELECTIONS["match"](codes, rand(3, 16), sprites, windows, 0.05)
+        logits = rand(*codes.shape[:-1], seed=5) - 0.5
+        presence = PRESENCES["match"](logits, selection, 0.05)
+        for b, i, j in [(0, 0, 0), (1, 1, 2)]:  # anchors by hand: the best sprite and displacement
+            best = max(float(g) for g in selection.gains[b, 0, i, j].flatten())
+            back = torch.sigmoid(logits[b, 0, 0, i, j] + best / 0.05)
+            torch.testing.assert_close(presence[b, 0, 0, i, j], back)
+        torch.testing.assert_close(presence[:, :, 1], logits[:, :, 1].sigmoid())
 
 
 class TestOffsetPredictors:

@@ -1,0 +1,72 @@
+"""Presence: whether each slot draws its sprite, from the anchor code's logit and, with matching,
+from how much the best sprite would explain the anchor.
+
+Two schemes, named in :data:`PRESENCES`: ``learned`` (the original: the sigmoid of the presence
+head's logit) and ``match`` (that logit plus, on the back layer, the best matching gain of the
+anchor). Learned presence alone collapses on faint, sparse sprites: nearly every slot is empty,
+so the first steps push the shared head's logits down everywhere before it can tell the few
+object slots apart, and a sigmoid near 0 passes no gradient back (docs/learning.md).
+"""
+
+from collections.abc import Callable
+
+import torch
+
+from ._typing import Float, Tensor, typed
+from .selection import Selection
+
+__all__ = ["PRESENCES", "learned_presence", "matched_presence"]
+
+
+@typed
+def learned_presence(
+    logits: Float[Tensor, "B T NL Lh Lw"], selection: Selection, temperature: float
+) -> Float[Tensor, "B T NL Lh Lw"]:
+    """The original's presence, sigma(z), from the anchor code alone.
+
+    Example:
+        >>> selection = Selection(torch.zeros(1, 1, 1, 1, 1, 3), None)
+        >>> learned_presence(torch.zeros(1, 1, 1, 1, 1), selection, 0.05).item()
+        0.5
+    """
+    return torch.sigmoid(logits)
+
+
+@typed
+def matched_presence(
+    logits: Float[Tensor, "B T NL Lh Lw"], selection: Selection, temperature: float
+) -> Float[Tensor, "B T NL Lh Lw"]:
+    """Presence that starts from the matching evidence:
+
+        p_l = sigma(z_l + [l = 0] g* / tau),   g* = max_{k, o} g_k(o),
+
+    with g_k(o) the per-pixel squared-error gain of placing sprite k at displacement o of the
+    anchor (:func:`marionette.core.match_gains`, the same gains as the matched selection's) and
+    tau = ``temperature``. g* > 0 where some sprite explains the anchor better than the
+    background does, and g* <= 0 over background alone (a sprite there only adds its mismatch), so
+    the back layer's slots start present on objects and absent elsewhere; the learned logit z
+    corrects that and decides the other layers, which stay free for overlapping objects (the
+    same evidence on every layer drew each object twice on the demo world).
+
+    Example:
+        >>> gains = torch.tensor([0.1, -0.1]).reshape(1, 1, 1, 2, 1, 1, 1)  # two anchors
+        >>> selection = Selection(torch.zeros(1, 1, 2, 1, 2, 1), gains)
+        >>> matched_presence(torch.zeros(1, 1, 2, 1, 2), selection, 0.05)[0, 0].tolist()
+        [[[0.8807970285415649, 0.11920291930437088]], [[0.5, 0.5]]]
+    """
+    if selection.gains is None:
+        raise ValueError(
+            "presence 'match' needs the matching gains of selection 'match', got a selection "
+            "without gains (set --selection match, or --presence learned)"
+        )
+    best = selection.gains.flatten(-3).amax(dim=-1)  # B T Lh Lw
+    back = logits[:, :, :1] + best[:, :, None] / temperature
+    return torch.sigmoid(torch.cat([back, logits[:, :, 1:]], dim=2))
+
+
+#: Presence schemes by name (the ``presence`` setting): ``fn(logits, selection, temperature) ->
+#: presence probabilities``.
+PRESENCES: dict[str, Callable[..., Tensor]] = {
+    "learned": learned_presence,
+    "match": matched_presence,
+}

@@ -5,8 +5,8 @@ per setting; every rule is stated in :data:`RULES` and its outcome, with the num
 from, is recorded in ``Config.reasons`` (and so in config.json). Settings given by the caller
 are kept and the others follow from them (a canvas given: frames are measured as they reach
 it). The training recipe is the presets' (template matching, a dictionary from the data's
-foreground, the straight-through hard loss ramped in, a dearer front layer); see
-docs/learning.md for where each came from.
+foreground, the straight-through hard loss ramped in, a dearer front layer) with presence
+started from the matching evidence; see docs/learning.md for where each came from.
 """
 
 import math
@@ -21,10 +21,12 @@ from .stats import FrameStats, NoSprites, measure
 
 __all__ = ["RECIPE", "RULES", "auto_config", "choose_settings", "data_stats", "describe"]
 
-#: What the presets found, applied to every dataset (not measured: see docs/learning.md).
+#: What the presets found, and matched presence, applied to every dataset (not measured: see
+#: docs/learning.md).
 RECIPE = dict(
     transform_encoder="match",
     selection="match",
+    presence="match",
     sprite_init="data",
     lr=1e-3,
     bs=8,
@@ -166,7 +168,7 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
     for name, value in RECIPE.items():
         if name not in given:
             settings[name] = value
-            reasons[name] = "the presets' recipe (docs/learning.md)"
+            reasons[name] = "the recipe (docs/learning.md)"
     return settings, reasons
 
 

@@ -252,8 +252,9 @@ class MarioNetteOutput:
 class MarioNette(nn.Module):
     """Self-supervised sprite decomposition (Smirnov et al., NeurIPS 2021).
 
-    An image encoder gives one code per (layer, anchor). Each code yields a presence probability
-    and, through a projection, selection weights over the K sprites (:data:`SELECTIONS`). An
+    An image encoder gives one code per (layer, anchor). Each code yields a presence logit,
+    made a probability by :data:`PRESENCES`, and, through a projection, selection weights over
+    the K sprites (:data:`SELECTIONS`). An
     offset predictor places each slot's sprite inside its cell (:data:`OFFSET_PREDICTORS`).
     Sprites are shifted, gated by presence, placed on the anchor grid and composited back to
     front over the background (:data:`BACKGROUNDS`).

@@ -367,8 +367,9 @@ def _run(args: argparse.Namespace) -> dict:
                                "achieved_gbps", "floor_ms", "x_floor"]))  # fmt: skip
     if steps:
         print("\n## Training step\n")
-        print(_table(steps, ["config", "variant", "renderer", "batch", "T", "consistency",
-                             "step_ms", "step_iqr_ms", "frames_per_s", "peak_mib"]))  # fmt: skip
+        print(_table(steps, ["config", "variant", "renderer", "precision", "batch", "T",
+                             "consistency", "step_ms", "step_iqr_ms", "frames_per_s",
+                             "peak_mib"]))  # fmt: skip
     print(f"\nwrote {out}")
     return record
 

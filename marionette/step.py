@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -21,6 +22,8 @@ from .distributed import Group
 
 __all__ = [
     "OutOfMemory",
+    "PRECISIONS",
+    "Precision",
     "TrainingDiverged",
     "TrainingStep",
     "available_memory",
@@ -30,6 +33,7 @@ __all__ = [
     "native_bf16_flag",
     "objective_weights",
     "prepare_training",
+    "resolve_precision",
     "retain_freed_memory",
     "step_memory_lower_bound",
 ]
@@ -199,6 +203,21 @@ def cpu_has_native_bf16() -> bool:
     return native_bf16_flag(cpuinfo) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+class Precision(NamedTuple):
+    """What a precision setting runs in bf16."""
+
+    forward: bool  # the whole forward pass under bf16 autocast
+    encoder: torch.dtype | None  # the image encoder's own autocast dtype (None: the forward's)
+
+
+#: The precision settings other than ``"auto"`` (:func:`resolve_precision`), by name.
+PRECISIONS: dict[str, Precision] = {
+    "fp32": Precision(False, None),
+    "bf16": Precision(True, None),
+    "bf16_encoder": Precision(False, torch.bfloat16),
+}
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"auto"``: bf16 autocast on CUDA; on a CPU with native bf16 (:func:`cpu_has_native_bf16`)
     the image encoder's convolutions in bf16 and the rest in fp32 (``"bf16_encoder"``: the
@@ -250,8 +269,7 @@ class TrainingStep:
             )
         self.optimizers = build_optimizers(model, config)
         self.precision = resolve_precision(config.train.precision, device)
-        encoder_bf16 = self.precision == "bf16_encoder"
-        model.image_encoder.autocast_dtype = torch.bfloat16 if encoder_bf16 else None
+        model.image_encoder.autocast_dtype = PRECISIONS[self.precision].encoder
         self.updating = False  # True while the optimizers write the weights
 
     def loss(self, frames: torch.Tensor, step: int) -> torch.Tensor:
@@ -260,7 +278,7 @@ class TrainingStep:
 
     def autocast(self):
         """The precision context of the forward pass."""
-        if self.precision == "bf16":
+        if PRECISIONS[self.precision].forward:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 

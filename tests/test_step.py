@@ -5,10 +5,15 @@ import torch
 
 import marionette.step as step_module
 from marionette.build import build_model
-from marionette.step import TrainingStep, cpu_has_native_bf16, resolve_precision
+from marionette.config import CHOICES
+from marionette.step import PRECISIONS, TrainingStep, cpu_has_native_bf16, resolve_precision
 from tests.test_trainer import tiny_config
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_the_setting_offers_every_precision():
+    assert CHOICES["precision"] == ("auto", *PRECISIONS)
 
 
 @pytest.mark.parametrize("native", [True, False])

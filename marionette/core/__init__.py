@@ -85,12 +85,15 @@ from .selection import (
     straight_through,
 )
 from .shifts import (
+    SoftMatch,
     discrete_offsets,
     expected_displacement,
+    match_gain_map,
     match_gains,
     match_offsets,
     shift_bilinear,
     shift_discrete,
+    soft_match,
 )
 
 __all__ = [
@@ -131,6 +134,7 @@ __all__ = [
     "Rendering",
     "Selection",
     "SlidingStripBackground",
+    "SoftMatch",
     "SpriteDictionary",
     "StripBackground",
     "beta_prior_loss",
@@ -159,6 +163,7 @@ __all__ = [
     "hard_weights",
     "learned_presence",
     "learned_selection",
+    "match_gain_map",
     "match_gains",
     "match_offsets",
     "match_selection",
@@ -183,6 +188,7 @@ __all__ = [
     "set_typecheck",
     "shift_bilinear",
     "shift_discrete",
+    "soft_match",
     "shift_slots",
     "slide_strip_window",
     "slot_sprites",

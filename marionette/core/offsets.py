@@ -19,7 +19,7 @@ from ._typing import Float, Tensor, typed
 from .encoders import GridEncoder, MLPHead
 from .placement import AnchorWindows
 from .selection import Selection
-from .shifts import discrete_offsets, expected_displacement, match_offsets
+from .shifts import discrete_offsets, match_offsets
 
 if TYPE_CHECKING:
     from .model import ModelConfig
@@ -145,9 +145,10 @@ class AnchorOffsets(_LearnedOffsets):
 
 class MatchOffsets(nn.Module):
     """Template matching, nothing learned: with matched selection each sprite's softmax-weighted
-    best displacement at the anchor (:func:`marionette.core.expected_displacement` of the
-    selection's gains), mixed by the selection weights; else the displacement that best aligns
-    the slot's own soft sprite with the frame (:func:`marionette.core.match_offsets`)."""
+    best displacement at the anchor (the selection's ``match.offsets``, see
+    :func:`marionette.core.soft_match`), mixed by the selection weights; else the displacement
+    that best aligns the slot's own soft sprite with the frame
+    (:func:`marionette.core.match_offsets`)."""
 
     def __init__(self, config: "ModelConfig") -> None:
         super().__init__()
@@ -162,8 +163,8 @@ class MatchOffsets(nn.Module):
         weights: Float[Tensor, "B T NL Lh Lw K"],
         selection: Selection,
     ) -> Offsets:
-        if selection.gains is not None:
-            per_sprite = expected_displacement(selection.gains, self.temperature)
+        if selection.match is not None:
+            per_sprite = selection.match.offsets
             offsets = einsum(
                 weights, per_sprite, "B T NL Lh Lw K, B T Lh Lw K xy -> B T NL Lh Lw xy"
             )

@@ -41,7 +41,7 @@ def matched_presence(
         p_l = sigma(z_l + [l = 0] g* / tau),   g* = max_{k, o} g_k(o),
 
     with g_k(o) the per-pixel squared-error gain of placing sprite k at displacement o of the
-    anchor (:func:`marionette.core.match_gains`, the same gains as the matched selection's) and
+    anchor (:func:`marionette.core.match_gains`; the matched selection's ``match.best``) and
     tau = ``temperature``. g* > 0 where some sprite explains the anchor better than the
     background does, and g* <= 0 over background alone (a sprite there only adds its mismatch), so
     the back layer's slots start present on objects and absent elsewhere; the learned logit z
@@ -49,17 +49,19 @@ def matched_presence(
     same evidence on every layer drew each object twice on the demo world).
 
     Example:
-        >>> gains = torch.tensor([0.1, -0.1]).reshape(1, 1, 1, 2, 1, 1, 1)  # two anchors
-        >>> selection = Selection(torch.zeros(1, 1, 2, 1, 2, 1), gains)
+        >>> from marionette.core import SoftMatch
+        >>> best = torch.tensor([0.1, -0.1]).reshape(1, 1, 1, 2, 1)  # two anchors, one sprite
+        >>> match = SoftMatch(best / 0.05, best, torch.zeros(1, 1, 1, 2, 1, 2))
+        >>> selection = Selection(torch.zeros(1, 1, 2, 1, 2, 1), match)
         >>> matched_presence(torch.zeros(1, 1, 2, 1, 2), selection, 0.05)[0, 0].tolist()
         [[[0.8807970285415649, 0.11920291930437088]], [[0.5, 0.5]]]
     """
-    if selection.gains is None:
+    if selection.match is None:
         raise ValueError(
-            "presence 'match' needs the matching gains of selection 'match', got a selection "
-            "without gains (set --selection match, or --presence learned)"
+            "presence 'match' needs the matching of selection 'match', got a selection "
+            "without matching (set --selection match, or --presence learned)"
         )
-    best = selection.gains.flatten(-3).amax(dim=-1)  # B T Lh Lw
+    best = selection.match.best.amax(dim=-1)  # B T Lh Lw
     back = logits[:, :, :1] + best[:, :, None] / temperature
     return torch.sigmoid(torch.cat([back, logits[:, :, 1:]], dim=2))
 

@@ -14,7 +14,7 @@ from einops import einsum, rearrange
 
 from ._typing import Float, Int64, Tensor, checks_active, typed
 from .placement import AnchorWindows
-from .shifts import match_gains
+from .shifts import SoftMatch, match_gain_map, soft_match
 
 __all__ = [
     "SELECTIONS",
@@ -111,12 +111,13 @@ class Selection(NamedTuple):
 
     Attributes:
         logits: scores over the K dictionary sprites (softmax gives the selection weights).
-        gains: with matching, the per-pixel gain of every sprite at every integer displacement
-            of every anchor window (see :func:`marionette.core.match_gains`); else None.
+        match: with matching, what it says about every sprite at every anchor (the same for
+            every layer): evidence, best gain and expected displacement (see
+            :func:`marionette.core.soft_match`); else None.
     """
 
     logits: Float[Tensor, "B T NL Lh Lw K"]
-    gains: Float[Tensor, "B T Lh Lw K Q Q"] | None
+    match: SoftMatch | None
 
 
 @typed
@@ -144,18 +145,18 @@ def match_selection(
         logit_k = q . z_k / sqrt(D) + log sum_o exp(gain_k(o) / tau),
 
     with the gains of :func:`marionette.core.match_gains` of the anchor (the same for every
-    layer), tau = ``temperature``. A slot thus picks
+    layer), tau = ``temperature`` (:func:`marionette.core.soft_match`). A slot thus picks
     the sprite that explains its window before the learned part has learned anything.
     """
     t = queries.shape[1]
     frames = "B T C H W -> (B T) C H W"
-    gains = match_gains(
+    gain_map = match_gain_map(
         rearrange(windows.frames, frames), rearrange(windows.background, frames), sprites
     )
-    gains = rearrange(gains, "(B T) Lh Lw K Qy Qx -> B T Lh Lw K Qy Qx", T=t)
-    evidence = torch.logsumexp(gains.flatten(-2) / temperature, dim=-1)
-    logits = selection_logits(queries, dict_codes) + evidence[:, :, None]
-    return Selection(logits, gains)
+    match = soft_match(gain_map, sprites.shape[-1] // 2, temperature)
+    match = SoftMatch(*(rearrange(x, "(B T) ... -> B T ...", T=t) for x in match))
+    logits = selection_logits(queries, dict_codes) + match.evidence[:, :, None]
+    return Selection(logits, match)
 
 
 #: Selection schemes by name (the ``selection`` setting): ``fn(queries, dict_codes, sprites,

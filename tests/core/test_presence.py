@@ -7,8 +7,11 @@ from marionette.core import (
     MarioNette,
     ModelConfig,
     Selection,
+    SoftMatch,
+    match_gain_map,
     match_gains,
     matched_presence,
+    soft_match,
 )
 
 
@@ -27,6 +30,12 @@ def scene():
     return frame[None], background[None], sprites
 
 
+def selection_of(gain_map):
+    """The matched selection of one frame of the scene (T = 1, zero learned logits)."""
+    match = soft_match(gain_map, 8, 0.05)
+    return Selection(torch.zeros(1, 1, 2, 2, 2, 2), SoftMatch(*(x[:, None] for x in match)))
+
+
 def test_the_evidence_is_positive_on_the_object_and_not_over_background():
     frame, background, sprites = scene()
     gains = match_gains(frame, background, sprites)  # 1 Lh Lw K Q Q
@@ -34,27 +43,32 @@ def test_the_evidence_is_positive_on_the_object_and_not_over_background():
     assert best[1, 0] > 0.5  # the square explains its anchor: most of its pixels' error
     assert best[0, 1] <= 0 and best[1, 1] <= 0  # background alone: a sprite only adds error
     logits = torch.zeros(1, 1, 2, 2, 2)
-    selection = Selection(torch.zeros(1, 1, 2, 2, 2, 2), gains[:, None])
+    selection = selection_of(match_gain_map(frame, background, sprites))
     presence = matched_presence(logits, selection, 0.05)[0, 0]
     assert presence[0, 1, 0] > 0.99 and presence[0, 0, 1] < 0.5 and presence[0, 1, 1] < 0.5
     assert (presence[1] == 0.5).all()  # the front layer: its own logit only
 
 
-def test_gradient_reaches_every_logit_and_the_back_layers_gains():
+def test_gradient_reaches_every_logit_and_the_back_layers_best_gains():
     frame, background, sprites = scene()
-    gains = match_gains(frame, background, sprites)[:, None].requires_grad_()
+    gain_map = match_gain_map(frame, background, sprites).requires_grad_()
     logits = torch.zeros(1, 1, 2, 2, 2, requires_grad=True)
-    selection = Selection(torch.zeros(1, 1, 2, 2, 2, 2), gains)
-    matched_presence(logits, selection, 1.0).sum().backward()  # tau 1: nothing saturates
+    matched_presence(logits, selection_of(gain_map), 1.0).sum().backward()  # nothing saturates
     assert (logits.grad != 0).all()
-    flat, grad = gains.detach().flatten(-3), gains.grad.flatten(-3)
-    best = flat == flat.amax(-1, keepdim=True)
-    assert torch.equal(grad != 0, best)  # only the best sprite(s) and displacement(s)
+    # only each anchor's best sprites at their best displacements (ties share: over background
+    # every displacement of a sprite gains the same): map pixel (k, iP + a, jP + b)
+    gains = match_gains(frame, background, sprites)[0]
+    expected = torch.zeros_like(gain_map, dtype=torch.bool)
+    for i, j in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        for k, a, b in (gains[i, j] == gains[i, j].max()).nonzero().tolist():
+            expected[0, k, 8 * i + a, 8 * j + b] = True
+    assert expected.sum() < expected.numel() / 4
+    assert torch.equal(gain_map.grad != 0, expected)
 
 
 def test_a_model_with_matched_presence_needs_matched_selection():
     config = dict(height=16, width=16, layer_size=2, num_sprites=2, dim_z=16, presence="match")
-    with pytest.raises(ValueError, match="presence 'match' needs the matching gains"):
+    with pytest.raises(ValueError, match="presence 'match' needs the matching"):
         MarioNette(ModelConfig(**config))(torch.rand(1, 1, 3, 16, 16))
     model = MarioNette(ModelConfig(**config, selection="match", transform_encoder="match"))
     out = model(torch.rand(2, 1, 3, 16, 16))

@@ -50,7 +50,7 @@ class TestSelections:
         dict_codes = rand(3, 16, seed=9)
         selection = SELECTIONS["learned"](codes, dict_codes, sprites, windows, 0.05)
         torch.testing.assert_close(selection.logits, selection_logits(codes, dict_codes))
-        assert selection.gains is None
+        assert selection.match is None
 
     def test_match_adds_the_soft_maximal_gain_of_the_anchor(self):
         config = ModelConfig(**CONFIG)
@@ -59,8 +59,12 @@ class TestSelections:
         selection = SELECTIONS["match"](codes, dict_codes, sprites, windows, 0.05)
         b, i, j = 1, 0, 2  # one anchor, by hand
         gains = match_gains(windows.frames[b], windows.background[b], sprites)[0, i, j]
-        torch.testing.assert_close(selection.gains[b, 0, i, j], gains)
         evidence = torch.logsumexp(gains.flatten(1) / 0.05, dim=-1)
+        torch.testing.assert_close(selection.match.evidence[b, 0, i, j], evidence)
+        torch.testing.assert_close(selection.match.best[b, 0, i, j], gains.flatten(1).amax(-1))
+        torch.testing.assert_close(
+            selection.match.offsets[b, 0, i, j], expected_displacement(gains, 0.05)
+        )
         for layer in range(2):
             torch.testing.assert_close(
                 selection.logits[b, 0, layer, i, j],
@@ -83,7 +87,8 @@ class TestPresences:
         logits = rand(*codes.shape[:-1], seed=5) - 0.5
         presence = PRESENCES["match"](logits, selection, 0.05)
         for b, i, j in [(0, 0, 0), (1, 1, 2)]:  # anchors by hand: the best sprite and displacement
-            best = max(float(g) for g in selection.gains[b, 0, i, j].flatten())
+            gains = match_gains(windows.frames[b], windows.background[b], sprites)[0, i, j]
+            best = max(float(g) for g in gains.flatten())
             back = torch.sigmoid(logits[b, 0, 0, i, j] + best / 0.05)
             torch.testing.assert_close(presence[b, 0, 0, i, j], back)
         torch.testing.assert_close(presence[:, :, 1], logits[:, :, 1].sigmoid())
@@ -113,7 +118,13 @@ class TestOffsetPredictors:
         selection = SELECTIONS["match"](codes, rand(3, 16), sprites, windows, 0.05)
         mixed = mix_sprites(weights, sprites)
         result = OFFSET_PREDICTORS["match"](config)(codes, windows, mixed, weights, selection)
-        own = expected_displacement(selection.gains, config.match_temperature)
+        own = torch.stack(
+            [
+                match_gains(windows.frames[b], windows.background[b], sprites)
+                for b in range(windows.frames.shape[0])
+            ]
+        )  # B T Lh Lw K Q Q
+        own = expected_displacement(own, config.match_temperature)
         torch.testing.assert_close(result.per_sprite, own)
         b, layer, i, j = 0, 1, 1, 1
         torch.testing.assert_close(

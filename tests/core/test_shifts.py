@@ -8,10 +8,12 @@ from hypothesis import strategies as st
 from marionette.core import (
     discrete_offsets,
     expected_displacement,
+    match_gain_map,
     match_gains,
     match_offsets,
     shift_bilinear,
     shift_discrete,
+    soft_match,
 )
 from marionette.core._reference import (
     expected_displacement_reference,
@@ -182,6 +184,63 @@ class TestMatching:
             expected_displacement(gains, temperature),
             expected_displacement_reference(gains, temperature),
         )
+
+    def test_the_gain_map_holds_every_anchors_windows(self):
+        images, behind = rand(2, 3, 8, 12), rand(2, 3, 8, 12, seed=1)
+        sprites = rand(3, 4, 8, 8, seed=2)
+        gain_map = match_gain_map(images, behind, sprites)
+        gains = match_gains(images, behind, sprites)
+        assert gain_map.shape == (2, 3, 9, 13)
+        for i, j in itertools.product(range(2), range(3)):  # anchor (i, j): rows 4i .. 4i + 4
+            torch.testing.assert_close(
+                gains[:, i, j], gain_map[:, :, 4 * i : 4 * i + 5, 4 * j : 4 * j + 5]
+            )
+
+    @staticmethod
+    def soft_match_reference(gain_map, cell, temperature):
+        """soft_match as the composition it replaces: logsumexp, amax and
+        expected_displacement of the windows of match_gains."""
+        q = cell + 1
+        windows = gain_map.unfold(-2, q, cell).unfold(-2, q, cell).permute(0, 2, 3, 1, 4, 5)
+        flat = windows.flatten(-2)
+        return (
+            torch.logsumexp(flat / temperature, dim=-1),
+            flat.amax(dim=-1),
+            expected_displacement(windows, temperature),
+        )
+
+    @pytest.mark.parametrize("temperature", [0.05, 1.0])
+    @pytest.mark.parametrize("ties", [False, True])
+    def test_soft_match_equals_its_composition_in_values_and_gradients(self, temperature, ties):
+        # a rectangular grid of 2 x 3 anchors of 4 px: the windows overlap on their seams; with
+        # ties, gains in steps of 1/4 (tied maxima share the best gain's gradient, as amax's)
+        gain_map = rand(2, 3, 9, 13, dtype=torch.float64) - 0.5
+        gain_map = ((gain_map * 4).round() / 4 if ties else gain_map).requires_grad_()
+        fast = soft_match(gain_map, 4, temperature)
+        slow = self.soft_match_reference(gain_map, 4, temperature)
+        assert fast.evidence.shape == fast.best.shape == (2, 2, 3, 3)
+        assert fast.offsets.shape == (2, 2, 3, 3, 2)
+        upstream = [rand(*x.shape, dtype=torch.float64, seed=i) for i, x in enumerate(slow)]
+        grads = []
+        for outputs in (fast, slow):
+            total = sum((x * u).sum() for x, u in zip(outputs, upstream, strict=True))
+            grads.append(torch.autograd.grad(total, gain_map)[0])
+        for a, b in zip(fast, slow, strict=True):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(*grads)
+
+    def test_soft_match_gradcheck_with_some_outputs_unused(self):
+        gain_map = (rand(1, 2, 5, 9, dtype=torch.float64) - 0.5).requires_grad_()
+        for pick in ([0, 1, 2], [0], [1], [2], [0, 2]):
+            assert torch.autograd.gradcheck(
+                lambda m: tuple(soft_match(m, 4, 0.5)[i] for i in pick), (gain_map,)
+            )
+
+    def test_soft_match_refuses_a_map_that_is_not_a_grid_of_windows(self):
+        with pytest.raises(ValueError, match=r"gain_map must be \[N, K, Lh P \+ 1"):
+            soft_match(torch.zeros(1, 2, 8, 9), 4, 0.05)
+        with pytest.raises(ValueError, match="for cell P = 0"):
+            soft_match(torch.zeros(1, 2, 9, 9), 0, 0.05)
 
     def test_match_offsets_are_the_own_sprite_gains(self):
         images, behind = rand(2, 3, 8, 12), rand(2, 3, 8, 12, seed=1)

@@ -135,9 +135,9 @@ class _FramesBySprites(torch.autograd.Function):
     the whole ``[N, K, ...]`` size for every channel and then sum the frames out). Frame by
     frame, each frame's products round the same whatever the batch, so that ranks of a
     distributed run agree with one process (accumulated over the whole batch at once, two
-    ranks drifted from one process by more than 1e-4 in three steps). The backward, with the conjugate convention of
-    PyTorch's complex autograd: grad_b[k, c] = sum_n g[n, k] conj(a[n, c]) and
-    grad_a[n, c] = sum_k g[n, k] conj(b[k, c])."""
+    ranks drifted from one process by more than 1e-4 in three steps). The backward, with the
+    conjugate convention of PyTorch's complex autograd: grad_b[k, c] = sum_n g[n, k]
+    conj(a[n, c]) and grad_a[n, c] = sum_k g[n, k] conj(b[k, c])."""
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
@@ -254,6 +254,14 @@ def _displacements(q: int, like: Tensor) -> Tensor:
     return (torch.arange(q, device=like.device, dtype=like.dtype) - (q - 1) / 2) / (q - 1)
 
 
+def _mean_displacement(weights: Tensor) -> Tensor:
+    """sum_o w_o (dx_o, dy_o) of weights ``[..., Qy, Qx]`` over the displacements: ``[..., 2]``."""
+    d = _displacements(weights.shape[-1], weights)
+    return torch.stack(
+        [(weights.sum(dim=-2) * d).sum(dim=-1), (weights.sum(dim=-1) * d).sum(dim=-1)], -1
+    )
+
+
 class _SoftMatch(torch.autograd.Function):
     """:func:`soft_match` with a backward written out, so that the softmax is computed once and
     the overlapping windows' gradients are summed into the map without ``unfold``'s backward.
@@ -273,10 +281,7 @@ class _SoftMatch(torch.autograd.Function):
         weights = (logits - top).exp_()
         total = weights.sum(dim=-1, keepdim=True)
         weights = weights.div_(total).unflatten(-1, (q, q))
-        d = _displacements(q, gain_map)
-        offsets = torch.stack(
-            [(weights.sum(dim=-2) * d).sum(dim=-1), (weights.sum(dim=-1) * d).sum(dim=-1)], -1
-        )
+        offsets = _mean_displacement(weights)
         ctx.save_for_backward(weights, offsets)
         ctx.cell, ctx.temperature, ctx.map_shape = cell, temperature, gain_map.shape
         ctx.set_materialize_grads(False)
@@ -373,11 +378,7 @@ def expected_displacement(
     q = gains.shape[-1]
     shape = gains.shape[:-2]
     weights = torch.softmax((gains / temperature).reshape(*shape, q * q), dim=-1)
-    weights = weights.reshape(*shape, q, q)
-    displacement = torch.arange(q, device=gains.device, dtype=gains.dtype) - (q - 1) / 2
-    offset_x = (weights.sum(dim=-2) * displacement).sum(dim=-1)
-    offset_y = (weights.sum(dim=-1) * displacement).sum(dim=-1)
-    return torch.stack([offset_x, offset_y], dim=-1) / (q - 1)
+    return _mean_displacement(weights.reshape(*shape, q, q))
 
 
 @typed

@@ -11,6 +11,7 @@ columns [jP - P/2, jP + 3P/2) and rows [iP - P/2, iP + 3P/2). A local offset s =
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ._typing import Bool, Float, Tensor, typed
 
@@ -124,6 +125,17 @@ def global_centers(
     return origin + offsets * grid.cell
 
 
+def _without_lone_pixels(mask: Tensor) -> Tensor:
+    """Each ``[..., S, S]`` footprint without its pixels that have no 8-neighbour in it (a
+    stray opaque pixel of a learned sprite, often of the background's color, would stretch
+    the box), unless nothing else is left (a one-pixel sprite)."""
+    s = mask.shape[-1]
+    flat = mask.reshape(-1, 1, s, s).float()
+    neighbours = F.conv2d(flat, flat.new_ones(1, 1, 3, 3), padding=1) - flat
+    kept = mask & (neighbours.reshape(mask.shape) > 0)
+    return torch.where(kept.flatten(-2).any(-1)[..., None, None], kept, mask)
+
+
 @typed
 def footprint_boxes(
     alpha: Float[Tensor, "*batch Lh Lw S S"], grid: Grid, threshold: float = 0.5
@@ -131,12 +143,13 @@ def footprint_boxes(
     """Global box (x0, y0, x1, y1) in pixels of each window's alpha footprint.
 
     ``alpha`` is the placed (already shifted) alpha of every anchor window. The footprint is the
-    set of pixels with alpha > ``threshold``, clipped to the canvas; x1, y1 are exclusive.
-    Slots with an empty visible footprint get ``visible = False`` and a zero box.
+    set of pixels with alpha > ``threshold``, without lone pixels (none of their 8 neighbours
+    in it) when it holds more, clipped to the canvas; x1, y1 are exclusive. Slots with an empty
+    visible footprint get ``visible = False`` and a zero box.
     """
     if alpha.shape[-1] != grid.sprite:
         raise ValueError(f"alpha windows must be {grid.sprite} px wide, got {alpha.shape[-1]}")
-    mask = alpha > threshold
+    mask = _without_lone_pixels(alpha > threshold)
     s = grid.sprite
     index = torch.arange(s, device=alpha.device)
     cols = mask.any(dim=-2)  # [..., S] along x

@@ -253,7 +253,7 @@ METRICS: tuple[Metric, ...] = (
         "detection (centre criterion)",
         lambda objects, view: precision_recall(view.frames, objects.size),
         True,
-        ("f_score",),
+        ("f_score", "repeated"),
         ("all", "relevant"),
     ),
     Metric(

@@ -8,6 +8,7 @@ frames. Segmentation: foreground ARI.
 """
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from jaxtyping import Integer, Real, Shaped
@@ -195,40 +196,59 @@ def _centre_score(pred: np.ndarray, gt: np.ndarray, size: tuple[int, int]) -> np
     return np.clip(1 - distance / np.maximum(diagonal, 1e-12)[None], 0, None)
 
 
-def _greedy_hits(frames, score_fn, threshold):
+class _Hits(NamedTuple):
+    """Per prediction over all frames (each frame's by falling confidence): its confidence,
+    whether it hit a free ground-truth box, and whether its best box scored above the
+    threshold but was already taken (a repeat); and the number of ground-truth boxes."""
+
+    confidences: np.ndarray
+    hits: np.ndarray
+    repeats: np.ndarray
+    total: int
+
+
+def _greedy_hits(frames, score_fn, threshold) -> _Hits:
     """Per frame, predictions by falling confidence take their best-scoring ground-truth box if
-    the score exceeds ``threshold`` and the box is still free (no fall-back to the second best).
-    Returns (confidences, hits) over all predictions and the number of ground-truth boxes."""
-    confidences, hits, total = [], [], 0
+    the score exceeds ``threshold`` and the box is still free (no fall-back to the second best);
+    a prediction whose best box scores above ``threshold`` but is taken is a repeat."""
+    confidences, hits, repeats, total = [], [], [], 0
     for pred, conf, gt in frames:
         total += len(gt)
         order = np.argsort(-np.asarray(conf), kind="stable")
         confidences.append(np.asarray(conf, np.float64)[order])
         hit = np.zeros(len(order), bool)
+        repeat = np.zeros(len(order), bool)
         if len(gt) and len(order):
             score = score_fn(np.asarray(pred)[order], gt)
             used = np.zeros(len(gt), bool)
             for n, row in enumerate(score):
                 best = int(row.argmax())
-                if row[best] > threshold and not used[best]:
-                    used[best] = hit[n] = True
+                if row[best] > threshold:
+                    hit[n], repeat[n] = not used[best], used[best]
+                    used[best] = True
         hits.append(hit)
+        repeats.append(repeat)
     if not confidences:
-        return np.zeros(0), np.zeros(0, bool), total
-    return np.concatenate(confidences), np.concatenate(hits), total
+        return _Hits(np.zeros(0), np.zeros(0, bool), np.zeros(0, bool), total)
+    return _Hits(*map(np.concatenate, (confidences, hits, repeats)), total)
 
 
 def precision_recall(frames, size: tuple[int, int]) -> dict[str, float]:
     """Precision, recall and F-score with the centre-distance criterion (hit if the centre lies
-    within half the ground-truth diagonal, in normalised coordinates), over all detections.
+    within half the ground-truth diagonal, in normalised coordinates), over all detections;
+    and ``repeated``, the share of detections that find an object another, more confident
+    detection already took (the same object drawn twice, or in parts): 1 - precision - repeated
+    is the share that finds no object.
 
     ``frames``: iterable of (pred_boxes [N, 4], confidences [N], gt_boxes [M, 4]) in pixels.
     """
-    _, hits, total = _greedy_hits(frames, lambda p, g: _centre_score(p, g, size), 0.5)
-    precision = float(hits.mean()) if len(hits) else 0.0
-    recall = float(hits.sum() / total) if total else 0.0
+    found = _greedy_hits(frames, lambda p, g: _centre_score(p, g, size), 0.5)
+    count = len(found.hits)
+    precision = float(found.hits.mean()) if count else 0.0
+    recall = float(found.hits.sum() / found.total) if found.total else 0.0
     f_score = 2 * precision * recall / (precision + recall + 1e-8)
-    return {"precision": precision, "recall": recall, "f_score": f_score}
+    repeated = float(found.repeats.mean()) if count else 0.0
+    return {"precision": precision, "recall": recall, "f_score": f_score, "repeated": repeated}
 
 
 def average_precision(frames, thresholds: Sequence[float] = tuple(np.arange(1, 10) / 10)) -> dict:
@@ -237,7 +257,7 @@ def average_precision(frames, thresholds: Sequence[float] = tuple(np.arange(1, 1
     frames = list(frames)
     result = {}
     for threshold in thresholds:
-        confidence, hits, total = _greedy_hits(frames, box_iou, threshold)
+        confidence, hits, _, total = _greedy_hits(frames, box_iou, threshold)
         order = np.argsort(-confidence, kind="stable")
         cumulative = np.cumsum(hits[order])
         precision = cumulative / np.arange(1, len(order) + 1)

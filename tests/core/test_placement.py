@@ -64,6 +64,23 @@ class TestGeometry:
         assert boxes[0, 0].tolist() == [0, 0, 1, 1]
         assert boxes[3, 5].tolist() == [0, 0, 0, 0] and not visible[3, 5]
 
+    def test_footprint_leaves_out_lone_pixels(self):
+        grid = Grid(16, 16, 4)  # window (r, c) starts at x = 4 c - 2, y = 4 r - 2
+        alpha = torch.zeros(4, 4, 8, 8)
+        alpha[1, 1, 3:5, 5:7] = 1.0  # a 2 x 2 body
+        alpha[1, 1, 4, 1] = 0.9  # a stray pixel two columns away: not in the box
+        alpha[1, 1, 5, 7] = 0.9  # a diagonal neighbour of the body: in it
+        alpha[2, 2, 3, 3] = 1.0  # a one-pixel sprite keeps its pixel
+        alpha[2, 1, 1, 1] = alpha[2, 1, 5, 6] = 1.0  # only lone pixels: all kept
+        boxes, visible = footprint_boxes(alpha, grid)
+
+        def local(row, col):
+            return (boxes[row, col] - torch.tensor([4 * col - 2, 4 * row - 2] * 2)).tolist()
+
+        assert local(1, 1) == [5, 3, 8, 6]
+        assert local(2, 2) == [3, 3, 4, 4] and visible[2, 2]
+        assert local(2, 1) == [1, 1, 7, 6]
+
     def test_footprint_outside_canvas_is_invisible(self):
         grid = Grid(8, 8, 4)
         alpha = torch.zeros(2, 2, 8, 8)

@@ -164,11 +164,22 @@ class TestDetection:
         gt = np.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
         pred = np.array([[1.0, 1.0, 11.0, 11.0], [0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
         conf = np.array([0.9, 0.8, 0.7])
-        # The first takes GT 0; the second also prefers GT 0, which is used: a false positive.
+        # The first takes GT 0; the second also prefers GT 0, which is used: a false positive,
+        # and a repeat; the third finds nothing.
         result = precision_recall([(pred, conf, gt)], (64, 64))
         assert result["precision"] == pytest.approx(1 / 3)
         assert result["recall"] == pytest.approx(1 / 2)
         assert result["f_score"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+        assert result["repeated"] == pytest.approx(1 / 3)
+
+    def test_a_repeat_is_the_less_confident_of_two_draws(self):
+        gt = np.array([[0.0, 0.0, 10.0, 10.0]])
+        twice = np.array([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0]])
+        result = precision_recall([(twice, np.array([0.6, 0.9]), gt)], (64, 64))
+        assert result["precision"] == 0.5 and result["repeated"] == 0.5
+        far = precision_recall([(twice + 30, np.array([0.6, 0.9]), gt)], (64, 64))
+        assert far["precision"] == 0.0 and far["repeated"] == 0.0
+        assert precision_recall([], (64, 64))["repeated"] == 0.0
 
     def test_centre_criterion_is_normalised_per_axis(self):
         # 64 px tall, 16 px wide frame: a 3 px shift in x is far more than in y.

@@ -125,7 +125,8 @@ def global_centers(
     return origin + offsets * grid.cell
 
 
-def _without_lone_pixels(mask: Tensor) -> Tensor:
+@typed
+def _without_lone_pixels(mask: Bool[Tensor, "*batch S S"]) -> Bool[Tensor, "*batch S S"]:
     """Each ``[..., S, S]`` footprint without its pixels that have no 8-neighbour in it (a
     stray opaque pixel of a learned sprite, often of the background's color, would stretch
     the box), unless nothing else is left (a one-pixel sprite)."""

@@ -105,7 +105,44 @@ def composite_layers(
             f"order must be a permutation of the {num_planes} planes, got {order.tolist()}"
         )
     flat = rearrange(planes, "B T NL G C H W -> B T (NL G) C H W")
-    return composite_over(flat[:, :, order.to(planes.device)], background)
+    indices = order.tolist()
+    if sorted(indices) != list(range(num_planes)):  # not a permutation (checks off): reference
+        return composite_over(flat[:, :, order.to(planes.device)], background)
+    return _OverInOrder.apply(flat, background, indices)
+
+
+class _OverInOrder(torch.autograd.Function):
+    """:func:`composite_over` of ``planes[:, :, order]`` for a permutation ``order``, reading
+    the planes in place and writing their gradient into one tensor (autograd of the reference
+    gathers the planes, and assembles their gradient by a stack, a concatenation and a
+    zero-filled scatter, each a copy of all planes). With out_{i+1} = out_i + a_i (rgb_i - out_i)
+    and g the gradient of out_{i+1}:
+        dL/drgb_i = a_i g,  dL/da_i = sum_c g (rgb_i - out_i),  dL/dout_i = (1 - a_i) g,
+    and the background's gradient is that of out_0."""
+
+    @staticmethod
+    def forward(ctx, planes: Tensor, background: Tensor, order: list[int]) -> Tensor:
+        behind = []  # out_i, the image each plane is composited onto
+        out = background
+        for index in order:
+            behind.append(out)
+            plane = planes[:, :, index]
+            out = torch.addcmul(out, plane[:, :, 3:], plane[:, :, :3] - out)
+        ctx.save_for_backward(planes, *behind)
+        ctx.order = order
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        planes, *behind = ctx.saved_tensors
+        grad_planes = torch.empty_like(planes)
+        for index, out in zip(reversed(ctx.order), reversed(behind), strict=True):
+            plane, grad_plane = planes[:, :, index], grad_planes[:, :, index]
+            alpha = plane[:, :, 3:]
+            torch.mul(grad, alpha, out=grad_plane[:, :, :3])
+            torch.sum(grad * (plane[:, :, :3] - out), dim=2, keepdim=True, out=grad_plane[:, :, 3:])
+            grad = grad - grad * alpha
+        return grad_planes, grad, None
 
 
 @typed

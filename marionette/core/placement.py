@@ -37,9 +37,11 @@ def place_sprites(
         )
     p = grid.cell
     # an even number of anchor rows and columns (the added anchors are empty and land outside
-    # the canvas), so that the parity groups are a reshape; unbind, not indexing: its backward
-    # stacks the groups' gradients instead of zero-filling a gradient of all windows per group
-    even = F.pad(windows, (0, 0, 0, 0, 0, 0, 0, grid.cols % 2, 0, grid.rows % 2))
+    # the canvas; padding by nothing would still copy), so that the parity groups are a
+    # reshape; unbind, not indexing: its backward stacks the groups' gradients instead of
+    # zero-filling a gradient of all windows per group
+    odd = (grid.rows % 2, grid.cols % 2)
+    even = F.pad(windows, (0, 0, 0, 0, 0, 0, 0, odd[1], 0, odd[0])) if any(odd) else windows
     tiles = rearrange(even, "... (Gh ry) (Gw rx) C Sy Sx -> ry rx ... C (Gh Sy) (Gw Sx)",
                       ry=2, rx=2)  # fmt: skip
     groups = [row.unbind(0) for row in tiles.unbind(0)]

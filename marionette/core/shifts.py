@@ -203,8 +203,8 @@ def match_gain_map(
     kernels, constant = _gain_kernels(sprites)
     size = signals.shape[-2:]
     spectrum = _FramesBySprites.apply(
-        torch.fft.rfft2(_transformable(signals)),
-        _padded_spectrum(_transformable(kernels), size).conj(),
+        _transposed_spectrum(_transformable(signals), size),
+        _transposed_spectrum(_transformable(kernels), size).conj(),
     )
     correlation = _leading_inverse(spectrum, size, (h + 1, w + 1)).to(sprites.dtype)
     return correlation - constant[:, None, None]
@@ -354,19 +354,22 @@ def soft_match(gain_map: Float[Tensor, "N K Hq Wq"], cell: int, temperature: flo
     return SoftMatch(*(rearrange(x, "N K Lh Lw ... -> N Lh Lw K ...") for x in fields))
 
 
-def _padded_spectrum(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """``rfft2(x, s=size)`` of a small x zero-padded to ``size``, the rows' transforms taken of
-    x's own rows only, then the columns' of the padded length (exact: the zero rows transform
-    to zero)."""
+def _transposed_spectrum(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``rfft2(x, s=size)`` of x zero-padded to ``size``, transposed to ``[..., Fx, Fy]``: the
+    rows' transforms taken of x's own rows only, then the columns' of the padded length (exact:
+    the zero rows transform to zero), both along the contiguous axis. Spectra stay transposed
+    until :func:`_leading_inverse`, so that of the four transforms of a correlation only the
+    last reads across rows."""
     rows = torch.fft.rfft(x, n=size[-1], dim=-1)
-    return torch.fft.fft(rows, n=size[-2], dim=-2)
+    return torch.fft.fft(rows.transpose(-1, -2).contiguous(), n=size[-2], dim=-1)
 
 
 def _leading_inverse(spectrum: Tensor, size: tuple[int, int], kept: tuple[int, int]) -> Tensor:
-    """``irfft2(spectrum, s=size)[..., :rows, :cols]`` without the rows that are cut: the inverse
-    along the rows first, then along the columns of the rows kept only (exact)."""
+    """``irfft2(spectrum, s=size)[..., :rows, :cols]`` of a :func:`_transposed_spectrum`
+    ``[..., Fx, Fy]`` without the rows that are cut: the inverse along the columns first (the
+    contiguous axis), then along the rows of the rows kept only (exact)."""
     rows, cols = kept
-    leading = torch.fft.ifft(spectrum, dim=-2)[..., :rows, :]
+    leading = torch.fft.ifft(spectrum, dim=-1)[..., :rows].transpose(-1, -2)
     return torch.fft.irfft(leading, n=size[-1], dim=-1)[..., :cols]
 
 
@@ -409,8 +412,11 @@ def match_offsets(
     kernels, constant = _gain_kernels(sprites)
     size = (reach, reach)
     spectrum = _channel_dot(
-        rearrange(torch.fft.rfft2(_transformable(windows)), "N C Lh Lw Fy Fx -> N Lh Lw 1 C Fy Fx"),
-        torch.fft.rfft2(_transformable(kernels), s=size).conj(),
+        rearrange(
+            _transposed_spectrum(_transformable(windows), size),
+            "N C Lh Lw Fx Fy -> N Lh Lw 1 C Fx Fy",
+        ),
+        _transposed_spectrum(_transformable(kernels), size).conj(),
     )
     correlation = _leading_inverse(spectrum, size, (q, q)).to(sprites.dtype)
     gains = correlation - constant[..., None, None]

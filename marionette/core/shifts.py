@@ -358,14 +358,14 @@ def _transposed_spectrum(x: Tensor, size: tuple[int, int]) -> Tensor:
     """``rfft2(x, s=size)`` of x zero-padded to ``size``, transposed to ``[..., Fx, Fy]``: the
     rows' transforms taken of x's own rows only, then the columns' of the padded length (exact:
     the zero rows transform to zero), both along the contiguous axis. Spectra stay transposed
-    until :func:`_leading_inverse`, so that of the four transforms of a correlation only the
+    until ``_leading_inverse``, so that of the four transforms of a correlation only the
     last reads across rows."""
     rows = torch.fft.rfft(x, n=size[-1], dim=-1)
     return torch.fft.fft(rows.transpose(-1, -2).contiguous(), n=size[-2], dim=-1)
 
 
 def _leading_inverse(spectrum: Tensor, size: tuple[int, int], kept: tuple[int, int]) -> Tensor:
-    """``irfft2(spectrum, s=size)[..., :rows, :cols]`` of a :func:`_transposed_spectrum`
+    """``irfft2(spectrum, s=size)[..., :rows, :cols]`` of a ``_transposed_spectrum``
     ``[..., Fx, Fy]`` without the rows that are cut: the inverse along the columns first (the
     contiguous axis), then along the rows of the rows kept only (exact)."""
     rows, cols = kept

@@ -273,7 +273,9 @@ def _moving_foreground(
 ) -> Tensor:
     """Foreground of a scrolling screen: the pixels of each sampled frame that differ (by more
     than ``threshold``) from both its neighbours in the clip once each is shifted to follow the
-    scroll (its best horizontal shift). The scrolled scenery matches them, and
+    scroll (its best horizontal shift), outside the range of the three columns around the
+    match (a scroll by a fraction of a pixel, as in frames resized from the console's screen,
+    blends neighbouring columns). The scrolled scenery matches them, and
     so does the place a sprite has just left (the other neighbour no longer shows it there);
     what moves against the scenery differs from both. Frames at either end of a clip, with one
     neighbour, have no foreground (one test alone keeps the sprite's trail), unless no sampled
@@ -293,9 +295,17 @@ def _moving_foreground(
         errors, reach = _shift_errors(other, b)
         differs = torch.ones_like(verdict[at])
         seen = torch.zeros_like(covered[at])
+        # each column against its scrolled match and the match's two neighbours (edges
+        # repeated): a scroll by a fraction of a pixel blends neighbouring columns
+        around = F.pad(other, (1, 1, 0, 0), mode="replicate").unfold(-1, 3, 1)  # N 3 H W 3
+        low, high = around.amin(-1), around.amax(-1)
         for i, shift in enumerate((errors.argmin(1) - reach).tolist()):
             lo, hi = max(0, -shift), min(width, width - shift)
-            gap = (b[i, :, :, lo:hi] - other[i, :, :, lo + shift : hi + shift]).abs()
+            value = b[i, :, :, lo:hi]
+            gap = torch.maximum(
+                low[i, :, :, lo + shift : hi + shift] - value,
+                value - high[i, :, :, lo + shift : hi + shift],
+            )
             differs[i, :, lo:hi] = gap.amax(dim=0) > threshold
             seen[i, :, lo:hi] = True
         verdict[at] &= differs | ~seen

@@ -135,14 +135,16 @@ class _OverInOrder(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         planes, *behind = ctx.saved_tensors
-        grad_planes = torch.empty_like(planes)
+        grad_planes = torch.empty_like(planes) if ctx.needs_input_grad[0] else None
         for index, out in zip(reversed(ctx.order), reversed(behind), strict=True):
-            plane, grad_plane = planes[:, :, index], grad_planes[:, :, index]
+            plane = planes[:, :, index]
             alpha = plane[:, :, 3:]
-            torch.mul(grad, alpha, out=grad_plane[:, :, :3])
-            torch.sum(grad * (plane[:, :, :3] - out), dim=2, keepdim=True, out=grad_plane[:, :, 3:])
+            if grad_planes is not None:
+                into = grad_planes[:, :, index]
+                torch.mul(grad, alpha, out=into[:, :, :3])
+                torch.sum(grad * (plane[:, :, :3] - out), dim=2, keepdim=True, out=into[:, :, 3:])
             grad = grad - grad * alpha
-        return grad_planes, grad, None
+        return grad_planes, grad if ctx.needs_input_grad[1] else None, None
 
 
 @typed

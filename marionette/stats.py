@@ -12,7 +12,8 @@ scrolling test), deterministically:
   screen *scrolls* when, in at least 20 % of the consecutive pairs, a horizontal shift of the
   first frame explains the second at least twice as well as no shift. On a scrolling screen the
   foreground is what moves against the scenery: the pixels that differ from both neighbouring
-  frames once each is shifted to follow the scroll.
+  frames once each is shifted to follow the scroll (from the columns around the match too, so
+  that a scroll by a fraction of a pixel is followed).
 - **Components.** 8-connected foreground blobs, gaps of one pixel bridged. Specks (fewer than
   3 pixels) are counted apart: single pixels are noise or stars, not sprites.
 - **Looks.** Components that share a size (within a pixel), a shape (their masks at 8 x 8

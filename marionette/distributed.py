@@ -52,6 +52,15 @@ class Group:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return [bool(value) for value in tensor.tolist()]
 
+    def meet(self) -> None:
+        """Wait until every process gets here: the last collective before the group is torn
+        down. A barrier, not :meth:`agree`: gloo's worker thread releases a finished
+        collective's tensors a moment after the caller wakes, and releasing one made in Python
+        takes the GIL, which at interpreter exit aborts the process ("terminate called without
+        an active exception"). The barrier's own tensor is made in C++, and while the caller
+        waits in it the earlier collectives' tensors are released."""
+        dist.barrier()
+
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the processes (a new tensor on ``tensor``'s device)."""
         total = self._tensor(tensor.detach().to(torch.float64).cpu())
@@ -94,9 +103,10 @@ def join(device_name: str):
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
     try:
-        yield Group(rank, world, local_rank, device, owned)
+        group = Group(rank, world, local_rank, device, owned)
+        yield group
         if owned:  # all ranks done before any tears down (gloo aborts a rank left in a call)
-            dist.barrier()
+            group.meet()
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()

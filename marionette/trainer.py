@@ -367,6 +367,8 @@ class _Training:
                 f"stopped by {name} after step {self.step}; checkpoint {path} written. Run the "
                 f"same command again to resume."
             )
+        if self.group is not None:  # every process stopped here: they leave together
+            self.group.meet()
         raise KeyboardInterrupt(f"training interrupted at step {self.step}")
 
     def _finish(self) -> None:

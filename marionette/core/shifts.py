@@ -27,27 +27,92 @@ def shift_bilinear(
 ) -> Float[Tensor, "N 4 S S"]:
     """Translate each sprite by s * P pixels with bilinear sampling (the spatial transformer).
 
-    out(x, y) = in(x - s_x P, y - s_y P) with P = S / 2, sampled with ``align_corners=False``.
-    Color uses border padding, alpha zero padding, as the original. Offsets are (x, y) in units
-    of P; a whole number of pixels gives an exact integer translation.
+    out(x, y) = in(x - s_x P, y - s_y P) with P = S / 2, sampled as ``F.grid_sample`` with
+    ``align_corners=False`` samples a translated grid. Color uses border padding, alpha zero
+    padding, as the original. Offsets are (x, y) in units of P; a whole number of pixels gives
+    an exact integer translation.
+
+    A translation samples every pixel of a sprite at the same fraction: with d = -s P = k + f
+    (k whole, 0 <= f < 1) per axis, out(x) = (1 - f) in(x + k) + f in(x + k + 1), the taps
+    outside the sprite read the border (color) or zero (alpha). So it is one gather of the
+    (S + 1)^2 window the taps cover and two interpolations of the window, about half the
+    time of ``grid_sample`` forward and backward on the CPU. At a whole number of pixels the
+    offset's gradient is the one-sided derivative towards the next pixel.
 
     Example:
         >>> a = torch.zeros(1, 4, 4, 4); a[0, 3, 1, 1] = 1.0
         >>> shift_bilinear(a, torch.tensor([[0.5, 0.0]]))[0, 3].nonzero().tolist()
         [[1, 2]]
     """
-    n, _, s, _ = sprites.shape
-    if n == 0:  # affine_grid refuses an empty batch
-        return sprites.clone()
-    one, zero = torch.ones_like(offsets[:, 0]), torch.zeros_like(offsets[:, 0])
-    row_x = torch.stack([one, zero, -offsets[:, 0]], dim=-1)
-    row_y = torch.stack([zero, one, -offsets[:, 1]], dim=-1)
-    theta = torch.stack([row_x, row_y], dim=1)
-    grid = F.affine_grid(theta, [n, 1, s, s], align_corners=False)
-    color, alpha = sprites.split([3, 1], dim=1)
-    rgb = F.grid_sample(color, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    alpha = F.grid_sample(alpha, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return torch.cat([rgb, alpha], dim=1)
+    s = sprites.shape[-1]
+    shift = offsets * (-s / 2)  # source minus destination, pixels, (x, y)
+    whole = shift.detach().floor()
+    taps = whole.long().unsqueeze(-1) + torch.arange(s + 1, device=sprites.device)  # N xy S+1
+    inside = (taps >= 0) & (taps < s)
+    taps = taps.clamp(0, s - 1)
+    index = taps[:, 1, :, None] * s + taps[:, 0, None, :]  # N Sy+1 Sx+1 into the flat sprite
+    alpha_inside = inside[:, 1, :, None] & inside[:, 0, None, :]
+    return _ShiftWindow.apply(sprites, shift - whole, index, alpha_inside)
+
+
+class _ShiftWindow(torch.autograd.Function):
+    """The bilinear translation of :func:`shift_bilinear` from its parts: ``fraction``
+    ``[N, 2]`` (f_x, f_y), ``index`` ``[N, S+1, S+1]`` the flat source pixel of each tap
+    (clamped to the sprite), ``alpha_inside`` where the tap lies inside the sprite.
+
+    window = gather(sprite, index) (alpha zeroed outside), rows = lerp(window[..., :S],
+    window[..., 1:], f_x), out = lerp(rows[..., :S, :], rows[..., 1:, :], f_y). The backward
+    runs the same steps in reverse: each lerp's gradient is itself a lerp of the shifted
+    gradient (g_rows[r] = (1 - f_y) g[r] + f_y g[r - 1]), df = sum g (far tap - near tap), and
+    a scatter-add returns the window's gradient to the sprite (clamped taps add up on the
+    border pixels, as ``grid_sample``'s border padding does)."""
+
+    @staticmethod
+    def forward(ctx, sprites, fraction, index, alpha_inside):
+        n, c, s, _ = sprites.shape
+        flat_index = index.reshape(n, 1, (s + 1) ** 2).expand(n, c, -1)
+        window = sprites.reshape(n, c, s * s).gather(2, flat_index).view(n, c, s + 1, s + 1)
+        window[:, -1].mul_(alpha_inside)
+        fx, fy = (fraction[:, i, None, None, None] for i in (0, 1))
+        rows = torch.lerp(window[..., :s], window[..., 1:], fx)
+        ctx.save_for_backward(fraction, flat_index, alpha_inside, window, rows)
+        return torch.lerp(rows[..., :s, :], rows[..., 1:, :], fy)
+
+    @staticmethod
+    def backward(ctx, grad):
+        fraction, flat_index, alpha_inside, window, rows = ctx.saved_tensors
+        n, c, s, _ = grad.shape
+        fx, fy = (fraction[:, i, None, None, None] for i in (0, 1))
+        grad_rows = _spread(grad, fy, -2)
+        grad_fraction = grad_sprites = None
+        if ctx.needs_input_grad[1]:
+            grad_fraction = torch.stack(
+                [
+                    _per_item_dot(grad_rows, window[..., 1:] - window[..., :s]),
+                    _per_item_dot(grad, rows[..., 1:, :] - rows[..., :s, :]),
+                ],
+                dim=1,
+            )
+        if ctx.needs_input_grad[0]:
+            grad_window = _spread(grad_rows, fx, -1)
+            grad_window[:, -1].mul_(alpha_inside)
+            grad_sprites = grad.new_zeros(n, c, s * s)
+            grad_sprites.scatter_add_(2, flat_index, grad_window.view(n, c, (s + 1) ** 2))
+            grad_sprites = grad_sprites.view(n, c, s, s)
+        return grad_sprites, grad_fraction, None, None
+
+
+def _spread(grad: Tensor, fraction: Tensor, dim: int) -> Tensor:
+    """The gradient of ``lerp(x[:S], x[1:], f)`` along ``dim`` (-1 or -2) with respect to x
+    (S + 1 entries): (1 - f) g[r] + f g[r - 1], g zero outside its S entries."""
+    padded = F.pad(grad, (1, 1) if dim == -1 else (0, 0, 1, 1))
+    s = padded.shape[dim]
+    return torch.lerp(padded.narrow(dim, 1, s - 1), padded.narrow(dim, 0, s - 1), fraction)
+
+
+def _per_item_dot(a: Tensor, b: Tensor) -> Tensor:
+    """sum over all but the first dimension of a * b: ``[N]``."""
+    return torch.einsum("n...,n...->n", a, b)
 
 
 @typed

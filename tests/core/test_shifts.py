@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -62,6 +63,48 @@ class TestShiftBilinear:
         torch.testing.assert_close(
             shift_bilinear(sprites, offsets), shift_bilinear_reference(sprites, offsets)
         )
+
+    @given(seed=st.integers(0, 999))
+    def test_grid_sample_values_and_gradients(self, seed):
+        """The translated grid sampled by ``F.grid_sample`` (the spatial transformer as the
+        original writes it), offsets reaching past the sprite; gradients away from whole
+        pixels, where both are differentiable."""
+        sprites = rand(5, 4, 8, 8, seed=seed, dtype=torch.float64).requires_grad_()
+        offsets = (rand(5, 2, seed=seed + 1, dtype=torch.float64) * 3 - 1.5).requires_grad_()
+        grad = rand(5, 4, 8, 8, seed=seed + 2, dtype=torch.float64)
+        one, zero = torch.ones(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+        theta = torch.stack(
+            [
+                torch.stack([one, zero, -offsets[:, 0]], -1),
+                torch.stack([zero, one, -offsets[:, 1]], -1),
+            ],
+            1,
+        )
+        grid = F.affine_grid(theta, [5, 1, 8, 8], align_corners=False)
+        expected = torch.cat(
+            [
+                F.grid_sample(sprites[:, :3], grid, padding_mode="border", align_corners=False),
+                F.grid_sample(sprites[:, 3:], grid, padding_mode="zeros", align_corners=False),
+            ],
+            1,
+        )
+        got = shift_bilinear(sprites, offsets)
+        torch.testing.assert_close(got, expected)
+        grads = torch.autograd.grad(got, (sprites, offsets), grad)
+        torch.testing.assert_close(grads, torch.autograd.grad(expected, (sprites, offsets), grad))
+
+    def test_whole_pixel_gradient_is_towards_the_next_pixel(self):
+        sprites = rand(3, 4, 8, 8, dtype=torch.float64)
+        offsets = torch.tensor([[0.25, -0.5], [0.0, 0.0], [-1.25, 1.0]], dtype=torch.float64)
+        offsets.requires_grad_()
+        grad = rand(3, 4, 8, 8, seed=1, dtype=torch.float64)
+        (got,) = torch.autograd.grad((shift_bilinear(sprites, offsets) * grad).sum(), offsets)
+        for axis in (0, 1):
+            step = torch.zeros_like(offsets)
+            step[:, axis] = -1e-7  # a source position (x - s P) just past the whole pixel
+            moved = (shift_bilinear(sprites, offsets.detach() + step) * grad).sum((1, 2, 3))
+            still = (shift_bilinear(sprites, offsets.detach()) * grad).sum((1, 2, 3))
+            torch.testing.assert_close(got[:, axis], (moved - still) / -1e-7, rtol=1e-5, atol=1e-5)
 
     def test_x_moves_columns_y_moves_rows(self):
         sprites = torch.zeros(1, 4, 8, 8)

@@ -18,6 +18,7 @@ from ._typing import Float, Tensor, typed
 __all__ = [
     "CompensatedConv2d",
     "DownBlock",
+    "FloatGroupNorm",
     "GridEncoder",
     "MLPHead",
     "compensated_conv2d",
@@ -57,6 +58,20 @@ class CompensatedConv2d(nn.Conv2d):
         return compensated_conv2d(x, self.weight, self.bias, self.stride[0], self.padding[0])
 
 
+class FloatGroupNorm(nn.GroupNorm):
+    """GroupNorm computed in float32, its result returned in the input's dtype.
+
+    Under CUDA's autocast ``group_norm`` runs in float32; under the CPU's it runs in bf16,
+    where its backward on channels-last input is about 2.5 times slower than in float32 (the
+    first block's ``[8, 32, 128, 128]``: 36 against 14 ms, one thread). In float32 both
+    devices compute the same thing. Without autocast, in float32, it is ``nn.GroupNorm``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
+        return out.to(x.dtype)
+
+
 class DownBlock(nn.Sequential):
     """Two compensated 3x3 convolutions, the second with stride 2, each followed by
     GroupNorm(8) and LeakyReLU(0.01).
@@ -67,10 +82,10 @@ class DownBlock(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
             CompensatedConv2d(in_channels, out_channels),
-            nn.GroupNorm(8, out_channels),
+            FloatGroupNorm(8, out_channels),
             nn.LeakyReLU(0.01),
             CompensatedConv2d(out_channels, out_channels, stride=2),
-            nn.GroupNorm(8, out_channels),
+            FloatGroupNorm(8, out_channels),
             nn.LeakyReLU(0.01),
         )
 
@@ -160,7 +175,7 @@ class MLPHead(nn.Sequential):
         _check_width(dim, "head width")
         super().__init__(
             nn.Linear(dim, dim),
-            nn.GroupNorm(8, dim),
+            FloatGroupNorm(8, dim),
             nn.LeakyReLU(0.01),
             nn.Linear(dim, out_features),
             final,

@@ -34,6 +34,7 @@ from marionette.core._reference import (
     estimate_background_reference,
     partial_conv_reference,
 )
+from marionette.core.encoders import FloatGroupNorm
 from tests._checks import rand
 
 #: float32 against bf16 results: bf16 keeps 8 bits of the mantissa.
@@ -123,6 +124,22 @@ class TestGridEncoder:
             assert F.cosine_similarity(grad.flatten(), exact_grad.flatten(), 0) > 0.95
         assert (low - exact).abs().max() > 0  # the convolutions did run in bf16
         assert "autocast_dtype" not in str(encoder.state_dict().keys())
+
+    def test_group_norm_runs_in_float32_under_cpu_autocast(self):
+        """bf16 channels-last input under the CPU's bf16 autocast: normalised in float32 and
+        returned in bf16, channels-last (plain ``nn.GroupNorm`` runs in bf16 there); without
+        autocast, in float32, it is ``nn.GroupNorm``."""
+        torch.manual_seed(0)
+        norm = FloatGroupNorm(8, 32)
+        torch.nn.init.normal_(norm.weight)
+        x = (rand(2, 32, 8, 8) * 4 + 100).to(memory_format=torch.channels_last)
+        exact = F.group_norm(x, 8, norm.weight, norm.bias)
+        torch.testing.assert_close(norm(x), exact)
+        with torch.autocast("cpu", torch.bfloat16):
+            low = norm(x.bfloat16())
+        assert low.dtype == torch.bfloat16 and low.is_contiguous(memory_format=torch.channels_last)
+        in_float = F.group_norm(x.bfloat16().float(), 8, norm.weight, norm.bias)
+        torch.testing.assert_close(low, in_float.bfloat16())
 
     def test_a_channel_pyramid_narrows_the_early_blocks_and_keeps_the_codes(self):
         """128 px to a 16 x 16 grid: 3 blocks of 32, 64, 128 channels instead of 128 each; the

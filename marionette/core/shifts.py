@@ -37,13 +37,18 @@ def shift_bilinear(
     outside the sprite read the border (color) or zero (alpha). So it is one gather of the
     (S + 1)^2 window the taps cover and two interpolations of the window, about half the
     time of ``grid_sample`` forward and backward on the CPU. At a whole number of pixels the
-    offset's gradient is the one-sided derivative towards the next pixel.
+    offset's gradient is the one-sided derivative towards the next pixel. It computes in the
+    wider of the two dtypes, and in float32 under autocast (as autocast runs ``grid_sample``).
 
     Example:
         >>> a = torch.zeros(1, 4, 4, 4); a[0, 3, 1, 1] = 1.0
         >>> shift_bilinear(a, torch.tensor([[0.5, 0.0]]))[0, 3].nonzero().tolist()
         [[1, 2]]
     """
+    dtype = torch.promote_types(sprites.dtype, offsets.dtype)
+    if torch.is_autocast_enabled(sprites.device.type):
+        dtype = torch.float32
+    sprites, offsets = sprites.to(dtype), offsets.to(dtype)
     s = sprites.shape[-1]
     shift = offsets * (-s / 2)  # source minus destination, pixels, (x, y)
     whole = shift.detach().floor()

@@ -93,6 +93,18 @@ class TestShiftBilinear:
         grads = torch.autograd.grad(got, (sprites, offsets), grad)
         torch.testing.assert_close(grads, torch.autograd.grad(expected, (sprites, offsets), grad))
 
+    def test_dtypes_as_grid_sample_under_autocast(self):
+        """bf16 sprites: under autocast shifted in float32 (autocast's policy for
+        ``grid_sample``); outside it, in the wider of the sprites' and offsets' dtypes."""
+        sprites, offsets = rand(3, 4, 8, 8).bfloat16(), (rand(3, 2) - 0.5).bfloat16()
+        in_float = shift_bilinear(sprites.float(), offsets.float())
+        with torch.autocast("cpu", torch.bfloat16):
+            under_autocast = shift_bilinear(sprites, offsets)
+        assert under_autocast.dtype == torch.float32
+        torch.testing.assert_close(under_autocast, in_float)
+        assert shift_bilinear(sprites, offsets).dtype == torch.bfloat16
+        torch.testing.assert_close(shift_bilinear(sprites, offsets.float()), in_float)
+
     def test_whole_pixel_gradient_is_towards_the_next_pixel(self):
         sprites = rand(3, 4, 8, 8, dtype=torch.float64)
         offsets = torch.tensor([[0.25, -0.5], [0.0, 0.0], [-1.25, 1.0]], dtype=torch.float64)

@@ -147,26 +147,30 @@ def temporal(metrics: dict, what: str) -> dict:
 
 @pytest.mark.slow
 def test_consistency_loss_raises_temporal_consistency_and_keeps_detection(tmp_path):
-    """Same seed, data and steps, with and without the consistency term: the term makes an
-    object's code pick out its own next-frame object more often (code_nn) and detects as many
-    objects. Checked while writing it over seeds 0-4 with 1 and 2 threads (docs/learning.md):
-    code_nn rose by 0.02-0.09, the objects changed by -11 .. +7 % and the F-score by at most
-    -0.05."""
+    """Same seeds, data and steps, with and without the consistency term: the term makes an
+    object's code pick out its own next-frame object more often (code_nn, on the mean of two
+    seeds) and detects as many objects. Measured over seeds 0-4 with one thread (commit
+    3eaad54): code_nn rose by -0.003, 0.037, 0.033, 0.056 and 0.043, the objects changed by
+    -12 .. +4 % and the F-score by at most -0.013; one seed alone is not enough."""
     base = Config().replace(
         synthetic="tiny", synthetic_clips=64, height=32, width=32, layer_size=4, num_sprites=8,
         dim_z=32, bs=8, num_steps=300, log_every=100, checkpoint_every=1000, image_every=0,
         transform_encoder="match", selection="match", sprite_init="data", lr=1e-3,
-        hard_mix=1.0, hard_warmup=100, frames_per_item=2, seed=0, aow_warmup=100,
+        hard_mix=1.0, hard_warmup=100, frames_per_item=2, aow_warmup=100,
     )  # fmt: skip
-    results = {}
-    for aow in (0.0, 0.01):
-        config = base.replace(aow=aow)
-        result = train(config, tmp_path / f"aow{aow}", progress=False, tensorboard=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            results[aow] = evaluate(result.model, first_frames(build_eval_data(config), 128))
-    off, on = results[0.0], results[0.01]
-    assert on["objects"] >= 0.85 * off["objects"], (off["objects"], on["objects"])
-    assert on["all"]["f_score"] >= off["all"]["f_score"] - 0.1, (off["all"], on["all"])
-    without, with_ = temporal(off, "without the term"), temporal(on, "with the term")
-    assert with_["code_nn"] > without["code_nn"] + 0.01, (without, with_)
+    code_nn = {0.0: [], 0.01: []}
+    for seed in (0, 1):
+        results = {}
+        for aow in code_nn:
+            config = base.replace(aow=aow, seed=seed)
+            run = tmp_path / f"seed{seed}-aow{aow}"
+            result = train(config, run, progress=False, tensorboard=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                results[aow] = evaluate(result.model, first_frames(build_eval_data(config), 128))
+            code_nn[aow].append(temporal(results[aow], f"seed {seed}, aow {aow}")["code_nn"])
+        off, on = results[0.0], results[0.01]
+        assert on["objects"] >= 0.85 * off["objects"], (seed, off["objects"], on["objects"])
+        assert on["all"]["f_score"] >= off["all"]["f_score"] - 0.1, (seed, off["all"], on["all"])
+    without, with_ = np.mean(code_nn[0.0]), np.mean(code_nn[0.01])
+    assert with_ > without + 0.01, code_nn

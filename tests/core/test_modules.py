@@ -140,6 +140,8 @@ class TestGridEncoder:
         assert low.dtype == torch.bfloat16 and low.is_contiguous(memory_format=torch.channels_last)
         in_float = F.group_norm(x.bfloat16().float(), 8, norm.weight, norm.bias)
         torch.testing.assert_close(low, in_float.bfloat16())
+        torch.testing.assert_close(norm.bfloat16()(x.bfloat16()), low)  # bf16 parameters too
+        assert FloatGroupNorm(8, 32, affine=False)(x).dtype == torch.float32
 
     def test_a_channel_pyramid_narrows_the_early_blocks_and_keeps_the_codes(self):
         """128 px to a 16 x 16 grid: 3 blocks of 32, 64, 128 channels instead of 128 each; the

@@ -261,7 +261,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .api import load
     from .build import build_eval_data, resolve_device
     from .data import load_dataset
-    from .eval import evaluate, first_frames, summary, write_metrics
+    from .eval import OVERLAP, evaluate, first_frames, summary, write_metrics
 
     model, config = load(args.run, args.checkpoint)
     if args.data:
@@ -274,8 +274,9 @@ def _eval(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.run} trained on data without ground truth; pass --data DIR")
     data = first_frames(data, args.frames)
     metrics = evaluate(
-        model, data, args.code, args.game, args.seed, args.batch_size, resolve_device(args.device)
-    )
+        model, data, args.code, args.game, args.seed, args.batch_size,
+        resolve_device(args.device), OVERLAP if args.overlap is None else args.overlap,
+    )  # fmt: skip
     out = Path(args.out) if args.out else Path(args.run) / "eval"
     step = _run_step(Path(args.run))
     path = write_metrics(out, metrics, step)
@@ -529,6 +530,14 @@ def _add_eval(commands) -> None:
     )
     evaluation.add_argument("--game", help="HUD filter of the relevant view (default: the data's)")
     evaluation.add_argument("--seed", type=int, default=0, help="k-means and random splits")
+    evaluation.add_argument(
+        "--overlap",
+        type=float,
+        metavar="IOU",
+        help="of two objects of a frame whose boxes overlap by more than this IoU, the less "
+        "present one is a repeat and left out (default: marionette.eval.OVERLAP, 0.5; 1 keeps "
+        "every present slot)",
+    )
     evaluation.add_argument("--no-tensorboard", action="store_true")
     evaluation.set_defaults(handler=_eval)
 

@@ -6,6 +6,7 @@ box area >= 0.5). On top: few-shot accuracy, AMI / ARI of k-means, sprite purity
 precision / recall / F-score and AP, temporal consistency and foreground ARI.
 """
 
+from .boxes import box_area, box_intersection, box_iou, box_overlap
 from .evaluation import (
     METRICS,
     Metric,
@@ -19,11 +20,10 @@ from .evaluation import (
     temporal_consistency,
     write_metrics,
 )
-from .labels import HUD_FILTERS, NO_LABEL, VIEWS, assign_labels, box_overlap, view_labels
+from .labels import HUD_FILTERS, NO_LABEL, VIEWS, assign_labels, view_labels
 from .metrics import (
     SHOTS,
     average_precision,
-    box_iou,
     clustering_scores,
     few_shot_accuracy,
     foreground_ari,
@@ -32,12 +32,13 @@ from .metrics import (
     sprite_recovery,
     sprites_per_class,
 )
-from .objects import ObjectTable, collect_objects, slot_segmentation
+from .objects import OVERLAP, ObjectTable, collect_objects, slot_segmentation, suppress_overlaps
 
 __all__ = [
     "HUD_FILTERS",
     "METRICS",
     "NO_LABEL",
+    "OVERLAP",
     "SHOTS",
     "VIEWS",
     "Metric",
@@ -45,6 +46,8 @@ __all__ = [
     "View",
     "assign_labels",
     "average_precision",
+    "box_area",
+    "box_intersection",
     "box_iou",
     "box_overlap",
     "check_groundtruth",
@@ -62,6 +65,7 @@ __all__ = [
     "sprites_per_class",
     "summary",
     "summary_keys",
+    "suppress_overlaps",
     "temporal_consistency",
     "view_labels",
     "write_metrics",

@@ -16,7 +16,8 @@ from .._io import atomic_write, write_json
 from ..core import MarioNette
 from ..data import Dataset, GroundTruth
 from ..data.synthetic import true_sprites
-from .labels import HUD_FILTERS, NO_LABEL, VIEWS, box_overlap, view_labels
+from .boxes import box_overlap
+from .labels import HUD_FILTERS, NO_LABEL, VIEWS, view_labels
 from .metrics import (
     SHOTS,
     average_precision,
@@ -28,7 +29,7 @@ from .metrics import (
     sprite_recovery,
     sprites_per_class,
 )
-from .objects import ObjectTable, collect_objects
+from .objects import OVERLAP, ObjectTable, collect_objects
 
 __all__ = [
     "METRICS",
@@ -331,12 +332,15 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
+    overlap: float | None = OVERLAP,
 ) -> dict:
     """All metrics of :data:`METRICS` of a model on a dataset with ground truth.
 
     ``game`` picks the HUD filter of the ``relevant`` view (default: the dataset's recorded
-    game). Metrics that cannot be computed (too few classes, no consecutive frames, no masks)
-    are left out with a warning, the others are still computed.
+    game). The objects are the present slots less their repeats at ``overlap``
+    (:func:`~marionette.eval.collect_objects`; None keeps every slot, and ``suppressed``
+    counts the slots left out). Metrics that cannot be computed (too few classes, no
+    consecutive frames, no masks) are left out with a warning, the others are still computed.
     """
     if data.groundtruth is None:
         raise ValueError(
@@ -352,13 +356,16 @@ def evaluate(
             stacklevel=2,
         )
     objects, segments = collect_objects(
-        model, data.frames, code, batch_size, device, segment=data.masks is not None
-    )
+        model, data.frames, code, batch_size, device, segment=data.masks is not None,
+        overlap=overlap,
+    )  # fmt: skip
     groundtruth = check_groundtruth(objects, data.groundtruth)
     metrics: dict = {
         "frames": len(objects.names),
         "objects": len(objects),
         "objects_per_frame": len(objects) / max(len(objects.names), 1),
+        "suppressed": objects.suppressed,
+        "overlap": overlap,
         "code": code,
         "game": game,
     }

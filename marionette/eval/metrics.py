@@ -17,12 +17,11 @@ from sklearn.linear_model import RidgeClassifier
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 
 from ..core import typed
-from .labels import box_area, box_intersection
+from .boxes import box_iou
 
 __all__ = [
     "SHOTS",
     "average_precision",
-    "box_iou",
     "clustering_scores",
     "few_shot_accuracy",
     "foreground_ari",
@@ -173,14 +172,6 @@ def _covering(sprites: np.ndarray, share: float) -> int:
     """The fewest distinct values of ``sprites`` that make up ``share`` of its entries."""
     counts = np.sort(np.unique(sprites, return_counts=True)[1])[::-1]
     return int(np.argmax(np.cumsum(counts) >= share * counts.sum() - 1e-9)) + 1
-
-
-@typed
-def box_iou(a: Real[np.ndarray, "N 4"], b: Real[np.ndarray, "M 4"]) -> np.ndarray:
-    """Intersection over union ``[N, M]`` of (x0, y0, x1, y1) boxes."""
-    inter = box_intersection(a, b)
-    union = box_area(a)[:, None] + box_area(b)[None] - inter
-    return inter / np.maximum(union, 1e-12)
 
 
 def _centre_score(pred: np.ndarray, gt: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,10 +1,17 @@
-"""Predicted objects: the present slots of a model's hard decomposition, with global boxes."""
+"""Predicted objects: the present slots of a model's hard decomposition, with global boxes.
 
-from dataclasses import dataclass
+Neighbouring anchors' windows overlap (an anchor places its sprite up to P/2 past its cell), so
+two slots can draw one object: the same sprite, or two looks over each other, at nearly the
+same place (the more confident one hides the other). As in object detection, such repeats are
+suppressed: of two objects of a frame whose boxes overlap by more than :data:`OVERLAP` (IoU),
+the less present one is dropped (:func:`suppress_overlaps`).
+"""
+
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int64
+from jaxtyping import Bool, Float, Int64, Integer, Real
 from torch import Tensor
 
 from ..core import (
@@ -18,8 +25,12 @@ from ..core import (
     typed,
 )
 from ..data import FrameSource
+from .boxes import box_iou
 
-__all__ = ["ObjectTable", "collect_objects", "slot_segmentation"]
+__all__ = ["OVERLAP", "ObjectTable", "collect_objects", "slot_segmentation", "suppress_overlaps"]
+
+#: Two objects of a frame whose boxes overlap by more than this IoU are one object drawn twice.
+OVERLAP = 0.5
 
 
 @dataclass
@@ -37,6 +48,7 @@ class ObjectTable:
         dictionary: the model's sprites as drawn, RGBA float32 [K, 4, S, S].
         psnr: PSNR in dB of the frames' reconstructions, over all their pixels: ``soft``,
             ``hard`` (the decomposition the objects come from) and ``background`` alone.
+        suppressed: present, visible slots left out as repeats (:func:`suppress_overlaps`).
     """
 
     frame: np.ndarray
@@ -55,9 +67,17 @@ class ObjectTable:
     code: str
     dictionary: np.ndarray
     psnr: dict[str, float]
+    suppressed: int = 0
+
+    #: The attributes with one entry per object (the others are per frame or per table).
+    PER_OBJECT = ("frame", "layer", "row", "col", "sprite", "presence", "boxes", "centers", "codes")
 
     def __len__(self) -> int:
         return len(self.frame)
+
+    def select(self, rows: np.ndarray) -> "ObjectTable":
+        """The table of the objects ``rows`` (indices or a boolean mask), in their order."""
+        return replace(self, **{name: getattr(self, name)[rows] for name in self.PER_OBJECT})
 
     def of_frame(self, index: int) -> np.ndarray:
         """Row indices of one frame's objects (rows are sorted by frame)."""
@@ -95,6 +115,28 @@ def slot_segmentation(
     return segments
 
 
+@typed
+def suppress_overlaps(
+    boxes: Real[np.ndarray, "N 4"],
+    presence: Real[np.ndarray, " N"],
+    frame: Integer[np.ndarray, " N"],
+    overlap: float = OVERLAP,
+) -> Bool[np.ndarray, " N"]:
+    """Greedy non-maximum suppression per frame: the objects by falling presence (ties: the
+    earlier row first), each kept unless its box's IoU with a kept box of its frame exceeds
+    ``overlap``. Returns the kept mask."""
+    keep = np.zeros(len(frame), bool)
+    order = np.lexsort((-np.asarray(presence, np.float64), frame))
+    starts = np.flatnonzero(np.diff(frame[order])) + 1
+    for rows in np.split(order, starts):
+        clash = box_iou(boxes[rows], boxes[rows]) > overlap
+        kept = np.zeros(len(rows), bool)
+        for i in range(len(rows)):
+            kept[i] = not (clash[i, :i] & kept[:i]).any()
+        keep[rows] = kept
+    return keep
+
+
 #: The reconstructions whose PSNR :func:`collect_objects` measures.
 RECONSTRUCTIONS = ("soft", "hard", "background")
 
@@ -108,9 +150,11 @@ def collect_objects(
     device: torch.device | str = "cpu",
     threshold: float = 0.5,
     segment: bool = False,
+    overlap: float | None = OVERLAP,
 ) -> tuple[ObjectTable, np.ndarray | None]:
     """Run the model on every frame and keep the slots with presence > ``threshold`` whose
-    sprite is visible (some alpha > 0.5); measure the reconstructions' PSNR on the way.
+    sprite is visible (some alpha > 0.5), less the repeats that :func:`suppress_overlaps`
+    finds at ``overlap`` (None keeps every slot); measure the reconstructions' PSNR on the way.
 
     Boxes are the footprint of the slot's alpha (> 0.5) at its global position, in pixels.
     With ``segment`` also returns the visible-slot id per pixel ``[N, H, W]`` (-1: background).
@@ -172,4 +216,7 @@ def collect_objects(
         dictionary=model.dictionary()[0].detach().float().cpu().numpy(),
         psnr={name: psnr_of_mse(error / pixels) for name, error in squared_error.items()},
     )
+    if overlap is not None:
+        kept = suppress_overlaps(table.boxes, table.presence, table.frame, overlap)
+        table = replace(table.select(kept), suppressed=int((~kept).sum()))
     return table, (torch.cat(segments).numpy() if segment else None)

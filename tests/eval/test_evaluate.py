@@ -10,7 +10,16 @@ from marionette.config import Config
 from marionette.core import Grid, MarioNette, ModelConfig, psnr, render_decomposition
 from marionette.core.model import plane_order_for
 from marionette.data import Dataset, GroundTruth, generate
-from marionette.eval import collect_objects, evaluate, first_frames, slot_segmentation
+from marionette.eval import (
+    OVERLAP,
+    ObjectTable,
+    box_iou,
+    collect_objects,
+    evaluate,
+    first_frames,
+    slot_segmentation,
+    suppress_overlaps,
+)
 from marionette.trainer import build_eval_data, train
 
 
@@ -69,6 +78,72 @@ def test_objects_are_present_and_visible(tiny):
     assert (objects.presence > 0.5).all()
     assert (objects.boxes[:, 2] > objects.boxes[:, 0]).all()
     assert (np.diff(objects.frame) >= 0).all()
+
+
+def naive_suppression(boxes, presence, frame, overlap):
+    """Non-maximum suppression written out: per frame, by falling presence (ties: row order),
+    a box is kept unless its IoU with a kept box exceeds ``overlap``."""
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union
+
+    keep = [False] * len(frame)
+    for f in set(frame.tolist()):
+        rows = sorted(np.flatnonzero(frame == f), key=lambda r: (-presence[r], r))
+        kept = []
+        for r in rows:
+            if all(iou(boxes[r], boxes[k]) <= overlap for k in kept):
+                kept.append(r)
+                keep[r] = True
+    return np.array(keep, bool)
+
+
+def test_suppress_overlaps_equals_naive_suppression():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(0, 40))
+        corner = rng.uniform(0, 20, (n, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(1, 8, (n, 2))], 1)
+        presence = rng.choice([0.6, 0.7, 0.8, 0.9], n)  # ties
+        frame = rng.integers(0, 4, n)
+        for overlap in (0.1, 0.5):
+            expected = naive_suppression(boxes, presence, frame, overlap)
+            np.testing.assert_array_equal(
+                suppress_overlaps(boxes, presence, frame, overlap), expected
+            )
+
+
+def test_suppression_is_greedy_and_strict():
+    # A overlaps B and B overlaps C, not A and C: B goes, C stays (B no longer suppresses)
+    boxes = np.array([[0, 0, 4, 4], [1, 0, 5, 4], [2, 0, 6, 4], [0, 0, 4, 4.0]])
+    presence = np.array([0.9, 0.8, 0.7, 0.95])
+    frame = np.array([0, 0, 0, 1])  # another frame: never against frame 0's boxes
+    assert suppress_overlaps(boxes, presence, frame).tolist() == [True, False, True, True]
+    half = np.array([[0, 0, 3, 1], [1, 0, 4, 1.0]])  # IoU exactly 0.5: kept
+    assert suppress_overlaps(half, np.array([0.9, 0.8]), np.array([0, 0])).all()
+
+
+def test_objects_leave_out_their_repeats(tiny):
+    torch.manual_seed(0)  # an untrained model with every slot present: sprites over sprites
+    model = MarioNette(ModelConfig(height=32, width=32, layer_size=4, num_layers=2, dim_z=8))
+    with torch.no_grad():
+        model.presence_head[3].bias.fill_(50.0)
+    every, _ = collect_objects(model, tiny.frames, overlap=None)
+    objects, _ = collect_objects(model, tiny.frames)
+    kept = suppress_overlaps(every.boxes, every.presence, every.frame)
+    assert every.suppressed == 0 and objects.suppressed == (~kept).sum() > 0
+    for name in ObjectTable.PER_OBJECT:
+        np.testing.assert_array_equal(getattr(objects, name), getattr(every, name)[kept])
+    for index in range(len(objects.names)):
+        boxes = objects.boxes[objects.of_frame(index)]
+        iou = box_iou(boxes, boxes)
+        np.fill_diagonal(iou, 0)
+        assert (iou <= OVERLAP).all()
+    metrics = evaluate(model, tiny)
+    assert metrics["objects"] == len(objects) and metrics["suppressed"] == objects.suppressed
 
 
 def test_reconstruction_psnr_is_over_all_frames_whatever_the_batches(tiny):

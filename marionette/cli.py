@@ -409,6 +409,7 @@ def _data_atari(args: argparse.Namespace) -> int:
         size=args.size,
         rows=tuple(args.rows) if args.rows else None,
         hud=not args.no_hud,
+        hidden=args.hidden,
     )
     out = generate_atari(
         args.out,
@@ -636,6 +637,11 @@ def _add_data_atari(generators) -> None:
         "--rows", type=int, nargs=2, metavar=("Y0", "Y1"), help="crop native rows first"
     )
     atari.add_argument("--no-hud", action="store_true", help="leave out score and lives")
+    atari.add_argument(
+        "--hidden",
+        action="store_true",
+        help="also label objects the frame does not show (flickered or stacked sprites)",
+    )
     atari.add_argument("--split", default="train", choices=("train", "validation", "test"))
     atari.add_argument("--seed", type=int, help="default: 0, 1, 2 for train, validation, test")
     atari.add_argument(

@@ -10,7 +10,10 @@ Known pitfalls handled here (see ``docs/data.md``):
   are detected a second time after every step; bullets flicker (drawn on alternate frames), so a
   bullet is kept only if bullet-colored pixels lie inside its box;
 * OCAtari's RAM rules do uint8 arithmetic that wraps under numpy 2: the RAM is passed as int64
-  (identical results under numpy 1.26).
+  (identical results under numpy 1.26);
+* the RAM lists objects the screen does not show: games flicker sprites (MsPacman draws some
+  ghosts on one frame, the others on the next) and stack them (its ghost house). A label is kept
+  only where its object can be seen (:func:`visible`), unless ``AtariConfig.hidden`` asks for all.
 """
 
 import os
@@ -34,6 +37,10 @@ SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 BULLET_RGB = (142, 142, 142)
 #: MOC's model input size (H, W).
 MOC_SIZE = (128, 128)
+#: A pixel shows something other than the background where a channel differs by more than this.
+BACKGROUND_TOLERANCE = 30
+#: Screens of the separate rollout whose per-pixel median is the background (odd: a true median).
+BACKGROUND_SCREENS = 129
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class AtariConfig:
         rows: optional crop of native rows (y0, y1) before resizing (e.g. (20, 200) drops the
             score line).
         hud: record HUD objects (score, lives) too, flagged as not moving.
+        hidden: keep the labels of objects the frame does not show (flickered, stacked: see
+            :func:`visible`); by default only what can be seen is labelled, as in MOC's labels.
     """
 
     game: str = "SpaceInvaders"
@@ -64,6 +73,7 @@ class AtariConfig:
     size: tuple[int, int] | None = (128, 128)
     rows: tuple[int, int] | None = None
     hud: bool = True
+    hidden: bool = False
 
     def __post_init__(self) -> None:
         for name in ("clips", "frames_per_clip", "frameskip"):
@@ -128,6 +138,44 @@ def _drawn(screen: np.ndarray, obj: _Object) -> bool:
     x0, y0, x1, y1 = obj.box
     patch = screen[max(y0, 0) : y1, max(x0, 0) : x1]
     return bool((patch == BULLET_RGB).all(axis=-1).any())
+
+
+def background_screen(screens: np.ndarray) -> np.ndarray:
+    """The per-pixel, per-channel median of ``screens`` [N, H, W, 3] (the lower middle value for
+    even N), i.e. what a pixel shows most of the time: the playfield, maze and static objects
+    without the sprites that move over them."""
+    return np.quantile(screens, 0.5, axis=0, method="lower").astype(np.uint8)
+
+
+def visible(screen: np.ndarray, background: np.ndarray, objects: list[_Object]) -> list[bool]:
+    """Which objects of the RAM's list ``screen`` [H, W, 3] shows.
+
+    An object is hidden when no pixel of its box differs from ``background`` by more than
+    ``BACKGROUND_TOLERANCE`` in a channel and none has the object's own colour (a sprite the game
+    did not draw this frame; a static object, drawn in the background itself, shows its colour).
+    Of objects that share one exact box only one can be seen: the first that shows its own colour
+    (else the first) is kept. HUD objects are always kept.
+    """
+    shown = []
+    for obj in objects:
+        x0, y0, x1, y1 = obj.box
+        box = (slice(max(y0, 0), max(y1, 0)), slice(max(x0, 0), max(x1, 0)))
+        patch = screen[box].astype(np.int16)
+        differs = (np.abs(patch - background[box]) > BACKGROUND_TOLERANCE).any()
+        colour = (patch == obj.rgb).all(axis=-1).any()
+        shown.append((obj.hud or differs or colour, colour))
+    keep, taken = [], {}
+    for i, (obj, (seen, colour)) in enumerate(zip(objects, shown, strict=True)):
+        if obj.hud or not seen:
+            keep.append(obj.hud)
+            continue
+        first = taken.setdefault(obj.box, i)
+        if first != i and colour and not shown[first][1]:
+            keep[first], taken[obj.box] = False, i
+            keep.append(True)
+        else:
+            keep.append(first == i)
+    return keep
 
 
 def moc_labels(game: str, objects: list[_Object]) -> list[str | None]:
@@ -217,10 +265,12 @@ def _write_moc(
 class _Recorder:
     """An OCAtari environment driven by a seeded random policy, clip by clip."""
 
-    def __init__(self, config: AtariConfig, seed: int) -> None:
+    def __init__(self, config: AtariConfig, seed: int | list[int]) -> None:
         self.config, self.rng = config, np.random.default_rng(seed)
         self.env, self.detect_objects_ram = _make_env(config)
         self.env.action_space.seed(int(self.rng.integers(2**31)))
+        self.background: np.ndarray | None = None
+        self.hidden = 0  # labels left out by `visible`
 
     def reset(self) -> None:
         self.env.reset(seed=int(self.rng.integers(2**31)))
@@ -251,8 +301,23 @@ class _Recorder:
             objects = _detect(env, self.detect_objects_ram)
             if config.game == "SpaceInvaders":
                 objects = [o for o in objects if o.category != "Bullet" or _drawn(screen, o)]
+            if self.background is not None:
+                shown = visible(screen, self.background, objects)
+                self.hidden += len(objects) - sum(shown)
+                objects = [o for o, keep in zip(objects, shown, strict=True) if keep]
             recorded.append((screen, objects))
         return recorded
+
+    def sample_background(self) -> np.ndarray:
+        """:func:`background_screen` of ``BACKGROUND_SCREENS`` screens of this recorder's
+        rollout, one after every random gap (then the environment is closed)."""
+        self.reset()
+        screens = []
+        for _ in range(BACKGROUND_SCREENS):
+            self.advance(int(self.rng.integers(*self.config.gap)))
+            screens.append(np.asarray(self.env.getScreenRGB(), np.uint8))
+        self.env.close()
+        return background_screen(np.stack(screens))
 
 
 def _rows(name: str, clip: int, t: int, objects: list[_Object], native, config) -> list[dict]:
@@ -286,7 +351,10 @@ def generate_atari(
     OCAtari slot, stable within a clip; ``dataset.json``). With ``layout="moc"`` it also writes
     MOC's layout under ``moc/<Game>-v0/`` (``rgb/``, ``space_like/`` in BGR, ``bb/`` CSVs, y
     first and normalised) so that MOC's loader and metrics can read the same frames.
-    A clip cut by the end of an episode is dropped and recorded again after a reset.
+    A clip cut by the end of an episode is dropped and recorded again after a reset. Labels of
+    objects a frame does not show are left out (:func:`visible`, against the background of a
+    separate rollout; their number is ``labels_hidden`` in ``dataset.json``) unless
+    ``config.hidden``.
     """
     if layout not in ("marionette", "moc"):
         raise ValueError(f"layout must be 'marionette' or 'moc', got {layout!r}")
@@ -294,6 +362,8 @@ def generate_atari(
         raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
     seed = SPLIT_SEEDS[split] if config.seed is None else config.seed
     recorder = _Recorder(config, seed)
+    if not config.hidden:  # a rollout of its own seed: the recorded frames stay the same
+        recorder.background = _Recorder(config, [seed, 1]).sample_background()
     rows, frames, dropped = [], 0, 0
     bar = progress(total=config.clips, desc=f"{config.game} {split}") if progress else None
     with DatasetWriter(out, overwrite) as writer:
@@ -326,6 +396,7 @@ def generate_atari(
                 "layout": layout,
                 "native_size": list(native),
                 "clips_dropped_at_episode_end": dropped,
+                "labels_hidden": None if config.hidden else recorder.hidden,
                 "class_names": groundtruth.class_names,
                 "settings": asdict(config),
                 "versions": package_versions("ale-py", "gymnasium", "ocatari"),

@@ -1,6 +1,7 @@
 """Atari and Super Mario Bros generators: pure helpers always, the emulators with the extras."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,15 @@ import pytest
 
 from marionette.data import load_dataset
 from marionette.data._screen import fit_screen, scale_boxes
-from marionette.data.atari import BULLET_RGB, AtariConfig, _Object, _rows, moc_labels
+from marionette.data.atari import (
+    BULLET_RGB,
+    AtariConfig,
+    _Object,
+    _rows,
+    background_screen,
+    moc_labels,
+    visible,
+)
 from marionette.data.mario import MarioConfig, mario_box
 
 
@@ -39,6 +48,62 @@ class TestScreens:
 
 def _object(category, y, x=10, hud=False, rgb=(0, 0, 0)):
     return _Object(category, (x, y, x + 8, y + 10), hud, 0, rgb)
+
+
+class TestVisible:
+    """Which RAM objects the screen shows: a 30 x 30 black playfield with an orange wall."""
+
+    WALL, SPRITE = (181, 83, 40), (200, 72, 72)
+
+    def scene(self):
+        background = np.zeros((30, 30, 3), np.uint8)
+        background[20:24, 0:12] = self.WALL
+        screen = background.copy()
+        screen[2:8, 2:8] = self.SPRITE
+        return screen, background
+
+    def test_drawn_static_flickered_and_hud(self):
+        screen, background = self.scene()
+        objects = [
+            _Object("Ghost", (2, 2, 8, 8), False, 0, self.SPRITE),  # drawn over the playfield
+            _Object("Ghost", (15, 2, 21, 8), False, 1, (84, 184, 153)),  # not drawn: flicker
+            _Object("Shield", (0, 20, 12, 24), False, 2, self.WALL),  # static: in the background
+            _Object("Shield", (0, 20, 12, 24), False, 3, (1, 2, 3)),  # ... in another colour
+            _Object("Score", (20, 25, 28, 29), True, 4, (9, 9, 9)),  # HUD: always kept
+        ]
+        assert visible(screen, background, objects) == [True, False, True, False, True]
+
+    def test_a_faint_difference_is_background(self):
+        screen, background = self.scene()
+        screen[12:16, 12:16] += 30  # within the tolerance
+        ghost = _Object("Ghost", (12, 12, 16, 16), False, 0, (84, 184, 153))
+        assert visible(screen, background, [ghost]) == [False]
+        screen[13, 13] += 1
+        assert visible(screen, background, [ghost]) == [True]
+
+    def test_stacked_objects_keep_the_one_whose_colour_shows(self):
+        screen, background = self.scene()
+        box = (2, 2, 8, 8)
+        below = _Object("Ghost", box, False, 0, (84, 184, 153))
+        top = _Object("Ghost", box, False, 1, self.SPRITE)
+        same = _Object("Ghost", box, False, 2, (84, 184, 153))
+        assert visible(screen, background, [below, top, same]) == [False, True, False]
+        assert visible(screen, background, [below, same]) == [True, False]  # neither: the first
+
+    def test_off_screen_is_hidden(self):
+        screen, background = self.scene()
+        objects = [_Object("Ghost", (-9, 2, -1, 8), False, 0, self.SPRITE)]
+        assert visible(screen, background, objects) == [False]
+
+    def test_background_is_the_median_colour_of_each_pixel(self):
+        screens = np.zeros((4, 2, 2, 3), np.uint8)
+        screens[:, 0, 0] = [[9, 9, 9], [9, 9, 9], [9, 9, 9], [200, 0, 0]]  # a sprite passes once
+        screens[:, 1, 1] = [[1, 1, 1], [1, 1, 1], [5, 5, 5], [5, 5, 5]]  # even split: the lower
+        background = background_screen(screens)
+        assert background.dtype == np.uint8
+        np.testing.assert_array_equal(background[0, 0], [9, 9, 9])
+        np.testing.assert_array_equal(background[1, 1], [1, 1, 1])
+        np.testing.assert_array_equal(background[0, 1], [0, 0, 0])
 
 
 class TestMocLabels:
@@ -106,6 +171,10 @@ class TestConfigs:
             MarioConfig(stages=((9, 1),))
 
 
+def _labels(gt):
+    return {(f, i, tuple(b)) for f, i, b in zip(gt.frame, gt.instance, gt.boxes, strict=True)}
+
+
 @pytest.fixture(scope="class")
 def recorded(tmp_path_factory):
     pytest.importorskip("ocatari")
@@ -115,6 +184,7 @@ def recorded(tmp_path_factory):
     config = AtariConfig(clips=3, frames_per_clip=4, gap=(5, 20))
     generate_atari(root / "a", config, layout="moc")
     generate_atari(root / "b", config)
+    generate_atari(root / "all", dataclasses.replace(config, hidden=True))
     return root, config
 
 
@@ -165,6 +235,15 @@ class TestAtari:
                         int(y0 * 210) : int(y1 * 210) + 1, int(x0 * 160) : int(x1 * 160) + 1
                     ]
                     assert (patch == BULLET_RGB).all(-1).any()
+
+    def test_hidden_labels_are_left_out_and_counted(self, recorded):
+        root, _ = recorded
+        shown, every = load_dataset(root / "a"), load_dataset(root / "all")
+        assert (shown.frames.frames(range(12)) == every.frames.frames(range(12))).all()
+        assert _labels(shown.groundtruth) <= _labels(every.groundtruth)
+        hidden = json.loads((root / "a" / "dataset.json").read_text())["labels_hidden"]
+        assert hidden == len(every.groundtruth) - len(shown.groundtruth)
+        assert json.loads((root / "all" / "dataset.json").read_text())["labels_hidden"] is None
 
     def test_moc_layout_is_bgr(self, recorded):
         root, _ = recorded

@@ -29,7 +29,14 @@ from ._screen import fit_screen, import_extra, scale_boxes
 from .dataset import DatasetWriter, package_versions
 from .groundtruth import GroundTruth
 
-__all__ = ["MOC_SIZE", "AtariConfig", "generate_atari", "moc_labels"]
+__all__ = [
+    "MOC_SIZE",
+    "AtariConfig",
+    "background_screen",
+    "generate_atari",
+    "moc_labels",
+    "visible",
+]
 
 #: Seeds per split when none is given (MOC used 0, 1, 2 for train, validation, test).
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}

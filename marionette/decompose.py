@@ -33,6 +33,7 @@ from .core import (
     sprite_looks,
 )
 from .data import FrameSource
+from .eval.objects import suppress_overlaps
 from .viz import panel, save_png, sprite_sheet, to_uint8
 
 __all__ = ["FORMAT_VERSION", "decompose_frames", "read_decomposition"]
@@ -47,7 +48,9 @@ def _rgba_uint8(image: torch.Tensor) -> np.ndarray:
 
 def _records(d: Decomposition, footprints: tuple[Tensor, Tensor], names: list[str]) -> list[dict]:
     """One JSON record per frame, listing every present slot (``footprints``: its global boxes
-    and whether each is visible, see :meth:`Decomposition.boxes`)."""
+    and whether each is visible, see :meth:`Decomposition.boxes`); ``repeat`` marks the visible
+    ones that draw an object a more present slot draws (:func:`~marionette.eval.suppress_overlaps`,
+    as evaluation leaves them out)."""
     boxes, visible = footprints
     centers = d.centers()
     order = d.plane_order.tolist()
@@ -72,6 +75,16 @@ def _records(d: Decomposition, footprints: tuple[Tensor, Tensor], names: list[st
                     "depth": depth_of_plane[layer * 4 + group],
                 }
             )
+        shown = [sprite for sprite in sprites if sprite["visible"]]
+        kept = suppress_overlaps(
+            np.array([sprite["box"] for sprite in shown]).reshape(-1, 4),
+            np.array([sprite["presence"] for sprite in shown]),
+            np.zeros(len(shown), np.int64),
+        )
+        for sprite in sprites:
+            sprite["repeat"] = False
+        for sprite, keep in zip(shown, kept, strict=True):
+            sprite["repeat"] = not keep
         sprites.sort(key=lambda s: (s["depth"], s["row"], s["col"]))
         records.append({"frame": name, "sprites": sprites})
     return records

@@ -10,6 +10,7 @@ from PIL import Image
 import marionette
 from marionette.cli import main
 from marionette.decompose import read_decomposition
+from marionette.eval import suppress_overlaps
 
 TINY_FLAGS = [
     "--synthetic", "tiny", "--synthetic_clips", "8", "--canvas_size", "32", "--layer_size", "4",
@@ -45,6 +46,17 @@ def test_decompose_round_trip(run, tmp_path, capsys):
             x0, y0, x1, y1 = sprite["box"]
             assert 0 <= x0 <= x1 <= 32 and 0 <= y0 <= y1 <= 32
             assert set(sprite) >= {"layer", "row", "col", "sprite", "presence", "offset", "depth"}
+        # repeats: the visible sprites that non-maximum suppression leaves out, as evaluation
+        # does (ties in presence keep the first slot in (layer, row, col) order)
+        shown = [sprite for sprite in record["sprites"] if sprite["visible"]]
+        shown.sort(key=lambda s: (s["layer"], s["row"], s["col"]))
+        kept = suppress_overlaps(
+            np.array([sprite["box"] for sprite in shown]).reshape(-1, 4),
+            np.array([sprite["presence"] for sprite in shown]),
+            np.zeros(len(shown), np.int64),
+        )
+        assert [sprite["repeat"] for sprite in shown] == (~kept).tolist()
+        assert not any(s["repeat"] for s in record["sprites"] if not s["visible"])
     looks = document["sprite_looks"]  # each entry's look is an entry that is its own look
     assert len(looks) == document["num_sprites"] and all(looks[look] == look for look in looks)
     for name in ("sprite_sheet.png", "summary.png", "sprites/0.png"):

@@ -163,25 +163,18 @@ def visible(screen: np.ndarray, background: np.ndarray, objects: list[_Object]) 
     Of objects that share one exact box only one can be seen: the first that shows its own colour
     (else the first) is kept. HUD objects are always kept.
     """
-    shown = []
-    for obj in objects:
+    keep = [obj.hud for obj in objects]
+    stacks: dict[tuple, list[tuple[bool, int]]] = {}  # box -> (no own colour, index) of the seen
+    for i, obj in enumerate(objects):
         x0, y0, x1, y1 = obj.box
         box = (slice(max(y0, 0), max(y1, 0)), slice(max(x0, 0), max(x1, 0)))
         patch = screen[box].astype(np.int16)
         differs = (np.abs(patch - background[box]) > BACKGROUND_TOLERANCE).any()
         colour = (patch == obj.rgb).all(axis=-1).any()
-        shown.append((obj.hud or differs or colour, colour))
-    keep, taken = [], {}
-    for i, (obj, (seen, colour)) in enumerate(zip(objects, shown, strict=True)):
-        if obj.hud or not seen:
-            keep.append(obj.hud)
-            continue
-        first = taken.setdefault(obj.box, i)
-        if first != i and colour and not shown[first][1]:
-            keep[first], taken[obj.box] = False, i
-            keep.append(True)
-        else:
-            keep.append(first == i)
+        if not obj.hud and (differs or colour):
+            stacks.setdefault(obj.box, []).append((not colour, i))
+    for stack in stacks.values():
+        keep[min(stack)[1]] = True  # the first that shows its colour, else the first
     return keep
 
 

@@ -124,7 +124,7 @@ def suppress_overlaps(
 ) -> Bool[np.ndarray, " N"]:
     """Greedy non-maximum suppression per frame: the objects by falling presence (ties: the
     earlier row first), each kept unless its box's IoU with a kept box of its frame exceeds
-    ``overlap``. Returns the kept mask."""
+    ``overlap``. ``boxes`` are (x0, y0, x1, y1) in pixels. Returns the kept mask."""
     keep = np.zeros(len(frame), bool)
     order = np.lexsort((-np.asarray(presence, np.float64), frame))
     starts = np.flatnonzero(np.diff(frame[order])) + 1

@@ -48,6 +48,14 @@ MOC_SIZE = (128, 128)
 BACKGROUND_TOLERANCE = 30
 #: Screens of the separate rollout whose per-pixel median is the background (odd: a true median).
 BACKGROUND_SCREENS = 129
+#: Objects that OCAtari lists as game objects but that are part of the HUD, as in MOC's labels
+#: (flag S): (game, category) -> whether a native box (x0, y0, x1, y1) is one. MsPacman's fruit
+#: below the maze is the level indicator (MOC's ``save_fruit``); Carnival's wheel is a fixed
+#: decoration above the gallery, where MOC's HUD filter keeps no detection.
+HUD_OBJECTS: dict[tuple[str, str], Callable[[tuple[int, int, int, int]], bool]] = {
+    ("MsPacman", "Fruit"): lambda box: box[1] >= 171,
+    ("Carnival", "Wheel"): lambda box: True,
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,8 @@ class AtariConfig:
         size: saved frame size (H, W); None keeps the native 210 x 160.
         rows: optional crop of native rows (y0, y1) before resizing (e.g. (20, 200) drops the
             score line).
-        hud: record HUD objects (score, lives) too, flagged as not moving.
+        hud: record HUD objects (score, lives, and those of :data:`HUD_OBJECTS`) too, flagged
+            as not moving.
         hidden: keep the labels of objects the frame does not show (flickered, stacked: see
             :func:`visible`); by default only what can be seen is labelled, as in MOC's labels.
     """
@@ -125,8 +134,9 @@ def _make_env(config: AtariConfig):
     return env, core.detect_objects_ram
 
 
-def _detect(env, detect_objects_ram) -> list[_Object]:
-    """Run OCAtari's RAM detection twice on int64 RAM (see the module notes); present objects."""
+def _detect(env, detect_objects_ram, game: str) -> list[_Object]:
+    """Run OCAtari's RAM detection twice on int64 RAM (see the module notes); present objects,
+    those of :data:`HUD_OBJECTS` flagged HUD."""
     ram = np.asarray(env.get_ram(), np.int64)
     for _ in range(2):
         detect_objects_ram(env.objects, ram, env.game_name, env.hud)
@@ -136,8 +146,16 @@ def _detect(env, detect_objects_ram) -> list[_Object]:
             continue
         x, y, w, h = (int(v) for v in obj.xywh)
         rgb = tuple(int(c) for c in obj.rgb) if getattr(obj, "rgb", None) is not None else (0, 0, 0)
-        objects.append(_Object(obj.category, (x, y, x + w, y + h), bool(obj.hud), slot, rgb))
+        box = (x, y, x + w, y + h)
+        hud = _is_hud(game, obj.category, box, bool(obj.hud))
+        objects.append(_Object(obj.category, box, hud, slot, rgb))
     return objects
+
+
+def _is_hud(game: str, category: str, box: tuple[int, int, int, int], flagged: bool) -> bool:
+    """Whether an object is part of the HUD: OCAtari flags it, or :data:`HUD_OBJECTS` names it."""
+    rule = HUD_OBJECTS.get((game, category))
+    return flagged or (rule is not None and rule(box))
 
 
 def _drawn(screen: np.ndarray, obj: _Object) -> bool:
@@ -298,7 +316,9 @@ class _Recorder:
                 self.reset()
                 return None
             screen = np.asarray(env.getScreenRGB(), np.uint8)
-            objects = _detect(env, self.detect_objects_ram)
+            objects = _detect(env, self.detect_objects_ram, config.game)
+            if not config.hud:  # OCAtari left out its own HUD objects, these are ours
+                objects = [o for o in objects if not o.hud]
             if config.game == "SpaceInvaders":
                 objects = [o for o in objects if o.category != "Bullet" or _drawn(screen, o)]
             if self.background is not None:

@@ -12,6 +12,7 @@ from marionette.data._screen import fit_screen, scale_boxes
 from marionette.data.atari import (
     BULLET_RGB,
     AtariConfig,
+    _is_hud,
     _Object,
     _rows,
     background_screen,
@@ -132,6 +133,20 @@ class TestMocLabels:
             ("PowerPill", False),
             ("Score", False),
         ]
+
+    def test_hud_objects_ocatari_lists_as_game_objects(self):
+        # MsPacman's fruit is a game object in the maze and the level indicator below it
+        # (MOC: fruit M if y < 171, save_fruit S); Carnival's wheel is always a fixed decoration.
+        assert not _is_hud("MsPacman", "Fruit", (60, 170, 68, 180), False)
+        assert _is_hud("MsPacman", "Fruit", (128, 171, 136, 181), False)
+        assert _is_hud("Carnival", "Wheel", (70, 15, 98, 27), False)
+        assert not _is_hud("Carnival", "Owl", (70, 15, 78, 27), False)
+        assert not _is_hud("Pong", "Fruit", (0, 200, 8, 210), False)  # rules are per game
+        assert _is_hud("Pong", "PlayerScore", (0, 0, 8, 8), True)  # OCAtari's flag stands
+        config = AtariConfig(game="MsPacman", size=None)
+        fruit = _object("Fruit", 173, hud=_is_hud("MsPacman", "Fruit", (10, 173, 18, 183), False))
+        (row,) = _rows("0.png", 0, 0, [fruit], (210, 160), config)
+        assert not row["moving"]
 
 
 class TestMarioBox:

@@ -187,7 +187,8 @@ def _decompose(args: argparse.Namespace) -> int:
     )
     print(
         f"decomposed {summary['frames']} frames into {out} "
-        f"({summary['sprites_per_frame']:.1f} visible sprites per frame, hard PSNR "
+        f"({summary['objects_per_frame']:.1f} objects per frame: "
+        f"{summary['sprites_per_frame']:.1f} visible sprites less their repeats; hard PSNR "
         f"{summary['psnr_hard']:.2f} dB)"
     )
     print(f"sprite sheet: {summary['sprite_sheet']}")

@@ -192,8 +192,9 @@ def decompose_frames(
 ) -> dict:
     """Hard-decompose every frame and write the output folder described in the module.
 
-    Returns a summary: number of frames, sprites per frame, PSNR of the hard reconstruction and
-    the paths of the sprite sheet and the summary picture.
+    Returns a summary: number of frames, visible sprites per frame, objects per frame (the
+    visible sprites less their repeats), PSNR of the hard reconstruction and the paths of the
+    sprite sheet and the summary picture.
     """
     final = Path(out)
     if final.is_dir() and any(final.iterdir()) and not (final / "decomposition.json").exists():
@@ -206,10 +207,12 @@ def decompose_frames(
             (out / sub).mkdir()
         summary, records = _decompose_into(out, model, frames, batch_size, summary_frames,
                                            device, progress)  # fmt: skip
-    counts = [sum(s["visible"] for s in r["sprites"]) for r in records]  # not transparent ones
+    shown = [sum(s["visible"] for s in r["sprites"]) for r in records]  # not transparent ones
+    objects = [sum(s["visible"] and not s["repeat"] for s in r["sprites"]) for r in records]
     return {
         "frames": len(records),
-        "sprites_per_frame": float(np.mean(counts)) if counts else 0.0,
+        "sprites_per_frame": float(np.mean(shown)) if shown else 0.0,
+        "objects_per_frame": float(np.mean(objects)) if objects else 0.0,
         "psnr_hard": summary.psnr,
         "sprite_sheet": final / "sprite_sheet.png",
         "summary": final / "summary.png",

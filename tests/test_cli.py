@@ -57,6 +57,9 @@ def test_decompose_round_trip(run, tmp_path, capsys):
         )
         assert [sprite["repeat"] for sprite in shown] == (~kept).tolist()
         assert not any(s["repeat"] for s in record["sprites"] if not s["visible"])
+    sprites = [[s for s in r["sprites"] if s["visible"]] for r in document["frames"]]
+    objects = np.mean([sum(not s["repeat"] for s in shown) for shown in sprites])
+    assert f"{objects:.1f} objects per frame: {np.mean([len(s) for s in sprites]):.1f}" in printed
     looks = document["sprite_looks"]  # each entry's look is an entry that is its own look
     assert len(looks) == document["num_sprites"] and all(looks[look] == look for look in looks)
     for name in ("sprite_sheet.png", "summary.png", "sprites/0.png"):

@@ -31,6 +31,7 @@ from .groundtruth import GroundTruth
 
 __all__ = [
     "MOC_SIZE",
+    "HUD_OBJECTS",
     "AtariConfig",
     "background_screen",
     "generate_atari",

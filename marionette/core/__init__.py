@@ -81,6 +81,7 @@ from .selection import (
     learned_selection,
     match_selection,
     mix_sprites,
+    pursuit_selection,
     selection_logits,
     straight_through,
 )
@@ -173,6 +174,7 @@ __all__ = [
     "plane_order",
     "plane_order_for",
     "presence_loss",
+    "pursuit_selection",
     "psnr",
     "psnr_of_mse",
     "ramp",

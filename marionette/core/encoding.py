@@ -21,7 +21,8 @@ class Encoding:
         offsets: local offset (x, y) in units of P (the expected offset in discrete mode).
         offset_weights: (x, y) distributions over the P + 1 integer offsets (discrete mode).
         sprite_offsets: with matched selection and offsets, every sprite's own matched offset
-            per anchor (shared by the layers); ``offsets`` is their selection-weighted mean.
+            per slot (the same in every layer unless the selection is ``layered``); ``offsets``
+            is their selection-weighted mean.
         sprites, dict_codes: the decoded dictionary and its codes.
         background: canvas under the sprites.
     """
@@ -33,7 +34,7 @@ class Encoding:
     windows: Float[Tensor, "B T NL Lh Lw 4 S S"]
     offsets: Float[Tensor, "B T NL Lh Lw 2"]
     offset_weights: tuple[Float[Tensor, "B T NL Lh Lw Q"], Float[Tensor, "B T NL Lh Lw Q"]] | None
-    sprite_offsets: Float[Tensor, "B T Lh Lw K 2"] | None
+    sprite_offsets: Float[Tensor, "B T NL Lh Lw K 2"] | None
     sprites: Float[Tensor, "K 4 S S"]
     dict_codes: Float[Tensor, "K D"]
     background: Float[Tensor, "B T 3 H W"]

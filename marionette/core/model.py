@@ -56,8 +56,9 @@ class ModelConfig:
         xform_dim: channels of the ``"conv"`` transform encoder (0: same as ``dim_z``).
         presence_bias: initial bias of the presence logit (0: presence starts near 1/2).
         presence: ``"learned"`` (the original: the sigmoid of the presence head's logit) or
-            ``"match"`` (on the back layer, that logit plus the anchor's best matching gain;
-            needs ``selection="match"``; see :func:`marionette.core.matched_presence`).
+            ``"match"`` (that logit plus the anchor's best matching gain, on the back layer, or
+            with ``selection="pursuit"`` on every layer its own; needs a matched selection; see
+            :func:`marionette.core.matched_presence`).
         alpha_init: initial mean sprite opacity in (0, 1); 0 keeps the default initialisation
             (about 1/2, as the original).
         dictionary: ``"mlp"`` (sprites decoded from codes by a shared MLP, the original) or
@@ -65,8 +66,11 @@ class ModelConfig:
         selection: ``"learned"`` (the original: scaled dot product of projected anchor codes
             with dictionary codes) or ``"match"`` (those logits plus, per sprite, how much
             placing it at its best displacement would reduce the window's error; see
-            :func:`marionette.core.match_gains`). With ``transform_encoder="match"`` each
-            sprite then comes with its own matched offset.
+            :func:`marionette.core.match_gains`), or ``"pursuit"`` (the same, each layer
+            matched against the background with the layers behind it drawn: a second object in
+            an anchor is found by the next layer; see :func:`marionette.core.pursuit_selection`).
+            With ``transform_encoder="match"`` each sprite then comes with its own matched
+            offset.
         match_temperature: softness, in per-pixel squared error, of the matching softmaxes.
         encoder_base_width: channels of the image encoder's first, full-resolution block; each
             later block doubles them, up to ``dim_z`` (a multiple of 8; 0: ``dim_z`` at every

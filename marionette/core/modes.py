@@ -59,7 +59,7 @@ def decompose_encoding(
         offsets = discrete_offsets(*offset_weights)
     elif mode != "soft" and e.sprite_offsets is not None:  # the chosen sprite's own offset
         offsets = einsum(
-            weights, e.sprite_offsets, "B T NL Lh Lw K, B T Lh Lw K xy -> B T NL Lh Lw xy"
+            weights, e.sprite_offsets, "B T NL Lh Lw K, B T NL Lh Lw K xy -> B T NL Lh Lw xy"
         )
     else:
         offsets = e.offsets

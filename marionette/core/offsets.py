@@ -166,7 +166,7 @@ class MatchOffsets(nn.Module):
         if selection.match is not None:
             per_sprite = selection.match.offsets
             offsets = einsum(
-                weights, per_sprite, "B T NL Lh Lw K, B T Lh Lw K xy -> B T NL Lh Lw xy"
+                weights, per_sprite, "B T NL Lh Lw K, B T NL Lh Lw K xy -> B T NL Lh Lw xy"
             )
             return Offsets(offsets, None, per_sprite)
         t = codes.shape[1]

@@ -38,31 +38,36 @@ def matched_presence(
 ) -> Float[Tensor, "B T NL Lh Lw"]:
     """Presence that starts from the matching evidence:
 
-        p_l = sigma(z_l + [l = 0] g* / tau),   g* = max_{k, o} g_k(o),
+        p_l = sigma(z_l + [l = 0 or layered] g*_l / tau),   g*_l = max_{k, o} g_{l,k}(o),
 
-    with g_k(o) the per-pixel squared-error gain of placing sprite k at displacement o of the
-    anchor (:func:`marionette.core.match_gains`; the matched selection's ``match.best``) and
+    with g_{l,k}(o) the per-pixel squared-error gain of placing sprite k at displacement o of
+    the anchor (:func:`marionette.core.match_gains`; the matched selection's ``match.best``) and
     tau = ``temperature``. g* > 0 where some sprite explains the anchor better than the
     background does, and g* <= 0 over background alone (a sprite there only adds its mismatch), so
     the back layer's slots start present on objects and absent elsewhere; the learned logit z
-    corrects that and decides the other layers, which stay free for overlapping objects (the
-    same evidence on every layer drew each object twice on the demo world).
+    corrects that. With one matching for every layer (``match``) the other layers get z alone
+    and stay free for overlapping objects (the same evidence on every layer drew each object
+    twice on the demo world); with a matching per layer against what the layers behind draw
+    (``pursuit``, ``selection.layered``) each layer gets its own evidence, which is > 0 only
+    where something is left to draw.
 
     Example:
         >>> from marionette.core import SoftMatch
-        >>> best = torch.tensor([0.1, -0.1]).reshape(1, 1, 1, 2, 1)  # two anchors, one sprite
-        >>> match = SoftMatch(best / 0.05, best, torch.zeros(1, 1, 1, 2, 1, 2))
+        >>> best = torch.tensor([0.1, -0.1]).reshape(1, 1, 1, 2, 1).expand(1, 1, 2, 2, 1)
+        >>> match = SoftMatch(best / 0.05, best, torch.zeros(1, 1, 2, 2, 1, 2))
         >>> selection = Selection(torch.zeros(1, 1, 2, 1, 2, 1), match)
         >>> matched_presence(torch.zeros(1, 1, 2, 1, 2), selection, 0.05)[0, 0].tolist()
         [[[0.8807970285415649, 0.11920291930437088]], [[0.5, 0.5]]]
     """
     if selection.match is None:
         raise ValueError(
-            "presence 'match' needs the matching of selection 'match', got a selection "
-            "without matching (set --selection match, or --presence learned)"
+            "presence 'match' needs the matching of selection 'match' or 'pursuit', got a "
+            "selection without matching (set --selection match, or --presence learned)"
         )
-    best = selection.match.best.amax(dim=-1)  # B T Lh Lw
-    back = logits[:, :, :1] + best[:, :, None] / temperature
+    best = selection.match.best.amax(dim=-1)  # B T NL Lh Lw
+    if selection.layered:
+        return torch.sigmoid(logits + best / temperature)
+    back = logits[:, :, :1] + best[:, :, :1] / temperature
     return torch.sigmoid(torch.cat([back, logits[:, :, 1:]], dim=2))
 
 

@@ -1,8 +1,9 @@
 """Sprite selection: which dictionary sprite each slot draws, soft, hard or straight-through.
 
-Two selection schemes, named in :data:`SELECTIONS`: ``learned`` (the original: the scaled dot
-product of a slot's projected code with the dictionary codes) and ``match`` (those logits plus,
-per sprite, how much placing it at its best displacement would reduce the window's error).
+Three selection schemes, named in :data:`SELECTIONS`: ``learned`` (the original: the scaled dot
+product of a slot's projected code with the dictionary codes), ``match`` (those logits plus,
+per sprite, how much placing it at its best displacement would reduce the window's error) and
+``pursuit`` (the same, matched layer by layer against what the layers behind already draw).
 """
 
 import math
@@ -22,6 +23,7 @@ __all__ = [
     "gather_sprites",
     "learned_selection",
     "match_selection",
+    "pursuit_selection",
     "hard_presence",
     "hard_weights",
     "mix_sprites",
@@ -111,13 +113,16 @@ class Selection(NamedTuple):
 
     Attributes:
         logits: scores over the K dictionary sprites (softmax gives the selection weights).
-        match: with matching, what it says about every sprite at every anchor (the same for
-            every layer): evidence, best gain and expected displacement (see
-            :func:`marionette.core.soft_match`); else None.
+        match: with matching, what it says about every sprite at every slot: evidence, best
+            gain and expected displacement (see :func:`marionette.core.soft_match`); else None.
+        layered: whether each layer was matched on its own, against what the layers behind it
+            draw (``pursuit``); otherwise every layer holds the same matching of the frame
+            against the background.
     """
 
     logits: Float[Tensor, "B T NL Lh Lw K"]
     match: SoftMatch | None
+    layered: bool = False
 
 
 @typed
@@ -130,6 +135,17 @@ def learned_selection(
 ) -> Selection:
     """The original's selection: logits q . z_k / sqrt(D) (see :func:`selection_logits`)."""
     return Selection(selection_logits(queries, dict_codes), None)
+
+
+def _match(
+    frames: Float[Tensor, "N 3 H W"],
+    canvas: Float[Tensor, "N 3 H W"],
+    sprites: Float[Tensor, "K 4 S S"],
+    temperature: float,
+) -> SoftMatch:
+    """:func:`soft_match` of the gains of every sprite over ``canvas``; fields ``[N, Lh, Lw, K,
+    ...]``."""
+    return soft_match(match_gain_map(frames, canvas, sprites), sprites.shape[-1] // 2, temperature)
 
 
 @typed
@@ -148,15 +164,70 @@ def match_selection(
     layer), tau = ``temperature`` (:func:`marionette.core.soft_match`). A slot thus picks
     the sprite that explains its window before the learned part has learned anything.
     """
-    t = queries.shape[1]
+    b, t, nl = queries.shape[:3]
     frames = "B T C H W -> (B T) C H W"
-    gain_map = match_gain_map(
-        rearrange(windows.frames, frames), rearrange(windows.background, frames), sprites
+    match = _match(
+        rearrange(windows.frames, frames), rearrange(windows.background, frames), sprites,
+        temperature,
+    )  # fmt: skip
+    match = SoftMatch(
+        *(rearrange(x, "(B T) ... -> B T 1 ...", T=t).expand(b, t, nl, *x.shape[1:]) for x in match)
     )
-    match = soft_match(gain_map, sprites.shape[-1] // 2, temperature)
-    match = SoftMatch(*(rearrange(x, "(B T) ... -> B T ...", T=t) for x in match))
-    logits = selection_logits(queries, dict_codes) + match.evidence[:, :, None]
-    return Selection(logits, match)
+    return Selection(selection_logits(queries, dict_codes) + match.evidence, match)
+
+
+@typed
+def pursuit_selection(
+    queries: Float[Tensor, "B T NL Lh Lw D"],
+    dict_codes: Float[Tensor, "K D"],
+    sprites: Float[Tensor, "K 4 S S"],
+    windows: AnchorWindows,
+    temperature: float,
+) -> Selection:
+    """Matched selection layer by layer, back to front (a matching pursuit over depth):
+
+        logit_{l,k} = q_l . z_k / sqrt(D) + log sum_o exp(gain_{l,k}(o) / tau),
+
+    where layer 0's gains are those of :func:`match_selection` (the frame against the
+    background) and layer l's are measured against the canvas C_l: the background with layers
+    0..l-1 drawn, each anchor's best-matching sprite at its matched displacement wherever that
+    gains (max_{k,o} gain > 0). A second object in an anchor's window, which every layer of
+    ``match`` sees behind the first one's larger gain, is what the next layer's gains point to;
+    where the layers behind explain everything, the next layer's gains are <= 0. The canvases
+    are a fixed target: no gradient flows through the choice of what the layers behind draw.
+    Costs one matching per layer.
+    """
+    t, nl = queries.shape[1], queries.shape[2]
+    frames = rearrange(windows.frames, "B T C H W -> (B T) C H W")
+    canvas = rearrange(windows.background, "B T C H W -> (B T) C H W")
+    matches = []
+    for layer in range(nl):
+        matches.append(_match(frames, canvas, sprites, temperature))
+        if layer + 1 < nl:
+            canvas = _draw_best(matches[-1], sprites, canvas)
+    match = SoftMatch(
+        *(rearrange(torch.stack(x, dim=1), "(B T) NL ... -> B T NL ...", T=t)
+          for x in zip(*matches, strict=True))
+    )  # fmt: skip
+    return Selection(selection_logits(queries, dict_codes) + match.evidence, match, layered=True)
+
+
+@torch.no_grad()
+def _draw_best(
+    match: SoftMatch, sprites: Float[Tensor, "K 4 S S"], canvas: Float[Tensor, "N 3 H W"]
+) -> Float[Tensor, "N 3 H W"]:
+    """``canvas`` with every anchor's best-matching sprite drawn at its matched displacement
+    where it gains (best > 0), as one layer of a hard decomposition."""
+    from .decomposition import Decomposition  # here: decompositions and renderers import this
+    from .renderers import render
+
+    best, ids = match.best.max(dim=-1)  # N Lh Lw
+    offsets = match.offsets.gather(-2, ids[..., None, None].expand(*ids.shape, 1, 2))[..., 0, :]
+    layer = Decomposition(
+        sprites.detach(), ids[:, None, None], (best > 0).to(canvas.dtype)[:, None, None],
+        offsets[:, None, None], canvas[:, None], torch.arange(4), sprites.shape[-1] // 2,
+    )  # fmt: skip
+    return render(layer, "torch")[:, 0]
 
 
 #: Selection schemes by name (the ``selection`` setting): ``fn(queries, dict_codes, sprites,
@@ -164,4 +235,5 @@ def match_selection(
 SELECTIONS: dict[str, Callable[..., Selection]] = {
     "learned": learned_selection,
     "match": match_selection,
+    "pursuit": pursuit_selection,
 }

@@ -33,7 +33,8 @@ def scene():
 def selection_of(gain_map):
     """The matched selection of one frame of the scene (T = 1, zero learned logits)."""
     match = soft_match(gain_map, 8, 0.05)
-    return Selection(torch.zeros(1, 1, 2, 2, 2, 2), SoftMatch(*(x[:, None] for x in match)))
+    layers = (x[:, None, None].expand(1, 1, 2, *x.shape[1:]) for x in match)
+    return Selection(torch.zeros(1, 1, 2, 2, 2, 2), SoftMatch(*layers))
 
 
 def test_the_evidence_is_positive_on_the_object_and_not_over_background():

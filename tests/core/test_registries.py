@@ -60,16 +60,52 @@ class TestSelections:
         b, i, j = 1, 0, 2  # one anchor, by hand
         gains = match_gains(windows.frames[b], windows.background[b], sprites)[0, i, j]
         evidence = torch.logsumexp(gains.flatten(1) / 0.05, dim=-1)
-        torch.testing.assert_close(selection.match.evidence[b, 0, i, j], evidence)
-        torch.testing.assert_close(selection.match.best[b, 0, i, j], gains.flatten(1).amax(-1))
-        torch.testing.assert_close(
-            selection.match.offsets[b, 0, i, j], expected_displacement(gains, 0.05)
-        )
-        for layer in range(2):
+        assert not selection.layered
+        for layer in range(2):  # the same matching in every layer
+            match = [field[b, 0, layer, i, j] for field in selection.match]
+            torch.testing.assert_close(match[0], evidence)
+            torch.testing.assert_close(match[1], gains.flatten(1).amax(-1))
+            torch.testing.assert_close(match[2], expected_displacement(gains, 0.05))
             torch.testing.assert_close(
                 selection.logits[b, 0, layer, i, j],
                 selection_logits(codes[b, 0, layer, i, j], dict_codes) + evidence,
             )
+
+    def test_pursuit_matches_the_back_layer_as_match_does(self):
+        config = ModelConfig(**CONFIG)
+        codes, sprites, windows, _ = inputs(config)
+        dict_codes = rand(3, 16, seed=9)
+        match = SELECTIONS["match"](codes, dict_codes, sprites, windows, 0.05)
+        pursuit = SELECTIONS["pursuit"](codes, dict_codes, sprites, windows, 0.05)
+        assert pursuit.layered
+        torch.testing.assert_close(pursuit.logits[:, :, 0], match.logits[:, :, 0])
+        for ours, theirs in zip(pursuit.match, match.match, strict=True):
+            torch.testing.assert_close(ours[:, :, 0], theirs[:, :, 0])
+
+    def test_pursuit_finds_in_front_what_the_back_layer_left(self):
+        # A 6 x 6 square with a 2 x 2 square of another colour on it, in the cell of anchor
+        # (1, 1); the dictionary holds both squares. `match` gives both layers the same best
+        # sprite; `pursuit` draws one in the back layer and finds the other in front of it.
+        background, big, small = (0.1, 0.1, 0.2), (0.9, 0.3, 0.1), (0.2, 0.9, 0.9)
+        frame = torch.tensor(background)[:, None, None].repeat(1, 32, 32)
+        frame[:, 9:15, 9:15] = torch.tensor(big)[:, None, None]
+        frame[:, 11:13, 11:13] = torch.tensor(small)[:, None, None]
+        sprites = torch.zeros(2, 4, 16, 16)
+        sprites[0, :3], sprites[0, 3, 5:11, 5:11] = torch.tensor(big)[:, None, None], 1.0
+        sprites[1, :3], sprites[1, 3, 7:9, 7:9] = torch.tensor(small)[:, None, None], 1.0
+        grid = ModelConfig(height=32, width=32, layer_size=4).grid
+        plain = torch.tensor(background)[:, None, None].expand(1, 1, 3, 32, 32)
+        windows = AnchorWindows(frame[None, None], plain, grid)
+        queries = torch.zeros(1, 1, 2, 4, 4, 8)  # logits = matching evidence
+        picks = {}
+        for name in ("match", "pursuit"):
+            selection = SELECTIONS[name](queries, torch.zeros(2, 8), sprites, windows, 0.05)
+            best = selection.match.best.amax(-1)[0, 0]  # NL Lh Lw
+            picks[name] = selection.logits[0, 0, :, 1, 1].argmax(-1).tolist(), best
+        assert picks["match"][0][0] == picks["match"][0][1]
+        layers, best = picks["pursuit"]
+        assert sorted(layers) == [0, 1] and best[1, 1, 1] > 0.1
+        assert (best[1] <= 1e-6).sum() >= 12  # elsewhere nothing is left to draw
 
 
 class TestPresences:
@@ -92,6 +128,17 @@ class TestPresences:
             back = torch.sigmoid(logits[b, 0, 0, i, j] + best / 0.05)
             torch.testing.assert_close(presence[b, 0, 0, i, j], back)
         torch.testing.assert_close(presence[:, :, 1], logits[:, :, 1].sigmoid())
+
+    def test_match_adds_each_layers_own_best_gain_with_pursuit(self):
+        config = ModelConfig(**CONFIG)
+        codes, sprites, windows, _ = inputs(config)
+        selection = SELECTIONS["pursuit"](codes, rand(3, 16), sprites, windows, 0.05)
+        logits = rand(*codes.shape[:-1], seed=5) - 0.5
+        best = selection.match.best.amax(-1)
+        assert not torch.equal(best[:, :, 0], best[:, :, 1])
+        torch.testing.assert_close(
+            PRESENCES["match"](logits, selection, 0.05), torch.sigmoid(logits + best / 0.05)
+        )
 
 
 class TestOffsetPredictors:
@@ -125,7 +172,8 @@ class TestOffsetPredictors:
             ]
         )  # B T Lh Lw K Q Q
         own = expected_displacement(own, config.match_temperature)
-        torch.testing.assert_close(result.per_sprite, own)
+        for layer in range(2):  # every layer holds the same matching
+            torch.testing.assert_close(result.per_sprite[:, :, layer], own)
         b, layer, i, j = 0, 1, 1, 1
         torch.testing.assert_close(
             result.offsets[b, 0, layer, i, j], weights[b, 0, layer, i, j] @ own[b, 0, i, j]

@@ -225,9 +225,10 @@ def _draw_best(
     offsets = match.offsets.gather(-2, ids[..., None, None].expand(*ids.shape, 1, 2))[..., 0, :]
     layer = Decomposition(
         sprites.detach(), ids[:, None, None], (best > 0).to(canvas.dtype)[:, None, None],
-        offsets[:, None, None], canvas[:, None], torch.arange(4), sprites.shape[-1] // 2,
+        offsets[:, None, None], canvas[:, None], torch.arange(4, device=canvas.device),
+        sprites.shape[-1] // 2,
     )  # fmt: skip
-    return render(layer, "torch")[:, 0]
+    return render(layer, "torch")[:, 0].to(canvas.dtype)
 
 
 #: Selection schemes by name (the ``selection`` setting): ``fn(queries, dict_codes, sprites,

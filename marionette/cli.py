@@ -286,6 +286,10 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"evaluated {metrics['frames']} frames, {metrics['objects']} objects ({args.code} codes)")
     for key, value in summary(metrics).items():
         print(f"  {key:36s} {value:.4f}")
+    by_class = metrics.get("relevant", {}).get("recall_by_class")
+    if by_class:
+        found = ", ".join(f"{name} {value:.2f}" for name, value in by_class.items())
+        print(f"  relevant recall by class: {found}")
     print(f"metrics: {path} (and a row in {out / 'metrics_eval.csv'})")
     return 0
 

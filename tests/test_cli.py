@@ -94,7 +94,11 @@ def test_eval_writes_metrics(run, tmp_path, capsys):
     assert {"all", "moving", "relevant"} <= set(metrics)
     assert "f_score" in metrics["all"] and "foreground_ari" in metrics
     assert (out / "metrics_eval.csv").read_text().count("\n") == 2
-    assert "relevant/f_score" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "relevant/f_score" in printed
+    by_class = metrics["relevant"]["recall_by_class"]
+    assert by_class and all(0 <= value <= 1 for value in by_class.values())
+    assert f"relevant recall by class: {next(iter(by_class))} " in printed
 
 
 def test_eval_of_a_folder_without_ground_truth(run, tmp_path, capsys):

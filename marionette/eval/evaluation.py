@@ -151,6 +151,7 @@ class View:
         keep: which objects the view evaluates.
         frames: per frame, (predicted boxes, confidences, ground-truth boxes) of the view.
         seed: k-means and random-split seed.
+        classes: per frame, the class of each of its ground-truth boxes.
     """
 
     name: str
@@ -158,6 +159,7 @@ class View:
     keep: np.ndarray
     frames: list
     seed: int
+    classes: list
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,7 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         "detection (centre criterion)",
-        lambda objects, view: precision_recall(view.frames, objects.size),
+        lambda objects, view: precision_recall(view.frames, objects.size, view.classes),
         True,
         ("f_score", "repeated"),
         ("all", "relevant"),
@@ -298,7 +300,7 @@ def summary(metrics: dict) -> dict[str, float]:
 
 def _view(objects: ObjectTable, groundtruth: GroundTruth, name: str, game, seed) -> View:
     labels, keep = view_labels(objects, groundtruth, name, game)
-    frames = []
+    frames, classes = [], []
     for index, frame in enumerate(objects.names):
         rows = objects.of_frame(index)
         rows = rows[keep[rows]] if name == "relevant" else rows
@@ -306,7 +308,8 @@ def _view(objects: ObjectTable, groundtruth: GroundTruth, name: str, game, seed)
         if name != "all":
             gt_rows = gt_rows[groundtruth.moving[gt_rows]]
         frames.append((objects.boxes[rows], objects.presence[rows], groundtruth.boxes[gt_rows]))
-    return View(name, labels, keep, frames, seed)
+        classes.append(groundtruth.label[gt_rows])
+    return View(name, labels, keep, frames, seed, classes)
 
 
 def _view_metrics(objects: ObjectTable, view: View) -> dict:

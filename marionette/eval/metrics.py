@@ -190,28 +190,30 @@ def _centre_score(pred: np.ndarray, gt: np.ndarray, size: tuple[int, int]) -> np
 class _Hits(NamedTuple):
     """Per prediction over all frames (each frame's by falling confidence): its confidence,
     whether it hit a free ground-truth box, and whether its best box scored above the
-    threshold but was already taken (a repeat); and the number of ground-truth boxes."""
+    threshold but was already taken (a repeat); the number of ground-truth boxes, and per
+    ground-truth box (frame by frame, in the given order) whether a prediction took it."""
 
     confidences: np.ndarray
     hits: np.ndarray
     repeats: np.ndarray
     total: int
+    taken: np.ndarray
 
 
 def _greedy_hits(frames, score_fn, threshold) -> _Hits:
     """Per frame, predictions by falling confidence take their best-scoring ground-truth box if
     the score exceeds ``threshold`` and the box is still free (no fall-back to the second best);
     a prediction whose best box scores above ``threshold`` but is taken is a repeat."""
-    confidences, hits, repeats, total = [], [], [], 0
+    confidences, hits, repeats, taken, total = [], [], [], [], 0
     for pred, conf, gt in frames:
         total += len(gt)
+        used = np.zeros(len(gt), bool)
         order = np.argsort(-np.asarray(conf), kind="stable")
         confidences.append(np.asarray(conf, np.float64)[order])
         hit = np.zeros(len(order), bool)
         repeat = np.zeros(len(order), bool)
         if len(gt) and len(order):
             score = score_fn(np.asarray(pred)[order], gt)
-            used = np.zeros(len(gt), bool)
             for n, row in enumerate(score):
                 best = int(row.argmax())
                 if row[best] > threshold:
@@ -219,12 +221,14 @@ def _greedy_hits(frames, score_fn, threshold) -> _Hits:
                     used[best] = True
         hits.append(hit)
         repeats.append(repeat)
+        taken.append(used)
     if not confidences:
-        return _Hits(np.zeros(0), np.zeros(0, bool), np.zeros(0, bool), total)
-    return _Hits(*map(np.concatenate, (confidences, hits, repeats)), total)
+        return _Hits(np.zeros(0), np.zeros(0, bool), np.zeros(0, bool), total, np.zeros(0, bool))
+    confidences, hits, repeats, taken = map(np.concatenate, (confidences, hits, repeats, taken))
+    return _Hits(confidences, hits, repeats, total, taken)
 
 
-def precision_recall(frames, size: tuple[int, int]) -> dict[str, float]:
+def precision_recall(frames, size: tuple[int, int], classes=None) -> dict:
     """Precision, recall and F-score with the centre-distance criterion (hit if the centre lies
     within half the ground-truth diagonal, in normalised coordinates), over all detections;
     and ``repeated``, the share of detections that find an object another, more confident
@@ -232,14 +236,34 @@ def precision_recall(frames, size: tuple[int, int]) -> dict[str, float]:
     is the share that finds no object.
 
     ``frames``: iterable of (pred_boxes [N, 4], confidences [N], gt_boxes [M, 4]) in pixels.
+    ``classes``: optionally, per frame, the class of each ground-truth box [M]; then
+    ``recall_by_class`` gives each class's recall (which objects are never found).
     """
+    frames = list(frames)
     found = _greedy_hits(frames, lambda p, g: _centre_score(p, g, size), 0.5)
     count = len(found.hits)
     precision = float(found.hits.mean()) if count else 0.0
     recall = float(found.hits.sum() / found.total) if found.total else 0.0
     f_score = 2 * precision * recall / (precision + recall + 1e-8)
     repeated = float(found.repeats.mean()) if count else 0.0
-    return {"precision": precision, "recall": recall, "f_score": f_score, "repeated": repeated}
+    result = {"precision": precision, "recall": recall, "f_score": f_score, "repeated": repeated}
+    if classes is not None:
+        result["recall_by_class"] = _recall_by_class(found.taken, frames, classes)
+    return result
+
+
+def _recall_by_class(taken: np.ndarray, frames: list, classes) -> dict[str, float]:
+    """The share of each class's ground-truth boxes that a detection took."""
+    classes = list(classes)
+    counts = [len(c) for c in classes]
+    boxes = [len(gt) for _, _, gt in frames]
+    if counts != boxes:
+        raise ValueError(
+            f"classes must hold one label per ground-truth box of every frame: got label counts "
+            f"{counts[:8]} for box counts {boxes[:8]} ({len(classes)} against {len(frames)} frames)"
+        )
+    labels = np.concatenate([np.asarray(c, dtype=object) for c in classes]) if classes else []
+    return {str(c): float(taken[labels == c].mean()) for c in sorted(set(labels), key=str)}
 
 
 def average_precision(frames, thresholds: Sequence[float] = tuple(np.arange(1, 10) / 10)) -> dict:
@@ -248,7 +272,7 @@ def average_precision(frames, thresholds: Sequence[float] = tuple(np.arange(1, 1
     frames = list(frames)
     result = {}
     for threshold in thresholds:
-        confidence, hits, _, total = _greedy_hits(frames, box_iou, threshold)
+        confidence, hits, _, total, _ = _greedy_hits(frames, box_iou, threshold)
         order = np.argsort(-confidence, kind="stable")
         cumulative = np.cumsum(hits[order])
         precision = cumulative / np.arange(1, len(order) + 1)

@@ -181,6 +181,19 @@ class TestDetection:
         assert far["precision"] == 0.0 and far["repeated"] == 0.0
         assert precision_recall([], (64, 64))["repeated"] == 0.0
 
+    def test_recall_by_class_counts_the_boxes_taken(self):
+        gt = np.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [40.0, 40, 44, 44]])
+        # Two detections on the first box (one a repeat), one on the third, none on the second.
+        pred = np.array([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0], [40.0, 40, 44, 44]])
+        frames = [(pred, np.array([0.9, 0.8, 0.7]), gt), (gt[:1], [1.0], gt[:1])]
+        classes = [np.array(["duck", "gun", "gun"]), np.array(["gun"])]
+        result = precision_recall(frames, (64, 64), classes)
+        assert result["recall_by_class"] == {"duck": 1.0, "gun": pytest.approx(2 / 3)}
+        assert result["recall"] == pytest.approx(3 / 4)
+        assert "recall_by_class" not in precision_recall(frames, (64, 64))
+        with pytest.raises(ValueError, match="one label per ground-truth box"):
+            precision_recall(frames, (64, 64), classes[:1])
+
     def test_centre_criterion_is_normalised_per_axis(self):
         # 64 px tall, 16 px wide frame: a 3 px shift in x is far more than in y.
         gt = np.array([[4.0, 20.0, 8.0, 24.0]])

@@ -41,7 +41,7 @@ RECIPE = dict(
 RULES = {
     "background": "a uniform color, unless the per-pixel mode image explains >= 1 % more of the "
     "pixels (a static image: maze, playfield, HUD), or >= 20 % of consecutive pairs scroll "
-    "horizontally (a learned scrolling strip)",
+    "(a learned strip scrolling horizontally, or vertically where more pairs scroll so)",
     "layer_size": "the cell P: the smallest even size from the typical sprite (the median over "
     "recurring looks of their larger side) to twice it that divides the canvas, else the one "
     "needing the least padding; anchor rows = height / P",
@@ -158,7 +158,7 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
         reasons["background"] = (
             f"foreground {stats.foreground_color:.1%} of pixels against the mode color, "
             f"{stats.foreground_image:.1%} against the per-pixel mode image; "
-            f"{stats.scroll_share:.0%} of consecutive pairs scroll -> {stats.background}"
+            f"{_scrolling(stats)} of consecutive pairs scroll -> {stats.background}"
             f"{_moving(stats)}"
         )
     if "dim_z" not in given:
@@ -230,9 +230,14 @@ def auto_config(given: dict | None = None, stats: FrameStats | None = None) -> C
     return base.replace(**settings).with_reasons(reasons)
 
 
+def _scrolling(stats: FrameStats) -> str:
+    """The shares of consecutive pairs that scroll horizontally and vertically."""
+    return f"{stats.scroll_share:.0%} horizontally, {stats.vertical_scroll_share:.0%} vertically"
+
+
 def _moving(stats: FrameStats) -> str:
     """For a scrolling strip, the foreground the components are cut from."""
-    if stats.background != "strip":
+    if not stats.scrolls:
         return ""
     return f" (foreground moving against the scrolled scenery: {stats.foreground:.1%})"
 
@@ -251,7 +256,7 @@ def describe(stats: FrameStats) -> list[str]:
         f"background: mode color {np.round(stats.color * 255).astype(int).tolist()} (RGB); "
         f"foreground {stats.foreground_color:.1%} of pixels against it, "
         f"{stats.foreground_image:.1%} against the per-pixel mode image; consecutive pairs "
-        f"scrolling {stats.scroll_share:.0%} -> {stats.background}{_moving(stats)}",
+        f"scrolling {_scrolling(stats)} -> {stats.background}{_moving(stats)}",
         f"foreground threshold: {stats.threshold * 255:.1f} / 255 (max over channels)",
         f"components: {len(stats.areas)} ({stats.per_frame:.1f} per frame), {stats.specks} "
         f"specks of < 3 px left out; larger side 10 / 50 / 90 %: {q[0]} / {q[1]} / {q[2]} px, "

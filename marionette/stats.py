@@ -10,10 +10,11 @@ scrolling test), deterministically:
   (10 / 255 above the background's own noise). The image is kept when it explains at least 1 %
   of the pixels more than the color does (a maze, a playfield, a HUD that never moves); the
   screen *scrolls* when, in at least 20 % of the consecutive pairs, a horizontal shift of the
-  first frame explains the second at least twice as well as no shift. On a scrolling screen the
+  first frame explains the second at least twice as well as no shift (a vertical shift for a
+  screen that scrolls vertically; the axis more pairs follow wins). On a scrolling screen the
   foreground is what moves against the scenery: the pixels that differ from both neighbouring
-  frames once each is shifted to follow the scroll (from the columns around the match too, so
-  that a scroll by a fraction of a pixel is followed).
+  frames once each is shifted to follow the scroll (from the columns, or rows, around the match
+  too, so that a scroll by a fraction of a pixel is followed).
 - **Components.** 8-connected foreground blobs, gaps of one pixel bridged. Specks (fewer than
   3 pixels) are counted apart: single pixels are noise or stars, not sprites.
 - **Looks.** Components that share a size (within a pixel), a shape (their masks at 8 x 8
@@ -71,9 +72,10 @@ class FrameStats:
         threshold: the foreground threshold used.
         foreground_color, foreground_image: share of pixels that are foreground against the
             color and against the image.
-        scroll_share: share of consecutive pairs best explained by a horizontal shift
-            (``nan`` without consecutive frames).
-        background: ``"color"``, ``"image"`` or ``"strip"`` (scrolling), by the rules above.
+        scroll_share, vertical_scroll_share: share of consecutive pairs best explained by a
+            horizontal (vertical) shift (``nan`` without consecutive frames).
+        background: ``"color"``, ``"image"``, ``"strip"`` or ``"strip_vertical"``
+            (scrolling), by the rules above.
         foreground: share of pixels that are foreground against that background (for a
             strip: what moves against the scrolled scenery); the components are its blobs.
         frame_index, boxes: per component, the sampled frame it lies in (0-based in the
@@ -93,6 +95,7 @@ class FrameStats:
     foreground_color: float
     foreground_image: float
     scroll_share: float
+    vertical_scroll_share: float
     background: str
     foreground: float
     frame_index: np.ndarray
@@ -109,6 +112,14 @@ class FrameStats:
     @property
     def num_looks(self) -> int:
         return int(self.looks.max()) + 1 if len(self.looks) else 0
+
+    @property
+    def scrolls(self) -> bool:
+        """Whether the screen scrolls (along either axis), by :data:`SCROLL_SHARE`."""
+        return (
+            max(np.nan_to_num(self.scroll_share), np.nan_to_num(self.vertical_scroll_share))
+            >= SCROLL_SHARE
+        )
 
     @property
     def per_frame(self) -> float:
@@ -165,9 +176,11 @@ def measure(source: FrameSource, count: int = 200) -> FrameStats:
     foreground_color = _foreground(images, color[:, None, None], threshold)
     foreground_image = _foreground(images, image, threshold)
     share_color, share_image = foreground_color.float().mean(), foreground_image.float().mean()
-    scroll = _scroll_share(source, picks, images)
-    if scroll >= SCROLL_SHARE:
-        background, mask = "strip", _moving_foreground(source, picks, images, threshold)
+    scroll = [_scroll_share(source, picks, images, vertical) for vertical in (False, True)]
+    vertical = bool(np.nan_to_num(scroll[1]) > np.nan_to_num(scroll[0]))  # the axis more follow
+    if np.nan_to_num(scroll[vertical]) >= SCROLL_SHARE:
+        background = "strip_vertical" if vertical else "strip"
+        mask = _moving_foreground(source, picks, images, threshold, vertical)
     elif share_color - share_image >= IMAGE_GAIN:
         background, mask = "image", foreground_image
     else:
@@ -205,7 +218,8 @@ def measure(source: FrameSource, count: int = 200) -> FrameStats:
         threshold=threshold,
         foreground_color=float(share_color),
         foreground_image=float(share_image),
-        scroll_share=scroll,
+        scroll_share=scroll[0],
+        vertical_scroll_share=scroll[1],
         background=background,
         foreground=share,
         frame_index=frame_index,
@@ -256,21 +270,39 @@ def _scrolls(errors: Tensor, reach: int) -> Tensor:
     return (errors.argmin(1) != reach) & (best < 0.5 * still) & (still > 1e-3)
 
 
+def _along(images: Tensor, vertical: bool) -> Tensor:
+    """``images`` [..., H, W] with the scrolling axis last: rows and columns swapped for a
+    vertical scroll (its own inverse)."""
+    return images.transpose(-1, -2) if vertical else images
+
+
+def _read(source: FrameSource, indices: np.ndarray, vertical: bool) -> Tensor:
+    """Frames ``indices`` of ``source`` in [0, 1], the scrolling axis last."""
+    return _along(source.frames(indices).float() / 255, vertical)
+
+
 def _scroll_share(
-    source: FrameSource, picks: np.ndarray, images: Float[Tensor, "N 3 H W"]
+    source: FrameSource, picks: np.ndarray, images: Float[Tensor, "N 3 H W"], vertical: bool
 ) -> float:
     """Share of (sampled frame, next frame of its clip) pairs in which a horizontal shift of
-    up to W / 8 explains the next frame at least twice as well as no shift (``nan`` when no
-    sampled frame has a successor). ``images``: the sampled frames ``picks``, in [0, 1]."""
+    up to W / 8 (a vertical one of up to H / 8) explains the next frame at least twice as well
+    as no shift (``nan`` when no sampled frame has a successor). ``images``: the sampled frames
+    ``picks``, in [0, 1]."""
     keep = _successors(source, picks, 1)
     if not keep.any():
         return float("nan")
-    b = source.frames(picks[keep] + 1).float() / 255
-    return float(_scrolls(*_shift_errors(images[torch.from_numpy(keep)], b)).float().mean())
+    a = _along(images[torch.from_numpy(keep)], vertical)
+    return float(
+        _scrolls(*_shift_errors(a, _read(source, picks[keep] + 1, vertical))).float().mean()
+    )
 
 
 def _moving_foreground(
-    source: FrameSource, picks: np.ndarray, images: Float[Tensor, "N 3 H W"], threshold: float
+    source: FrameSource,
+    picks: np.ndarray,
+    images: Float[Tensor, "N 3 H W"],
+    threshold: float,
+    vertical: bool = False,
 ) -> Tensor:
     """Foreground of a scrolling screen: the pixels of each sampled frame that differ (by more
     than ``threshold``) from both its neighbours in the clip once each is shifted to follow the
@@ -281,7 +313,8 @@ def _moving_foreground(
     what moves against the scenery differs from both. Frames at either end of a clip, with one
     neighbour, have no foreground (one test alone keeps the sprite's trail), unless no sampled
     frame has two: then one decides. Where a shift uncovers columns, the other test alone
-    decides them."""
+    decides them. A ``vertical`` scroll is followed along the rows the same way."""
+    images = _along(images, vertical)
     n, _, height, width = images.shape
     near = {step: _successors(source, picks, step) for step in (-1, 1)}
     inside = near[-1] & near[1]
@@ -292,7 +325,7 @@ def _moving_foreground(
         if not keep.any():
             continue
         at = torch.from_numpy(keep)
-        b, other = images[at], source.frames(picks[keep] + step).float() / 255
+        b, other = images[at], _read(source, picks[keep] + step, vertical)
         errors, reach = _shift_errors(other, b)
         differs = torch.ones_like(verdict[at])
         seen = torch.zeros_like(covered[at])
@@ -311,7 +344,7 @@ def _moving_foreground(
             seen[i, :, lo:hi] = True
         verdict[at] &= differs | ~seen
         covered[at] |= seen
-    return verdict & covered
+    return _along(verdict & covered, vertical)
 
 
 def _components(images: torch.Tensor, mask: torch.Tensor, threshold: float):

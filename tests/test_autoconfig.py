@@ -80,21 +80,26 @@ class TestStatistics:
         source = InMemoryFrames(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous())
         with pytest.raises(NoSprites):  # texture everywhere: no sprites over a background
             measure(source)
-        calm = np.full((48, 400, 3), 30, np.uint8)
-        calm[30:, ::23] = (200, 200, 200)  # posts along the ground, scrolling past
-        calm[10:14, 5::41] = (240, 120, 0)
-        frames = np.stack([calm[:, 3 * t : 3 * t + 64] for t in range(10)])
-        look = rng.integers(80, 255, (6, 6, 3), dtype=np.uint8)  # a textured 6 px sprite
-        for t, frame in enumerate(frames):  # walking right against the scroll, clear of the
-            frame[20:26, 5 + 5 * t : 11 + 5 * t] = look  # columns around where it was
-        stats = measure(InMemoryFrames(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()))
-        assert stats.scroll_share > 0.9 and stats.background == "strip"
+        stats = measure(_frames(_walking_over_scenery()))
+        assert stats.scroll_share > 0.9 and stats.background == "strip" and stats.scrolls
+        assert stats.vertical_scroll_share < 0.2
         # what moves against the scenery is the sprite alone: the posts and the orange marks
         # scroll with it, and the place the sprite has just left matches the next frame
         # (the clip's first and last frames, with one neighbour each, are left out)
         walked = [[5 + 5 * t, 20, 11 + 5 * t, 26] for t in range(1, 9)]
         assert stats.boxes.tolist() == walked and stats.frame_index.tolist() == list(range(1, 9))
         assert stats.foreground == pytest.approx(8 * 36 / (10 * 48 * 64))
+
+    def test_a_vertically_scrolling_screen(self):
+        # the same screen with rows and columns swapped: a vertical shooter's
+        stats = measure(_frames(_walking_over_scenery().transpose(0, 2, 1, 3)))
+        assert stats.vertical_scroll_share > 0.9 and stats.scroll_share < 0.2
+        assert stats.background == "strip_vertical" and stats.scrolls
+        walked = [[20, 5 + 5 * t, 26, 11 + 5 * t] for t in range(1, 9)]
+        assert stats.boxes.tolist() == walked and stats.frame_index.tolist() == list(range(1, 9))
+        settings, reasons = choose_settings(stats, {})
+        assert settings["background"] == "strip_vertical"
+        assert "100% vertically" in reasons["background"]
 
     def test_a_screen_scrolled_by_half_pixels(self):
         # pixel-art scenery (8 px tiles) scrolling 3 px a frame, resized to half by averaging
@@ -111,6 +116,25 @@ class TestStatistics:
         # the sprite alone, not the tiles' edges
         walked = [[2 + 5 * t, 20, 6 + 5 * t, 24] for t in range(1, 11)]
         assert stats.boxes.tolist() == walked and stats.frame_index.tolist() == list(range(1, 11))
+
+
+def _walking_over_scenery() -> np.ndarray:
+    """Ten 48 x 64 frames (N H W 3) of scenery scrolling 3 px a frame to the left, posts and
+    marks on it, and a textured 6 px sprite walking right against the scroll, clear of the
+    columns around where it was."""
+    rng = np.random.default_rng(0)
+    calm = np.full((48, 400, 3), 30, np.uint8)
+    calm[30:, ::23] = (200, 200, 200)
+    calm[10:14, 5::41] = (240, 120, 0)
+    frames = np.stack([calm[:, 3 * t : 3 * t + 64] for t in range(10)])
+    look = rng.integers(80, 255, (6, 6, 3), dtype=np.uint8)
+    for t, frame in enumerate(frames):
+        frame[20:26, 5 + 5 * t : 11 + 5 * t] = look
+    return frames
+
+
+def _frames(frames: np.ndarray) -> InMemoryFrames:
+    return InMemoryFrames(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous())
 
 
 class TestRules:

@@ -1,5 +1,5 @@
 """Backgrounds: a color estimated from the data, a static image (the data's per-pixel mode,
-refined by learning) and learned horizontally scrolling strips.
+refined by learning) and learned scrolling strips, horizontal or vertical.
 
 Every background is a module named in :data:`BACKGROUNDS` (the ``background`` setting) that
 says what it needs: ``own_learning_rate`` (its parameters train at ``lr_bg`` in an optimizer
@@ -28,6 +28,7 @@ __all__ = [
     "ImageBackground",
     "SlidingStripBackground",
     "StripBackground",
+    "VerticalStripBackground",
     "estimate_background_color",
     "estimate_background_image",
     "scroll_strip",
@@ -313,6 +314,33 @@ class SlidingStripBackground(_LearnedStrip):
         return slide_strip_window(strip, self._position(frames)[:, 0] * limit, self.width)
 
 
+class VerticalStripBackground(nn.Module):
+    """A learned vertically scrolling strip (a vertical shooter's river or sky): the
+    :class:`StripBackground` of the frames with rows and columns swapped, so its strip is 4H
+    tall and its window slides along the rows."""
+
+    own_learning_rate = True
+    per_frame = True
+
+    def __init__(self, height: int, width: int, dim: int, color: Tensor | None = None) -> None:
+        super().__init__()
+        self.height, self.width = height, width
+        self.swapped = StripBackground(width, height, dim, color)
+
+    @classmethod
+    def from_config(cls, config: "ModelConfig", sample: Tensor | None) -> "VerticalStripBackground":
+        return cls(config.height, config.width, config.dim_z, _mode_color(sample))
+
+    def strip(self) -> Float[Tensor, "3 Hs W"]:
+        """The decoded strip [3, 4H, W]."""
+        return rearrange(self.swapped.strip(), "C W Hs -> C Hs W")
+
+    @typed
+    def forward(self, frames: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
+        swapped = self.swapped(rearrange(frames, "B C H W -> B C W H"))
+        return rearrange(swapped, "B C W H -> B C H W")
+
+
 #: Background kinds by name (the ``background`` setting); each is built with
 #: ``cls.from_config(model_config, sample)`` from a sample of training frames (or None).
 BACKGROUNDS: dict[str, type[nn.Module]] = {
@@ -320,4 +348,5 @@ BACKGROUNDS: dict[str, type[nn.Module]] = {
     "image": ImageBackground,
     "strip": StripBackground,
     "strip_st": SlidingStripBackground,
+    "strip_vertical": VerticalStripBackground,
 }

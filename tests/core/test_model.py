@@ -27,6 +27,7 @@ CONFIGS = [
     pytest.param(tiny(height=30, width=40, layer_size=3, num_layers=3), 2, id="P10-NL3"),
     pytest.param(tiny(no_spatial_transformer=True), 2, id="discrete"),
     pytest.param(tiny(background="strip", transform_encoder="anchor"), 1, id="strip-anchor"),
+    pytest.param(tiny(height=32, width=48, background="strip_vertical"), 2, id="vstrip-rect"),
     pytest.param(
         tiny(background="strip_st", gating="original", shuffle_all=True), 2, id="strip-st-original"
     ),

@@ -15,6 +15,7 @@ from marionette.core import (
     SlidingStripBackground,
     SpriteDictionary,
     StripBackground,
+    VerticalStripBackground,
     decode_sprites,
     discrete_offsets,
     expected_displacement,
@@ -206,6 +207,21 @@ class TestBackgrounds:
         torch.testing.assert_close(
             sliding(frames), slide_strip_window(sliding.strip(), position, 24)
         )
+
+    def test_the_vertical_strip_is_the_strip_of_swapped_frames(self):
+        frames = rand(2, 3, 16, 24)
+        vertical = VerticalStripBackground(16, 24, 16)
+        swapped = vertical.swapped  # a horizontal strip of 24 x 16 frames
+        weights = swapped.position(swapped.encoder(frames.transpose(2, 3))[:, 0, 0, 0])
+        strip = vertical.strip()
+        assert strip.shape == (3, 64, 24)  # 4 H tall
+        expected = scroll_strip(strip.transpose(1, 2), weights).transpose(2, 3)
+        torch.testing.assert_close(vertical(frames), expected)
+        # a window lower down the strip is the window's rows further on
+        one_hot = torch.zeros(1, weights.shape[1])
+        one_hot[0, 5] = 1
+        window = scroll_strip(swapped.strip(), one_hot).transpose(2, 3)[0]
+        torch.testing.assert_close(window, strip[:, 5 : 5 + 16])
 
     def test_every_kind_says_what_it_needs(self):
         for name, kind in BACKGROUNDS.items():

@@ -229,6 +229,9 @@ class TestRoundTrip:
         assert native_metrics["game"] == results[1]["game"] == "Pong"
         assert native_metrics["relevant"]["objects"] > 0, "no labelled object to compare"
         assert "temporal" in native_metrics, "no consecutive explained objects to compare"
+        for view in ("all", "moving", "relevant"):  # per class, under each layout's names
+            by_class = [sorted(r[view].pop("recall_by_class").values()) for r in results]
+            assert by_class[0] and by_class[0] == pytest.approx(by_class[1], rel=1e-9), view
         native_flat, moc_flat = (flatten_metrics(r) for r in results)
         assert native_flat.keys() == moc_flat.keys()
         for key, value in native_flat.items():  # label names differ: sums in another order

@@ -391,6 +391,21 @@ def _frame_size(text: str) -> tuple[int, int] | None:
     return (parts[0], parts[-1])
 
 
+def _stage(text: str) -> tuple[int, int]:
+    """A Super Mario Bros stage ``W-S`` (world 1-8, stage 1-4)."""
+    from .data.mario import ALL_STAGES
+
+    try:
+        stage = tuple(int(v) for v in text.split("-"))
+    except ValueError:
+        stage = ()
+    if stage not in ALL_STAGES:
+        raise argparse.ArgumentTypeError(
+            f"a stage must be WORLD-STAGE with world 1-8 and stage 1-4 (e.g. 1-1), got {text!r}"
+        )
+    return stage
+
+
 def _tqdm_factory(enabled: bool):
     if not enabled:
         return None
@@ -431,7 +446,10 @@ def _data_atari(args: argparse.Namespace) -> int:
 def _data_mario(args: argparse.Namespace) -> int:
     from .data.mario import MarioConfig, generate_mario
 
-    config = MarioConfig(frames=args.frames, every=args.every, size=args.size, seed=args.seed)
+    stages = {"stages": tuple(dict.fromkeys(args.stages))} if args.stages else {}
+    config = MarioConfig(
+        frames=args.frames, every=args.every, size=args.size, seed=args.seed, **stages
+    )
     out = generate_mario(
         args.out, config, overwrite=args.overwrite, progress=_tqdm_factory(not args.no_progress)
     )
@@ -670,6 +688,10 @@ def _add_data_mario(generators) -> None:
     mario.add_argument("--every", type=int, default=4, help="save every n-th NES frame")
     mario.add_argument("--size", type=_frame_size, default=None, help="N, HxW or native")
     mario.add_argument("--seed", type=int, default=0)
+    mario.add_argument(
+        "--stages", nargs="+", type=_stage, metavar="W-S",
+        help="stages to play, e.g. 1-1 (the paper's level); default: all 32",
+    )  # fmt: skip
     mario.add_argument("--out", required=True)
     mario.add_argument("--overwrite", action="store_true")
     mario.add_argument("--no-progress", action="store_true")

@@ -153,6 +153,18 @@ def test_the_originals_num_classes_names_the_dictionary_size(tmp_path):
     assert Config.from_dict(stored) == Config()
 
 
+def test_mario_stages_are_parsed_and_checked(capsys):
+    from marionette.cli import build_parser
+
+    args = build_parser().parse_args(["data", "mario", "--out", "m", "--stages", "1-1", "8-4"])
+    assert args.stages == [(1, 1), (8, 4)]
+    assert build_parser().parse_args(["data", "mario", "--out", "m"]).stages is None
+    for bad in ("9-1", "1-5", "1", "a-b"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["data", "mario", "--out", "m", "--stages", bad])
+        assert f"world 1-8 and stage 1-4 (e.g. 1-1), got {bad!r}" in capsys.readouterr().err
+
+
 SWEEP_SETTINGS = [
     "synthetic=tiny", "synthetic_clips=8", "height=32", "width=32", "layer_size=4",
     "num_classes=4", "dim_z=16", "bs=2", "num_steps=3", "image_every=0", "threads=1",

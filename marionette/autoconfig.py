@@ -17,7 +17,7 @@ from .config import Config
 from .data import open_frames
 from .data.frames import FrameSource
 from .data.synthetic import generate
-from .stats import FrameStats, NoSprites, measure
+from .stats import SCENERY_SHARE, FrameStats, NoSprites, measure
 
 __all__ = ["RECIPE", "RULES", "auto_config", "choose_settings", "data_stats", "describe"]
 
@@ -159,7 +159,7 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
             f"foreground {stats.foreground_color:.1%} of pixels against the mode color, "
             f"{stats.foreground_image:.1%} against the per-pixel mode image; "
             f"{_scrolling(stats)} of consecutive pairs scroll -> {stats.background}"
-            f"{_moving(stats)}"
+            f"{_moving(stats)}{_changing_scenery(stats)}"
         )
     if "dim_z" not in given:
         sprites = settings.get("num_sprites", given.get("num_sprites"))
@@ -240,6 +240,19 @@ def _moving(stats: FrameStats) -> str:
     if not stats.scrolls:
         return ""
     return f" (foreground moving against the scrolled scenery: {stats.foreground:.1%})"
+
+
+def _changing_scenery(stats: FrameStats) -> str:
+    """A caution where a static background leaves more than :data:`SCENERY_SHARE` of the
+    pixels as foreground: scenery that no static background holds, which sprites will draw."""
+    if stats.scrolls or stats.foreground <= SCENERY_SHARE:
+        return ""
+    return (
+        f". Caution: {stats.foreground:.0%} of the pixels differ from it (more than "
+        f"{SCENERY_SHARE:.0%}): the scenery changes from frame to frame and sprites will draw "
+        f"it. Frames of one level or screen, where the game allows (marionette data mario "
+        f"--stages 1-1), learn cleaner sprites"
+    )
 
 
 def describe(stats: FrameStats) -> list[str]:

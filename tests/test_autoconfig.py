@@ -167,6 +167,22 @@ class TestRules:
         assert len(settings["w_probs"]) == 3
         np.testing.assert_allclose(settings["w_probs"], (0.005, 0.005 * 10**0.5, 0.05))
 
+    def test_scenery_that_changes_between_frames_is_named(self):
+        """Half the frames show other scenery (four 20 px blocks: 16 % of the pixels over
+        all frames against the mode image): the image is still chosen, with a caution; a
+        static playfield gets none."""
+        settled = choose_settings(measure(sprite_frames(playfield=True)), {})[1]["background"]
+        assert "Caution" not in settled
+        frames, other = sprite_frames(playfield=True), torch.tensor([90, 160, 60])[:, None, None]
+        for y in (8, 36):
+            for x in (8, 60):
+                frames.data[1::2, :, y : y + 20, x : x + 20] = other
+        stats = measure(frames)
+        settings, reasons = choose_settings(stats, {})
+        assert settings["background"] == "image" and stats.foreground > 0.1
+        assert f"Caution: {stats.foreground:.0%} of the pixels differ" in reasons["background"]
+        assert "--stages 1-1" in reasons["background"]
+
     def test_bad_input_names_the_statistic_and_the_fix(self):
         flat = InMemoryFrames(torch.full((5, 3, 32, 32), 90, dtype=torch.uint8))
         with pytest.raises(NoSprites, match="no foreground.*--layer-size"):

@@ -690,7 +690,7 @@ def _add_data_mario(generators) -> None:
     mario.add_argument("--seed", type=int, default=0)
     mario.add_argument(
         "--stages", nargs="+", type=_stage, metavar="W-S",
-        help="stages to play, e.g. 1-1 (the paper's level); default: all 32",
+        help="stages to play, e.g. 1-1 (one level); default: all 32",
     )  # fmt: skip
     mario.add_argument("--out", required=True)
     mario.add_argument("--overwrite", action="store_true")

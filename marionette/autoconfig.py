@@ -243,8 +243,9 @@ def _moving(stats: FrameStats) -> str:
 
 
 def _changing_scenery(stats: FrameStats) -> str:
-    """A caution where a static background leaves more than :data:`SCENERY_SHARE` of the
-    pixels as foreground: scenery that no static background holds, which sprites will draw."""
+    """A caution where a static background leaves more than
+    :data:`marionette.stats.SCENERY_SHARE` of the pixels as foreground: scenery that no static
+    background holds, which sprites will draw."""
     if stats.scrolls or stats.foreground <= SCENERY_SHARE:
         return ""
     return (

@@ -39,6 +39,7 @@ from .data.frames import FrameSource
 __all__ = [
     "FOREGROUND_MARGIN",
     "IMAGE_GAIN",
+    "SCENERY_SHARE",
     "SCROLL_SHARE",
     "SPECK_PIXELS",
     "FrameStats",

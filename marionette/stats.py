@@ -122,10 +122,7 @@ class FrameStats:
     @property
     def scrolls(self) -> bool:
         """Whether the screen scrolls (along either axis), by :data:`SCROLL_SHARE`."""
-        return (
-            max(np.nan_to_num(self.scroll_share), np.nan_to_num(self.vertical_scroll_share))
-            >= SCROLL_SHARE
-        )
+        return _scroll_axis(self.scroll_share, self.vertical_scroll_share) is not None
 
     @property
     def per_frame(self) -> float:
@@ -183,8 +180,8 @@ def measure(source: FrameSource, count: int = 200) -> FrameStats:
     foreground_image = _foreground(images, image, threshold)
     share_color, share_image = foreground_color.float().mean(), foreground_image.float().mean()
     scroll = [_scroll_share(source, picks, images, vertical) for vertical in (False, True)]
-    vertical = bool(np.nan_to_num(scroll[1]) > np.nan_to_num(scroll[0]))  # the axis more follow
-    if np.nan_to_num(scroll[vertical]) >= SCROLL_SHARE:
+    vertical = _scroll_axis(*scroll)
+    if vertical is not None:
         background = "strip_vertical" if vertical else "strip"
         mask = _moving_foreground(source, picks, images, threshold, vertical)
     elif share_color - share_image >= IMAGE_GAIN:
@@ -276,6 +273,16 @@ def _scrolls(errors: Tensor, reach: int) -> Tensor:
     return (errors.argmin(1) != reach) & (best < 0.5 * still) & (still > 1e-3)
 
 
+def _scroll_axis(horizontal: float, vertical: float) -> bool | None:
+    """The axis the screen scrolls along (True: vertical), the one more consecutive pairs
+    follow (ties: horizontal), when that share reaches :data:`SCROLL_SHARE`; None when the
+    screen does not scroll. A ``nan`` share (no consecutive frames) counts as 0."""
+    shares = np.nan_to_num([horizontal, vertical])
+    if shares.max() < SCROLL_SHARE:
+        return None
+    return bool(shares[1] > shares[0])
+
+
 def _along(images: Tensor, vertical: bool) -> Tensor:
     """``images`` [..., H, W] with the scrolling axis last: rows and columns swapped for a
     vertical scroll (its own inverse)."""
@@ -308,7 +315,7 @@ def _moving_foreground(
     picks: np.ndarray,
     images: Float[Tensor, "N 3 H W"],
     threshold: float,
-    vertical: bool = False,
+    vertical: bool,
 ) -> Tensor:
     """Foreground of a scrolling screen: the pixels of each sampled frame that differ (by more
     than ``threshold``) from both its neighbours in the clip once each is shifted to follow the

@@ -212,28 +212,56 @@ def _blob(mask: Tensor, seed_y: int, seed_x: int, gap: int = 2) -> Tensor:
     return blob
 
 
+def _whole_blob(mask: Tensor, y: int, x: int, s: int) -> tuple[int, int, Tensor] | None:
+    """The blob of the padded mask [H + 2S, W + 2S] at pixel (y, x) of the frame, if it fits an
+    S x S window with a pixel to spare on each side: the window's top left corner (padded
+    coordinates) centred on the blob's bounding box, and the blob in it; else None."""
+    blob = _blob(mask[y : y + 2 * s, x : x + 2 * s], s, s)  # the pixel sits at (s, s)
+    ys, xs = blob.nonzero(as_tuple=True)
+    if int(ys.max() - ys.min()) >= s - 2 or int(xs.max() - xs.min()) >= s - 2:
+        return None
+    top = (int(ys.min() + ys.max()) + 1) // 2 - s // 2
+    left = (int(xs.min() + xs.max()) + 1) // 2 - s // 2
+    return y + top, x + left, blob[top : top + s, left : left + s]
+
+
 def _centred_patch(
-    padded: Tensor, mask: Tensor, box: Tensor, background: Tensor, frame: int, y: int, x: int
+    padded: Tensor,
+    mask: Tensor,
+    box: Tensor,
+    background: Tensor,
+    whole: bool,
+    frame: int,
+    y: int,
+    x: int,
 ) -> Tensor:
-    """The RGBA patch of the blob at foreground pixel (y, x) of ``frame``: isolate the blob in
-    the window's central box, centre the window on it, take its alpha and color (the padded
-    background's where the blob is not)."""
+    """The RGBA patch of the blob at foreground pixel (y, x) of ``frame``.
+
+    With ``whole``, the whole blob where it fits a sprite with a pixel to spare on each side
+    (extent <= S - 2), the window centred on its bounding box. Otherwise (and for scenery, or
+    objects run together into one large blob) the part of the blob in the window's central
+    box (``box``, P x P), the window centred on that part's centroid. Alpha is the blob, color
+    the window's pixels (the padded background's where the blob is not)."""
     s = box.shape[0]
-    for _ in range(2):  # isolate the blob, then centre the window on it
+    found = _whole_blob(mask[frame], y, x, s) if whole else None
+    if found is not None:
+        top, left, alpha = found
+    else:
+        for _ in range(2):  # isolate the blob's central part, then centre the window on it
+            top, left = y + s - s // 2, x + s - s // 2
+            local = mask[frame, top : top + s, left : left + s] * box
+            ys, xs = _blob(local, s // 2, s // 2).nonzero(as_tuple=True)
+            y = top - s + int(round(float(ys.float().mean()))) if len(ys) else y
+            x = left - s + int(round(float(xs.float().mean()))) if len(xs) else x
         top, left = y + s - s // 2, x + s - s // 2
         local = mask[frame, top : top + s, left : left + s] * box
-        ys, xs = _blob(local, s // 2, s // 2).nonzero(as_tuple=True)
-        y = top - s + int(round(float(ys.float().mean()))) if len(ys) else y
-        x = left - s + int(round(float(xs.float().mean()))) if len(xs) else x
-    top, left = y + s - s // 2, x + s - s // 2
-    local = mask[frame, top : top + s, left : left + s] * box
-    centre = local[s // 2 - 1 : s // 2 + 1, s // 2 - 1 : s // 2 + 1].nonzero()
-    seed = (
-        (s // 2 - 1 + int(centre[0, 0]), s // 2 - 1 + int(centre[0, 1]))
-        if len(centre)
-        else (s // 2, s // 2)
-    )
-    alpha = _blob(local, *seed)
+        centre = local[s // 2 - 1 : s // 2 + 1, s // 2 - 1 : s // 2 + 1].nonzero()
+        seed = (
+            (s // 2 - 1 + int(centre[0, 0]), s // 2 - 1 + int(centre[0, 1]))
+            if len(centre)
+            else (s // 2, s // 2)
+        )
+        alpha = _blob(local, *seed)
     window = (frame, slice(None), slice(top, top + s), slice(left, left + s))
     rgb = torch.where(alpha[None] > 0, padded[window], background[window])
     return torch.cat([rgb, 0.02 + 0.93 * alpha[None]])
@@ -262,18 +290,21 @@ def foreground_patches(
     generator: torch.Generator,
     threshold: float = 0.1,
     candidates_per_sprite: int = 8,
+    whole: bool = True,
 ) -> Float[Tensor, "K 4 S S"]:
     """Sprite-sized windows of the data centred on foreground blobs, as initial sprites.
 
     Foreground is where a pixel's largest channel differs from the frame's background (as the
     model draws it before training) by more than ``threshold``. Around a random foreground
-    pixel, the blob connected to it (within the central P x P box of an S x S window, small
-    gaps bridged) gives the alpha and the window's pixels the color; the window is then
-    re-centred on the blob's centroid. From ``candidates_per_sprite * count`` such patches,
-    ``count`` are chosen by k-means++ seeding (each next patch drawn with probability
-    proportional to its squared distance to the chosen ones), so the dictionary starts with the
-    different objects rather than the most common one. If the frames hold no foreground, the
-    patches are transparent.
+    pixel, the blob connected to it (small gaps bridged) gives the alpha and the window's
+    pixels the color: with ``whole`` (objects against the background) the whole blob,
+    centred, where it fits an S x S sprite (objects up to twice the cell), else its part in the
+    central P x P box of the window, re-centred on that part's centroid (``whole=False`` always
+    cuts so: the fragments a reconstruction misses). From ``candidates_per_sprite * count``
+    such patches, ``count`` are chosen by k-means++ seeding (each next patch drawn with
+    probability proportional to its squared distance to the chosen ones), so the dictionary
+    starts with the different objects rather than the most common one. If the frames hold no
+    foreground, the patches are transparent.
     """
     s, half = 2 * cell, cell // 2
     foreground = (frames - background).abs().amax(dim=1) > threshold
@@ -292,7 +323,10 @@ def foreground_patches(
     box = torch.zeros(s, s)
     box[s // 2 - half : s // 2 + half, s // 2 - half : s // 2 + half] = 1.0
     patches = torch.stack(
-        [_centred_patch(padded, mask, box, padded_background, *pick) for pick in picks.tolist()]
+        [
+            _centred_patch(padded, mask, box, padded_background, whole, *pick)
+            for pick in picks.tolist()
+        ]
     ).clamp(0.02, 0.98)
     features = (patches[:, :3] * patches[:, 3:]).flatten(1)
     return patches[_kmeans_plus_plus(features, count, generator)]

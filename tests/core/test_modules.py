@@ -21,6 +21,7 @@ from marionette.core import (
     duplicate_entries,
     estimate_background_color,
     estimate_background_image,
+    foreground_patches,
     presence_loss,
     psnr,
     reconstruction_loss,
@@ -186,6 +187,49 @@ class TestDictionary:
         after, _ = dictionary()
         torch.testing.assert_close(after[[1, 4]], patches, atol=2e-3, rtol=0)
         torch.testing.assert_close(after[[0, 2, 3, 5]], before[[0, 2, 3, 5]], atol=2e-3, rtol=0)
+
+
+class TestForegroundPatches:
+    """Initial sprites (S = 2P) cut from the data around foreground blobs."""
+
+    @staticmethod
+    def patches(frame, count, cell=8):
+        background = torch.zeros_like(frame)
+        return foreground_patches(frame, background, cell, count, torch.Generator().manual_seed(0))
+
+    @staticmethod
+    def opaque(patch):
+        return (patch[3] > 0.5).nonzero().tolist()
+
+    def test_an_object_larger_than_the_cell_is_one_whole_centred_patch(self):
+        frame = torch.zeros(1, 3, 40, 40)
+        frame[0, 0, 6:18, 20:25] = 1.0  # 12 x 5 px: larger than the 8 px cell, fits S = 16
+        (patch,) = self.patches(frame, 1)
+        opaque = self.opaque(patch)
+        assert len(opaque) == 12 * 5
+        rows, cols = zip(*opaque)
+        assert (min(rows), max(rows), min(cols), max(cols)) == (2, 13, 6, 10)
+        torch.testing.assert_close(patch[:3, 2, 6], torch.tensor([0.98, 0.02, 0.02]))
+
+    def test_a_blob_larger_than_a_sprite_keeps_its_central_cell(self):
+        frame = torch.zeros(1, 3, 40, 40)
+        frame[0, 1, 2:38, 10:14] = 1.0  # 36 px tall: no sprite holds it
+        for patch in self.patches(frame, 3):
+            rows, cols = zip(*self.opaque(patch))
+            assert max(rows) - min(rows) + 1 <= 8 and max(cols) - min(cols) + 1 == 4
+            assert 4 <= min(rows) and max(rows) < 12  # the window's central 8 x 8 box
+
+    def test_distinct_objects_start_distinct_entries(self):
+        frame = torch.zeros(1, 3, 40, 40)
+        frame[0, 0, 4:10, 4:10] = 1.0
+        frame[0, 2, 25:35, 22:25] = 1.0
+        first, second = self.patches(frame, 2)
+        sizes = sorted([len(self.opaque(first)), len(self.opaque(second))])
+        assert sizes == [30, 36]
+
+    def test_no_foreground_gives_transparent_patches(self):
+        patches = self.patches(torch.zeros(1, 3, 16, 16), 2)
+        assert patches.shape == (2, 4, 16, 16) and (patches[:, 3] < 0.05).all()
 
 
 def looks_reference(sprites, usage, reach, min_iou=0.9, max_color=0.1):

@@ -73,8 +73,8 @@ def build_eval_data(config: Config) -> Dataset | None:
 
 def build_model(config: Config, frames: FrameSource | None = None) -> MarioNette:
     """A model for ``config`` with its renderer. Given frames, its background starts from up to
-    100 of them (their mode color or per-pixel mode image), and with ``sprite_init="data"`` its
-    dictionary starts from their foreground against that background."""
+    100 of them (their mode color or per-pixel mode image), and with ``sprite_init`` ``"data"`` or
+    ``"objects"`` its dictionary starts from their foreground against that background."""
     renderer = config.train.renderer
     if frames is None:
         return MarioNette(config.model, renderer=renderer)
@@ -83,7 +83,7 @@ def build_model(config: Config, frames: FrameSource | None = None) -> MarioNette
     picks = np.sort(rng.choice(len(frames), size=min(100, len(frames)), replace=False))
     sample = frames.frames(picks)
     model = MarioNette(config.model, sample, renderer=renderer)
-    if config.train.sprite_init == "data":
+    if config.train.sprite_init != "random":
         images = sample.float() / 255
         with torch.no_grad():
             background = model.background(images)
@@ -93,6 +93,7 @@ def build_model(config: Config, frames: FrameSource | None = None) -> MarioNette
             model.grid.cell,
             config.model.num_sprites,
             torch.Generator().manual_seed(seed),
+            whole=config.train.sprite_init == "objects",
         )
         model.dictionary.fit(patches)
     return model

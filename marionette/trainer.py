@@ -513,9 +513,7 @@ class _Training:
             images = rearrange(frames.float(), "B T C H W -> (B T) C H W").cpu()
             drawn = objective.output.reconstruction.detach().float()
             drawn = rearrange(drawn, "B T C H W -> (B T) C H W").cpu()
-            patches = foreground_patches(
-                images, drawn, cell, len(entries), self.reseed_generator, whole=False
-            )
+            patches = foreground_patches(images, drawn, cell, len(entries), self.reseed_generator)
             dictionary.replace(entries, patches)
         if self.group is not None:
             self.group.share(dictionary)

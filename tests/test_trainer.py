@@ -10,6 +10,7 @@ import marionette
 import marionette.core.objective as objective_module
 import marionette.diagnostics
 import marionette.step as step_module
+from marionette.build import build_model
 from marionette.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -17,6 +18,7 @@ from marionette.checkpoint import (
     load_checkpoint,
 )
 from marionette.config import Config
+from marionette.data import InMemoryFrames
 from marionette.trainer import ConfigMismatch, RunInUse, TrainingDiverged, train
 
 TINY = dict(
@@ -303,3 +305,14 @@ def test_merging_frees_repeated_sprites(tmp_path):
     merged, reseeded = seen[2]
     assert merged >= 1 and reseeded >= merged
     assert all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
+
+
+@pytest.mark.parametrize("init, largest", [("data", 8 * 5), ("objects", 12 * 5)])
+def test_the_dictionary_starts_from_the_frames_objects(init, largest):
+    """``data`` cuts each blob to its 8 px cell; ``objects`` keeps a 12 x 5 px object whole."""
+    frames = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    for i in range(4):
+        frames[i, 0, 4 + 3 * i : 16 + 3 * i, 6 + 4 * i : 11 + 4 * i] = 255
+    model = build_model(tiny_config(sprite_init=init), InMemoryFrames(frames))
+    sprites, _ = model.dictionary()
+    assert int((sprites[:, 3] > 0.5).sum((1, 2)).max()) == largest

@@ -290,17 +290,17 @@ def foreground_patches(
     generator: torch.Generator,
     threshold: float = 0.1,
     candidates_per_sprite: int = 8,
-    whole: bool = True,
+    whole: bool = False,
 ) -> Float[Tensor, "K 4 S S"]:
     """Sprite-sized windows of the data centred on foreground blobs, as initial sprites.
 
     Foreground is where a pixel's largest channel differs from the frame's background (as the
     model draws it before training) by more than ``threshold``. Around a random foreground
     pixel, the blob connected to it (small gaps bridged) gives the alpha and the window's
-    pixels the color: with ``whole`` (objects against the background) the whole blob,
-    centred, where it fits an S x S sprite (objects up to twice the cell), else its part in the
-    central P x P box of the window, re-centred on that part's centroid (``whole=False`` always
-    cuts so: the fragments a reconstruction misses). From ``candidates_per_sprite * count``
+    pixels the color: its part in the central P x P box of the window, the window re-centred
+    on that part's centroid, or with ``whole`` the whole blob, centred on its bounding box,
+    where it fits an S x S sprite with a pixel to spare (objects up to twice the cell; larger
+    blobs are cut as without it). From ``candidates_per_sprite * count``
     such patches, ``count`` are chosen by k-means++ seeding (each next patch drawn with
     probability proportional to its squared distance to the chosen ones), so the dictionary
     starts with the different objects rather than the most common one. If the frames hold no

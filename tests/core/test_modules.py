@@ -193,9 +193,10 @@ class TestForegroundPatches:
     """Initial sprites (S = 2P) cut from the data around foreground blobs."""
 
     @staticmethod
-    def patches(frame, count, cell=8):
+    def patches(frame, count, whole=True, cell=8):
         background = torch.zeros_like(frame)
-        return foreground_patches(frame, background, cell, count, torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        return foreground_patches(frame, background, cell, count, generator, whole=whole)
 
     @staticmethod
     def opaque(patch):
@@ -210,11 +211,15 @@ class TestForegroundPatches:
         rows, cols = zip(*opaque)
         assert (min(rows), max(rows), min(cols), max(cols)) == (2, 13, 6, 10)
         torch.testing.assert_close(patch[:3, 2, 6], torch.tensor([0.98, 0.02, 0.02]))
+        for cut in self.patches(frame, 3, whole=False):  # without whole: the central cell's part
+            rows, cols = zip(*self.opaque(cut))
+            assert max(rows) - min(rows) + 1 <= 8 and max(cols) - min(cols) + 1 == 5
 
-    def test_a_blob_larger_than_a_sprite_keeps_its_central_cell(self):
+    @pytest.mark.parametrize("whole", [True, False])
+    def test_a_blob_larger_than_a_sprite_keeps_its_central_cell(self, whole):
         frame = torch.zeros(1, 3, 40, 40)
         frame[0, 1, 2:38, 10:14] = 1.0  # 36 px tall: no sprite holds it
-        for patch in self.patches(frame, 3):
+        for patch in self.patches(frame, 3, whole):
             rows, cols = zip(*self.opaque(patch))
             assert max(rows) - min(rows) + 1 <= 8 and max(cols) - min(cols) + 1 == 4
             assert 4 <= min(rows) and max(rows) < 12  # the window's central 8 x 8 box

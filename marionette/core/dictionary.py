@@ -238,9 +238,9 @@ def _centred_patch(
     """The RGBA patch of the blob at foreground pixel (y, x) of ``frame``.
 
     With ``whole``, the whole blob where it fits a sprite with a pixel to spare on each side
-    (extent <= S - 2), the window centred on its bounding box. Otherwise (and for scenery, or
-    objects run together into one large blob) the part of the blob in the window's central
-    box (``box``, P x P), the window centred on that part's centroid. Alpha is the blob, color
+    (extent <= S - 2), the window centred on its bounding box. Otherwise, and for larger blobs
+    (scenery, objects run together), the part of the blob in the window's central box
+    (``box``, P x P), the window centred on that part's centroid. Alpha is the blob, color
     the window's pixels (the padded background's where the blob is not)."""
     s = box.shape[0]
     found = _whole_blob(mask[frame], y, x, s) if whole else None
@@ -300,11 +300,11 @@ def foreground_patches(
     pixels the color: its part in the central P x P box of the window, the window re-centred
     on that part's centroid, or with ``whole`` the whole blob, centred on its bounding box,
     where it fits an S x S sprite with a pixel to spare (objects up to twice the cell; larger
-    blobs are cut as without it). From ``candidates_per_sprite * count``
-    such patches, ``count`` are chosen by k-means++ seeding (each next patch drawn with
-    probability proportional to its squared distance to the chosen ones), so the dictionary
-    starts with the different objects rather than the most common one. If the frames hold no
-    foreground, the patches are transparent.
+    blobs are cut as without it). From ``candidates_per_sprite * count`` such patches,
+    ``count`` are chosen by k-means++ seeding (each next patch drawn with probability
+    proportional to its squared distance to the chosen ones), so the dictionary starts with the
+    different objects rather than the most common one. If the frames hold no foreground, the
+    patches are transparent.
     """
     s, half = 2 * cell, cell // 2
     foreground = (frames - background).abs().amax(dim=1) > threshold

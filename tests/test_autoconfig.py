@@ -167,6 +167,26 @@ class TestRules:
         assert len(settings["w_probs"]) == 3
         np.testing.assert_allclose(settings["w_probs"], (0.005, 0.005 * 10**0.5, 0.05))
 
+    @pytest.mark.parametrize(("big", "init"), [(12, "objects"), (15, "data")])
+    def test_objects_larger_than_the_cell_start_whole_where_they_fit(self, big, init):
+        """Three 5 px looks set an 8 px cell (16 px sprites); a big x big block beside them in
+        every frame holds most of the foreground: started whole where it fits the sprite with
+        a pixel to spare (12 px), cut to the cell where it does not (15 px)."""
+        small = sprite_frames(size=(64, 64), extent=5).data
+        rng = np.random.default_rng(0)
+        panel = torch.empty(len(small), 3, 64, 32, dtype=torch.uint8)
+        panel[:] = torch.tensor(BACKGROUND)[:, None, None]
+        for frame in panel:
+            y, x = rng.integers(2, 64 - big - 2), rng.integers(2, 32 - big - 2)
+            frame[:, y : y + big, x : x + big] = torch.tensor([240, 140, 20])[:, None, None]
+        stats = measure(InMemoryFrames(torch.cat([panel, small], dim=3)))
+        settings, reasons = choose_settings(stats, {})
+        assert settings["height"] // settings["layer_size"] == 8
+        assert settings["sprite_init"] == init
+        share = 144 / (144 + 3 * 21) if init == "objects" else 0  # 5 x 5 less a 2 x 2 notch
+        assert reasons["sprite_init"].startswith(f"{share:.0%} of the recurring looks'")
+        assert choose_settings(measure(sprite_frames()), {})[0]["sprite_init"] == "data"
+
     def test_scenery_that_changes_between_frames_is_named(self):
         """Half the frames show other scenery (four 20 px blocks: 16 % of the pixels over
         all frames against the mode image): the image is still chosen, with a caution; a

@@ -78,7 +78,8 @@ class TrainConfig:
             :func:`marionette.core.foreground_patches`) or ``"objects"`` (the same with each
             blob whole where it fits the S = 2P sprite: objects larger than the cell start as
             one sprite; on Boxing relevant F 0.88 against 0.75, on Carnival 0.58 against 0.66,
-            docs/results.md).
+            docs/results.md). The automatic settings choose between ``"data"`` and
+            ``"objects"`` from the frames (:data:`marionette.autoconfig.RULES`).
         presence_warmup: steps at the start with the presence penalty off.
         hard_mix: weight of a straight-through hard reconstruction loss (arg-max sprite and
             rounded presence in the forward pass, soft gradients), ramped in over

@@ -166,6 +166,7 @@ def run_entry(name: str, entry: Entry, out: Path, args: argparse.Namespace) -> d
             "num_sprites": model.num_sprites,
             "num_layers": model.num_layers,
             "background": model.background,
+            "sprite_init": config.train.sprite_init,
         },
         "reasons": dict(config.reasons),
         **trained,
@@ -192,7 +193,7 @@ def row(record: dict) -> str:
     return " | ".join([
         f"| {record['dataset']}",
         f"P {s['cell']}, {s['grid'][0]} x {s['grid'][1]}, K {s['num_sprites']}, "
-        f"{s['num_layers']} layers, {s['background']}",
+        f"{s['num_layers']} layers, {s['background']}, {s.get('sprite_init', '-')} init",
         f"{record['steps']} ({record['train_seconds'] / 60:.1f} min)",
         f"{_cell(psnr.get('soft'), 1)} / {_cell(psnr.get('hard'), 1)} / "
         f"{_cell(psnr.get('background'), 1)}",

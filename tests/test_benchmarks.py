@@ -81,6 +81,9 @@ def test_suite_runs_dry_and_continues_where_it_stopped(tmp_path, capsys):
     assert record["commands"][2].endswith(f"--num_steps 3 --out {tmp_path / 'a' / 'tiny'}")
     table = (tmp_path / "a" / "suite.md").read_text()
     assert table.startswith(HEADER) and table.count("\n| tiny |") == 1
+    chosen = json.loads((tmp_path / "a" / "tiny" / "config.json").read_text())["train"]
+    assert record["settings"]["sprite_init"] == chosen["sprite_init"] != "random"
+    assert f"{chosen['sprite_init']} init |" in table
     run, data = tmp_path / "a" / "tiny", tmp_path / "a" / "data" / "tiny" / "dataset.json"
     written = (run / "metrics.csv").stat().st_mtime_ns, data.stat().st_mtime_ns
     assert suite(["--dry", "--out", str(tmp_path / "a")]) == [record]

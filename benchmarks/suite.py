@@ -4,6 +4,7 @@ wall-clock budget, evaluate on the held-out frames, and add a row to the table.
 
     python -m benchmarks.suite --out suite                     # every dataset, 10 min each
     python -m benchmarks.suite --out suite --only Pong Boxing --budget 1200
+    python -m benchmarks.suite --out suite --atari Freeway     # a game outside the suite
     python -m benchmarks.suite --out suite --dry               # tiny sizes, seconds (CI)
 
 The same rule for every dataset: frames as the generators write them (the Atari and Mario
@@ -225,6 +226,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", required=True, help="folder for the data, runs and the table")
     parser.add_argument("--only", nargs="+", help=f"datasets to run (of {', '.join(SUITE)}); "
                         "the table keeps those done earlier")  # fmt: skip
+    parser.add_argument("--atari", nargs="+", default=[], metavar="GAME",
+                        help="OCAtari games outside the suite, recorded and run as its Atari "
+                        "entries are (the automatic settings on data they were not chosen on); "
+                        "without --only, only these run")  # fmt: skip
     parser.add_argument("--budget", type=float, default=600.0, help="training seconds each")
     parser.add_argument("--max-steps", type=int, default=100_000, help="at most this many steps")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -233,6 +238,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     suite = DRY if args.dry else SUITE
     if args.dry:
         args.max_steps = min(args.max_steps, 3)
+    taken = set(suite) & set(args.atari)
+    if taken:
+        parser.error(f"--atari must name games outside the suite, got {', '.join(sorted(taken))}"
+                     " (run them with --only)")  # fmt: skip
+    suite = {**suite, **{game: _atari(game, "outside the suite") for game in args.atari}}
+    args.only = args.only or args.atari or None
     unknown = set(args.only or ()) - set(suite)
     if unknown:
         parser.error(f"--only must name datasets of the suite ({', '.join(suite)}), "

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks.run import main
 
 
@@ -95,3 +97,25 @@ def test_suite_runs_dry_and_continues_where_it_stopped(tmp_path, capsys):
     assert data.stat().st_mtime_ns == written[1]
     (stopped,) = suite(["--dry", "--out", str(tmp_path / "b"), "--budget", "0"])
     assert stopped["steps"] == 1
+
+
+def test_suite_runs_games_outside_it_as_its_atari_entries(tmp_path, monkeypatch):
+    """``--atari GAME``: an OCAtari game outside the suite, generated with the suite's Atari
+    arguments and run alone; a game of the suite is refused (it has its entry)."""
+    import benchmarks.suite as suite
+
+    ran = []
+
+    def run_entry(name, entry, out, args):
+        ran.append((name, entry))
+        return {"dataset": name, "error": "not run in this test"}
+
+    monkeypatch.setattr(suite, "run_entry", run_entry)
+    suite.main(["--out", str(tmp_path), "--atari", "Freeway"])
+    ((name, entry),) = ran
+    assert name == "Freeway" and entry.kind == "outside the suite"
+    pong = suite.SUITE["Pong"]  # the same recording, another game
+    assert entry.train[:3] == ("atari", "--game", "Freeway") and entry.train[3:] == pong.train[3:]
+    assert entry.test[:3] == ("atari", "--game", "Freeway") and entry.test[3:] == pong.test[3:]
+    with pytest.raises(SystemExit):
+        suite.main(["--out", str(tmp_path), "--atari", "Pong"])

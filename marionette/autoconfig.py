@@ -36,6 +36,10 @@ RECIPE = dict(
     w_select=0.01,
 )
 
+#: ``sprite_init`` is ``"objects"`` where objects larger than the cell that fit the sprite hold
+#: more than this share of the recurring foreground: most of it.
+WHOLE_SHARE = 0.5
+
 #: One line per data-derived setting: the rule that sets it.
 RULES = {
     "background": "a uniform color, unless the per-pixel mode image explains >= 1 % more of the "
@@ -182,13 +186,13 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
         reasons["dim_z"] = f"{sprites} sprites -> code width {settings['dim_z']}"
     if "sprite_init" not in given:
         share = whole_share(stats, cell)
-        settings["sprite_init"] = "objects" if share > 0.5 else "data"
+        whole = share > WHOLE_SHARE
+        settings["sprite_init"] = "objects" if whole else "data"
         reasons["sprite_init"] = (
             f"{share:.0%} of the recurring looks' foreground lies in components of "
             f"{cell + 1}-{2 * cell - 2} px (larger than the {cell} px cell, fitting the "
-            f"{2 * cell} px sprite) -> {settings['sprite_init']} ("
-            + ("each blob whole" if share > 0.5 else "each blob cut to the cell")
-            + ")"
+            f"{2 * cell} px sprite) -> {settings['sprite_init']} "
+            f"({'each blob whole' if whole else 'each blob cut to the cell'})"
         )
     for name, value in RECIPE.items():
         if name not in given:

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from .config import Config
+from .core import whole_extent
 from .data import open_frames
 from .data.frames import FrameSource
 from .data.synthetic import generate
@@ -83,11 +84,12 @@ def typical_extent(stats: FrameStats) -> float:
 
 def whole_share(stats: FrameStats, cell: int) -> float:
     """The share of the recurring looks' foreground pixels in components larger than ``cell``
-    that fit its S = 2 ``cell`` sprite with a pixel to spare (larger side <= S - 2): what
-    ``sprite_init="objects"`` starts whole and ``"data"`` cuts to the cell."""
+    that fit its S = 2 ``cell`` sprite with a pixel to spare (larger side <= S - 2,
+    :func:`marionette.core.whole_extent`): what ``sprite_init="objects"`` starts whole and
+    ``"data"`` cuts to the cell."""
     recurring = _recurring(stats)[stats.looks]
     extents = stats.extents
-    fits = (extents > cell) & (extents <= 2 * cell - 2)
+    fits = (extents > cell) & (extents <= whole_extent(cell))
     total = stats.areas[recurring].sum()
     return float(stats.areas[recurring & fits].sum() / total) if total else 0.0
 
@@ -190,7 +192,7 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
         settings["sprite_init"] = "objects" if whole else "data"
         reasons["sprite_init"] = (
             f"{share:.0%} of the recurring looks' foreground lies in components of "
-            f"{cell + 1}-{2 * cell - 2} px (larger than the {cell} px cell, fitting the "
+            f"{cell + 1}-{whole_extent(cell)} px (larger than the {cell} px cell, fitting the "
             f"{2 * cell} px sprite) -> {settings['sprite_init']} "
             f"({'each blob whole' if whole else 'each blob cut to the cell'})"
         )

@@ -36,6 +36,7 @@ from .dictionary import (
     duplicate_entries,
     foreground_patches,
     sprite_looks,
+    whole_extent,
 )
 from .encoders import CompensatedConv2d, GridEncoder, MLPHead, compensated_conv2d
 from .encoding import Encoding
@@ -159,6 +160,7 @@ __all__ = [
     "footprint_boxes",
     "duplicate_entries",
     "foreground_patches",
+    "whole_extent",
     "gate_presence",
     "gather_sprites",
     "global_centers",

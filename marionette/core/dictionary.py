@@ -15,6 +15,7 @@ __all__ = [
     "duplicate_entries",
     "foreground_patches",
     "sprite_looks",
+    "whole_extent",
 ]
 
 DECODERS: tuple[str, ...] = ("mlp", "pixels")
@@ -212,13 +213,19 @@ def _blob(mask: Tensor, seed_y: int, seed_x: int, gap: int = 2) -> Tensor:
     return blob
 
 
+def whole_extent(cell: int) -> int:
+    """The largest side (pixels) of a blob that ``foreground_patches(..., whole=True)`` keeps
+    whole: it fits the S = 2 ``cell`` sprite with a pixel to spare on each side, S - 2."""
+    return 2 * cell - 2
+
+
 def _whole_blob(mask: Tensor, y: int, x: int, s: int) -> tuple[int, int, Tensor] | None:
     """The blob of the padded mask [H + 2S, W + 2S] at pixel (y, x) of the frame, if it fits an
     S x S window with a pixel to spare on each side: the window's top left corner (padded
     coordinates) centred on the blob's bounding box, and the blob in it; else None."""
     blob = _blob(mask[y : y + 2 * s, x : x + 2 * s], s, s)  # the pixel sits at (s, s)
     ys, xs = blob.nonzero(as_tuple=True)
-    if int(ys.max() - ys.min()) >= s - 2 or int(xs.max() - xs.min()) >= s - 2:
+    if max(int(ys.max() - ys.min()), int(xs.max() - xs.min())) + 1 > whole_extent(s // 2):
         return None
     top = (int(ys.min() + ys.max()) + 1) // 2 - s // 2
     left = (int(xs.min() + xs.max()) + 1) // 2 - s // 2

@@ -54,7 +54,7 @@ def matched_presence(
     Example:
         >>> from marionette.core import SoftMatch
         >>> best = torch.tensor([0.1, -0.1]).reshape(1, 1, 1, 2, 1).expand(1, 1, 2, 2, 1)
-        >>> match = SoftMatch(best / 0.05, best, torch.zeros(1, 1, 2, 2, 1, 2))
+        >>> match = SoftMatch(best, torch.zeros(1, 1, 2, 2, 1, 2))
         >>> selection = Selection(torch.zeros(1, 1, 2, 1, 2, 1), match)
         >>> matched_presence(torch.zeros(1, 1, 2, 1, 2), selection, 0.05)[0, 0].tolist()
         [[[0.8807970285415649, 0.11920291930437088]], [[0.5, 0.5]]]

@@ -113,8 +113,8 @@ class Selection(NamedTuple):
 
     Attributes:
         logits: scores over the K dictionary sprites (softmax gives the selection weights).
-        match: with matching, what it says about every sprite at every slot: evidence, best
-            gain and expected displacement (see :func:`marionette.core.soft_match`); else None.
+        match: with matching, what it says about every sprite at every slot: best gain and
+            expected displacement (see :func:`marionette.core.soft_match`); else None.
         layered: whether each layer was matched on its own, against what the layers behind it
             draw (``pursuit``); otherwise every layer holds the same matching of the frame
             against the background.
@@ -156,13 +156,18 @@ def match_selection(
     windows: AnchorWindows,
     temperature: float,
 ) -> Selection:
-    """Learned logits plus the soft-maximal matching gain of each sprite over its displacements:
+    """Learned logits plus the best matching gain of each sprite over its displacements:
 
-        logit_k = q . z_k / sqrt(D) + log sum_o exp(gain_k(o) / tau),
+        logit_k = q . z_k / sqrt(D) + max_o gain_k(o) / tau,
 
     with the gains of :func:`marionette.core.match_gains` of the anchor (the same for every
     layer), tau = ``temperature`` (:func:`marionette.core.soft_match`). A slot thus picks
-    the sprite that explains its window before the learned part has learned anything.
+    the sprite that explains its window best before the learned part has learned anything.
+
+    The maximum, not the soft maximum log sum_o exp(gain_k(o) / tau): that adds up to
+    log (P + 1)^2 for the number of displacements at which a sprite gains about its best, so a
+    piece of a bar or a wall, which gains as much one pixel further along, outscored a small
+    object that gains more at one place (Carnival's gun beside its ammo bar; docs/learning.md).
     """
     b, t, nl = queries.shape[:3]
     frames = "B T C H W -> (B T) C H W"
@@ -173,7 +178,7 @@ def match_selection(
     match = SoftMatch(
         *(rearrange(x, "(B T) ... -> B T 1 ...", T=t).expand(b, t, nl, *x.shape[1:]) for x in match)
     )
-    return Selection(selection_logits(queries, dict_codes) + match.evidence, match)
+    return Selection(selection_logits(queries, dict_codes) + match.best / temperature, match)
 
 
 @typed
@@ -186,7 +191,7 @@ def pursuit_selection(
 ) -> Selection:
     """Matched selection layer by layer, back to front (a matching pursuit over depth):
 
-        logit_{l,k} = q_l . z_k / sqrt(D) + log sum_o exp(gain_{l,k}(o) / tau),
+        logit_{l,k} = q_l . z_k / sqrt(D) + max_o gain_{l,k}(o) / tau,
 
     where layer 0's gains are those of :func:`match_selection` (the frame against the
     background) and layer l's are measured against the canvas C_l: the background with layers
@@ -209,7 +214,8 @@ def pursuit_selection(
         *(rearrange(torch.stack(x, dim=1), "(B T) NL ... -> B T NL ...", T=t)
           for x in zip(*matches, strict=True))
     )  # fmt: skip
-    return Selection(selection_logits(queries, dict_codes) + match.evidence, match, layered=True)
+    logits = selection_logits(queries, dict_codes) + match.best / temperature
+    return Selection(logits, match, layered=True)
 
 
 @torch.no_grad()

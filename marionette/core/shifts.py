@@ -309,12 +309,10 @@ class SoftMatch(NamedTuple):
     displacements o of the gains g(o) at temperature tau (:func:`soft_match`).
 
     Attributes:
-        evidence: the soft maximum, log sum_o exp(g(o) / tau).
-        best: the maximum gain, max_o g(o).
+        best: the maximum gain, max_o g(o): what the sprite explains at its best placement.
         offsets: the softmax-weighted mean displacement (x, y), in units of P.
     """
 
-    evidence: Float[Tensor, "*batch K"]
     best: Float[Tensor, "*batch K"]
     offsets: Float[Tensor, "*batch K 2"]
 
@@ -336,9 +334,9 @@ class _SoftMatch(torch.autograd.Function):
     """:func:`soft_match` with a backward written out, so that the softmax is computed once and
     the overlapping windows' gradients are summed into the map without ``unfold``'s backward.
 
-    With p = softmax(g / tau) over the displacements o of a window, e = log sum exp(g / tau),
-    (x, y) = sum_o p_o (dx_o, dy_o) and b = max_o g(o):
-        dL/dg_o = p_o (g_e + g_x (dx_o - x) + g_y (dy_o - y)) / tau + g_b [o in M] / |M|,
+    With p = softmax(g / tau) over the displacements o of a window, (x, y) = sum_o p_o (dx_o,
+    dy_o) and b = max_o g(o):
+        dL/dg_o = p_o (g_x (dx_o - x) + g_y (dy_o - y)) / tau + g_b [o in M] / |M|,
     M the displacements of the largest weight (the maxima, tied to float rounding of p).
     """
 
@@ -355,22 +353,19 @@ class _SoftMatch(torch.autograd.Function):
         ctx.save_for_backward(weights, offsets)
         ctx.cell, ctx.temperature, ctx.map_shape = cell, temperature, gain_map.shape
         ctx.set_materialize_grads(False)
-        evidence = (top + total.log())[..., 0]
-        return evidence, top[..., 0] * temperature, offsets
+        return top[..., 0] * temperature, offsets
 
     @staticmethod
-    def backward(ctx, grad_evidence, grad_best, grad_offsets):
+    def backward(ctx, grad_best, grad_offsets):
         weights, offsets = ctx.saved_tensors
         cell, tau = ctx.cell, ctx.temperature
         q = cell + 1
-        if grad_evidence is None:
-            grad_evidence = offsets.new_zeros(offsets.shape[:-1])
         if grad_offsets is None:
             grad_offsets = offsets.new_zeros(offsets.shape)
         d = _displacements(q, weights)
         grad_x, grad_y = grad_offsets.unbind(-1)
-        centre = grad_evidence - (grad_offsets * offsets).sum(-1)
-        # (g_e - g_x x - g_y y + g_x dx_o + g_y dy_o) / tau, as a row plus a column
+        centre = -(grad_offsets * offsets).sum(-1)
+        # (g_x (dx_o - x) + g_y (dy_o - y)) / tau, as a row plus a column
         row = (centre[..., None] + grad_x[..., None] * d)[..., None, :] / tau
         column = (grad_y[..., None] * d)[..., :, None] / tau
         grad_windows = (row + column).mul_(weights)
@@ -403,16 +398,15 @@ def _fold_windows(windows: Tensor, cell: int, shape: torch.Size) -> Tensor:
 
 @typed
 def soft_match(gain_map: Float[Tensor, "N K Hq Wq"], cell: int, temperature: float) -> SoftMatch:
-    """Evidence, best gain and expected displacement of every sprite at every anchor of a gain
-    map of :func:`match_gain_map`, from one softmax over the anchor's (P + 1)^2 displacements:
+    """Best gain and expected displacement of every sprite at every anchor of a gain map of
+    :func:`match_gain_map`, from one softmax over the anchor's (P + 1)^2 displacements:
 
-        evidence = log sum_o exp(g(o) / tau),   best = max_o g(o),
-        offsets = sum_o softmax(g / tau)_o o / P,
+        best = max_o g(o),   offsets = sum_o softmax(g / tau)_o o / P,
 
     with g the gains of :func:`match_gains` and tau = ``temperature``; the same values as
-    ``logsumexp``, ``amax`` and :func:`expected_displacement` of those windows, from one
-    softmax and with a hand-written backward (forward and backward in a quarter of the
-    composition's time at the Space Invaders preset's sizes). Fields are ``[N, Lh, Lw, K, ...]``.
+    ``amax`` and :func:`expected_displacement` of those windows, with a hand-written backward
+    that sums the overlapping windows' gradients into the map. Fields are ``[N, Lh, Lw, K,
+    ...]``.
     """
     rows, cols = gain_map.shape[-2] - 1, gain_map.shape[-1] - 1
     if cell < 1 or rows < cell or cols < cell or rows % cell or cols % cell:

@@ -253,16 +253,11 @@ class TestMatching:
 
     @staticmethod
     def soft_match_reference(gain_map, cell, temperature):
-        """soft_match as the composition it replaces: logsumexp, amax and
-        expected_displacement of the windows of match_gains."""
+        """soft_match as the composition it replaces: amax and expected_displacement of the
+        windows of match_gains."""
         q = cell + 1
         windows = gain_map.unfold(-2, q, cell).unfold(-2, q, cell).permute(0, 2, 3, 1, 4, 5)
-        flat = windows.flatten(-2)
-        return (
-            torch.logsumexp(flat / temperature, dim=-1),
-            flat.amax(dim=-1),
-            expected_displacement(windows, temperature),
-        )
+        return windows.flatten(-2).amax(dim=-1), expected_displacement(windows, temperature)
 
     @pytest.mark.parametrize("temperature", [0.05, 1.0])
     @pytest.mark.parametrize("ties", [False, True])
@@ -273,7 +268,7 @@ class TestMatching:
         gain_map = ((gain_map * 4).round() / 4 if ties else gain_map).requires_grad_()
         fast = soft_match(gain_map, 4, temperature)
         slow = self.soft_match_reference(gain_map, 4, temperature)
-        assert fast.evidence.shape == fast.best.shape == (2, 2, 3, 3)
+        assert fast.best.shape == (2, 2, 3, 3)
         assert fast.offsets.shape == (2, 2, 3, 3, 2)
         upstream = [rand(*x.shape, dtype=torch.float64, seed=i) for i, x in enumerate(slow)]
         grads = []
@@ -286,7 +281,7 @@ class TestMatching:
 
     def test_soft_match_gradcheck_with_some_outputs_unused(self):
         gain_map = (rand(1, 2, 5, 9, dtype=torch.float64) - 0.5).requires_grad_()
-        for pick in ([0, 1, 2], [0], [1], [2], [0, 2]):
+        for pick in ([0, 1], [0], [1]):
             assert torch.autograd.gradcheck(
                 lambda m: tuple(soft_match(m, 4, 0.5)[i] for i in pick), (gain_map,)
             )

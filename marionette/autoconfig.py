@@ -26,7 +26,7 @@ __all__ = ["RECIPE", "RULES", "auto_config", "choose_settings", "data_stats", "d
 #: docs/learning.md).
 RECIPE = dict(
     transform_encoder="match",
-    selection="match",
+    selection="pursuit",
     presence="match",
     lr=1e-3,
     bs=8,
@@ -64,6 +64,10 @@ RULES = {
     "pixels, else data (each blob cut to the cell): cut, such objects start as several partial "
     "sprites and are drawn in parts (Boxing's boxers: relevant F 0.75 cut, 0.88 whole); whole, "
     "objects run together start as one sprite (Carnival: 0.58 whole, 0.66 cut)",
+    "dictionary": "free pixels per sprite where sprites start cut to the cell (data): a sprite "
+    "drawn rarely keeps its look (through the shared MLP decoder it drifts with the others: "
+    "Seaquest's divers, Carnival's gun); the MLP decoder where objects start whole (objects), "
+    "whose poses share its weights (Boxing: relevant F 0.49 with free pixels)",
 }
 
 
@@ -195,6 +199,14 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
             f"{cell + 1}-{whole_extent(cell)} px (larger than the {cell} px cell, fitting the "
             f"{2 * cell} px sprite) -> {settings['sprite_init']} "
             f"({'each blob whole' if whole else 'each blob cut to the cell'})"
+        )
+    if "dictionary" not in given:
+        init = settings.get("sprite_init", given.get("sprite_init"))
+        settings["dictionary"] = "mlp" if init == "objects" else "pixels"
+        reasons["dictionary"] = f"sprite_init {init} -> {settings['dictionary']} " + (
+            "(objects start whole: their poses share the decoder)"
+            if init == "objects"
+            else "(each sprite keeps its own look, however rarely drawn)"
         )
     for name, value in RECIPE.items():
         if name not in given:

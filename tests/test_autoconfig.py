@@ -185,7 +185,11 @@ class TestRules:
         assert settings["sprite_init"] == init
         share = 144 / (144 + 3 * 21) if init == "objects" else 0  # 5 x 5 less a 2 x 2 notch
         assert reasons["sprite_init"].startswith(f"{share:.0%} of the recurring looks'")
+        assert settings["dictionary"] == ("mlp" if init == "objects" else "pixels")
+        assert reasons["dictionary"].startswith(f"sprite_init {init} -> ")
         assert choose_settings(measure(sprite_frames()), {})[0]["sprite_init"] == "data"
+        given = choose_settings(stats, {"sprite_init": "data"})[0]  # the rule follows a given one
+        assert "sprite_init" not in given and given["dictionary"] == "pixels"
 
     def test_scenery_that_changes_between_frames_is_named(self):
         """Half the frames show other scenery (four 20 px blocks: 16 % of the pixels over

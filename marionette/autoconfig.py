@@ -6,7 +6,8 @@ from, is recorded in ``Config.reasons`` (and so in config.json). Settings given 
 are kept and the others follow from them (a canvas given: frames are measured as they reach
 it). The training recipe is the presets' (template matching, a dictionary from the data's
 foreground, the straight-through hard loss ramped in, a dearer front layer) with presence
-started from the matching evidence; see docs/learning.md for where each came from.
+started from the matching evidence and selection matched layer by layer; see
+docs/learning.md for where each came from.
 """
 
 import math

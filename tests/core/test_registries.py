@@ -77,16 +77,9 @@ class TestSelections:
         # a little more contrast (squared 0.49 against 0.41 per pixel). The bar's piece gains as
         # much at 9 horizontal displacements (a soft maximum over displacements adds log 9 for
         # that), the square at one only; the square explains more, so its sprite is selected.
-        background, bar, small = (0.0, 0.0, 0.0), (0.0, 0.0, 0.64), (0.7, 0.0, 0.0)
-        frame = torch.tensor(background)[:, None, None].repeat(1, 32, 32)
-        frame[:, 14:16, :] = torch.tensor(bar)[:, None, None]
-        frame[:, 10:12, 10:12] = torch.tensor(small)[:, None, None]
-        sprites = torch.zeros(2, 4, 16, 16)
-        sprites[0, :3], sprites[0, 3, 7:9, 4:12] = torch.tensor(bar)[:, None, None], 1.0
-        sprites[1, :3], sprites[1, 3, 7:9, 7:9] = torch.tensor(small)[:, None, None], 1.0
-        grid = ModelConfig(height=32, width=32, layer_size=8).grid
-        plain = torch.tensor(background)[:, None, None].expand(1, 1, 3, 32, 32)
-        windows = AnchorWindows(frame[None, None], plain, grid)
+        bar = ((0.0, 0.0, 0.64), (slice(14, 16), slice(None)), (slice(7, 9), slice(4, 12)))
+        small = ((0.7, 0.0, 0.0), (slice(10, 12), slice(10, 12)), (slice(7, 9), slice(7, 9)))
+        frame, sprites, windows, plain = painted_scene((0.0, 0.0, 0.0), [bar, small])
         queries = torch.zeros(1, 1, 2, 4, 4, 8)  # logits = the matching's
         selection = SELECTIONS[name](queries, torch.zeros(2, 8), sprites, windows, 0.05)
         gains = match_gains(frame[None], plain[0], sprites)[0, 1, 1].flatten(1)  # K, displacements
@@ -111,16 +104,9 @@ class TestSelections:
         # A 6 x 6 square with a 2 x 2 square of another colour on it, in the cell of anchor
         # (1, 1); the dictionary holds both squares. `match` gives both layers the same best
         # sprite; `pursuit` draws one in the back layer and finds the other in front of it.
-        background, big, small = (0.1, 0.1, 0.2), (0.9, 0.3, 0.1), (0.2, 0.9, 0.9)
-        frame = torch.tensor(background)[:, None, None].repeat(1, 32, 32)
-        frame[:, 9:15, 9:15] = torch.tensor(big)[:, None, None]
-        frame[:, 11:13, 11:13] = torch.tensor(small)[:, None, None]
-        sprites = torch.zeros(2, 4, 16, 16)
-        sprites[0, :3], sprites[0, 3, 5:11, 5:11] = torch.tensor(big)[:, None, None], 1.0
-        sprites[1, :3], sprites[1, 3, 7:9, 7:9] = torch.tensor(small)[:, None, None], 1.0
-        grid = ModelConfig(height=32, width=32, layer_size=4).grid
-        plain = torch.tensor(background)[:, None, None].expand(1, 1, 3, 32, 32)
-        windows = AnchorWindows(frame[None, None], plain, grid)
+        big = ((0.9, 0.3, 0.1), (slice(9, 15), slice(9, 15)), (slice(5, 11), slice(5, 11)))
+        small = ((0.2, 0.9, 0.9), (slice(11, 13), slice(11, 13)), (slice(7, 9), slice(7, 9)))
+        _, sprites, windows, _ = painted_scene((0.1, 0.1, 0.2), [big, small])
         queries = torch.zeros(1, 1, 2, 4, 4, 8)  # logits = matching evidence
         picks = {}
         for name in ("match", "pursuit"):
@@ -131,6 +117,22 @@ class TestSelections:
         layers, best = picks["pursuit"]
         assert sorted(layers) == [0, 1] and best[1, 1, 1] > 0.1
         assert (best[1] <= 1e-6).sum() >= 12  # elsewhere nothing is left to draw
+
+
+def painted_scene(background, objects):
+    """A 32 x 32 frame of one colour with rectangles painted on it in order, a dictionary of one
+    16 x 16 sprite per rectangle (8 px cells, a 4 x 4 grid), the anchor windows and the plain
+    background. ``objects``: (colour, (rows, columns) in the frame, (rows, columns) of the
+    sprite's opaque part)."""
+    frame = torch.tensor(background)[:, None, None].repeat(1, 32, 32)
+    sprites = torch.zeros(len(objects), 4, 16, 16)
+    for k, (color, (rows, cols), (sprite_rows, sprite_cols)) in enumerate(objects):
+        frame[:, rows, cols] = torch.tensor(color)[:, None, None]
+        sprites[k, :3] = torch.tensor(color)[:, None, None]
+        sprites[k, 3, sprite_rows, sprite_cols] = 1.0
+    grid = ModelConfig(height=32, width=32, layer_size=4).grid
+    plain = torch.tensor(background)[:, None, None].expand(1, 1, 3, 32, 32)
+    return frame, sprites, AnchorWindows(frame[None, None], plain, grid), plain
 
 
 class TestPresences:

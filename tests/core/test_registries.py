@@ -107,7 +107,7 @@ class TestSelections:
         big = ((0.9, 0.3, 0.1), (slice(9, 15), slice(9, 15)), (slice(5, 11), slice(5, 11)))
         small = ((0.2, 0.9, 0.9), (slice(11, 13), slice(11, 13)), (slice(7, 9), slice(7, 9)))
         _, sprites, windows, _ = painted_scene((0.1, 0.1, 0.2), [big, small])
-        queries = torch.zeros(1, 1, 2, 4, 4, 8)  # logits = matching evidence
+        queries = torch.zeros(1, 1, 2, 4, 4, 8)  # logits = the matching's best gains / tau
         picks = {}
         for name in ("match", "pursuit"):
             selection = SELECTIONS[name](queries, torch.zeros(2, 8), sprites, windows, 0.05)

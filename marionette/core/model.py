@@ -69,7 +69,9 @@ class ModelConfig:
             placing it at its best displacement would reduce the window's error; see
             :func:`marionette.core.match_gains`), or ``"pursuit"`` (the same, each layer
             matched against the background with the layers behind it drawn: a second object in
-            an anchor is found by the next layer; see :func:`marionette.core.pursuit_selection`).
+            an anchor is found by the next layer, and of two neighbouring anchors that would
+            draw the same object only the better-matching one does; see
+            :func:`marionette.core.pursuit_selection`).
             With ``transform_encoder="match"`` each sprite then comes with its own matched
             offset.
         match_temperature: softness, in per-pixel squared error, of the matching softmaxes.
@@ -334,6 +336,8 @@ class MarioNette(nn.Module):
         presence = PRESENCES[config.presence](
             self.presence_head(codes)[..., 0], selection, config.match_temperature
         )
+        if selection.vacated is not None:  # a neighbour of the same layer draws its object
+            presence = presence.masked_fill(selection.vacated, 0.0)
         weights = torch.softmax(selection.logits, dim=-1)
         mixed = mix_sprites(weights, sprites)
         offsets = self.offsets(codes, windows, mixed, weights, selection)

@@ -8,13 +8,14 @@ per sprite, how much placing it at its best displacement would reduce the window
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 from einops import einsum, rearrange
 
-from ._typing import Float, Int64, Tensor, checks_active, typed
-from .placement import AnchorWindows
+from ._typing import Bool, Float, Int64, Tensor, checks_active, typed
+from .placement import AnchorWindows, extract_windows
 from .shifts import SoftMatch, match_gain_map, soft_match
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "gather_sprites",
     "learned_selection",
     "match_selection",
+    "neighbour_repeats",
     "pursuit_selection",
     "hard_presence",
     "hard_weights",
@@ -118,11 +120,15 @@ class Selection(NamedTuple):
         layered: whether each layer was matched on its own, against what the layers behind it
             draw (``pursuit``); otherwise every layer holds the same matching of the frame
             against the background.
+        vacated: slots whose best placement repeats the object a stronger neighbouring anchor
+            of the same layer draws (:func:`neighbour_repeats`); the model leaves them empty
+            in that layer. None where the scheme does not decide it.
     """
 
     logits: Float[Tensor, "B T NL Lh Lw K"]
     match: SoftMatch | None
     layered: bool = False
+    vacated: Bool[Tensor, "B T NL Lh Lw"] | None = None
 
 
 @typed
@@ -196,45 +202,155 @@ def pursuit_selection(
     where layer 0's gains are those of :func:`match_selection` (the frame against the
     background) and layer l's are measured against the canvas C_l: the background with layers
     0..l-1 drawn, each anchor's best-matching sprite at its matched displacement wherever that
-    gains (max_{k,o} gain > 0). A second object in an anchor's window, which every layer of
-    ``match`` sees behind the first one's larger gain, is what the next layer's gains point to;
-    where the layers behind explain everything, the next layer's gains are <= 0. The canvases
-    are a fixed target: no gradient flows through the choice of what the layers behind draw.
-    Costs one matching per layer.
+    gains (max_{k,o} gain > 0) and the slot is not vacated. A second object in an anchor's
+    window, which every layer of ``match`` sees behind the first one's larger gain, is what the
+    next layer's gains point to; where the layers behind explain everything, the next layer's
+    gains are <= 0.
+
+    The anchors of one layer are matched at once, and neighbouring windows overlap: an object
+    on the seam of two cells is the best placement of both anchors, and both would draw it
+    (over compositing repeats it without error, so the loss cannot tell them apart). The
+    weaker of two such placements is vacated (:func:`neighbour_repeats`): its slot stays empty
+    in this layer, and the next layer's matching, against the canvas with the stronger one
+    drawn, finds whatever else its window holds. The canvases and the vacated slots are a
+    fixed target: no gradient flows through the choice of what the layers behind draw. Costs
+    one matching per layer.
     """
+    from .decomposition import shift_slots  # here: decompositions and renderers import this
+    from .renderers import render
+
     t, nl = queries.shape[1], queries.shape[2]
     frames = rearrange(windows.frames, "B T C H W -> (B T) C H W")
     canvas = rearrange(windows.background, "B T C H W -> (B T) C H W")
-    matches = []
+    matches, vacated = [], []
     for layer in range(nl):
         matches.append(_match(frames, canvas, sprites, temperature))
+        placed, gain = _best_placements(matches[-1], sprites, canvas)
+        with torch.no_grad():
+            alpha = shift_slots(placed)[:, 0, 0, :, :, 3]  # N Lh Lw S S
+            unexplained = (frames - canvas).abs().amax(dim=1, keepdim=True) > UNEXPLAINED
+            unexplained = extract_windows(unexplained.to(canvas.dtype), windows.grid)[..., 0, :, :]
+            footprints = (alpha > 0.5) & (unexplained > 0.5)
+            footprints &= (gain > 0)[..., None, None]
+        vacated.append(neighbour_repeats(footprints, gain, windows.grid.cell))
         if layer + 1 < nl:
-            canvas = _draw_best(matches[-1], sprites, canvas)
+            drawn = ((gain > 0) & ~vacated[-1]).to(canvas.dtype)[:, None, None]
+            canvas = render(replace(placed, presence=drawn), "torch")[:, 0].to(canvas.dtype)
     match = SoftMatch(
         *(rearrange(torch.stack(x, dim=1), "(B T) NL ... -> B T NL ...", T=t)
           for x in zip(*matches, strict=True))
     )  # fmt: skip
     logits = selection_logits(queries, dict_codes) + match.best / temperature
-    return Selection(logits, match, layered=True)
+    vacated = rearrange(torch.stack(vacated, dim=1), "(B T) NL ... -> B T NL ...", T=t)
+    return Selection(logits, match, layered=True, vacated=vacated)
 
 
 @torch.no_grad()
-def _draw_best(
+def _best_placements(
     match: SoftMatch, sprites: Float[Tensor, "K 4 S S"], canvas: Float[Tensor, "N 3 H W"]
-) -> Float[Tensor, "N 3 H W"]:
-    """``canvas`` with every anchor's best-matching sprite drawn at its matched displacement
-    where it gains (best > 0), as one layer of a hard decomposition."""
-    from .decomposition import Decomposition  # here: decompositions and renderers import this
-    from .renderers import render
+) -> tuple["Decomposition", Float[Tensor, "N Lh Lw"]]:
+    """One layer of a hard decomposition over ``canvas``, every anchor's best-matching sprite
+    at its matched displacement, all present; and the best gain of every anchor."""
+    from .decomposition import Decomposition  # here: decompositions import this module
 
     best, ids = match.best.max(dim=-1)  # N Lh Lw
     offsets = match.offsets.gather(-2, ids[..., None, None].expand(*ids.shape, 1, 2))[..., 0, :]
-    layer = Decomposition(
-        sprites.detach(), ids[:, None, None], (best > 0).to(canvas.dtype)[:, None, None],
+    placed = Decomposition(
+        sprites.detach(), ids[:, None, None], torch.ones_like(best)[:, None, None].to(canvas),
         offsets[:, None, None], canvas[:, None], torch.arange(4, device=canvas.device),
         sprites.shape[-1] // 2,
     )  # fmt: skip
-    return render(layer, "torch")[:, 0].to(canvas.dtype)
+    return placed, best
+
+
+#: A pixel is left to explain where a channel of the frame differs from the canvas by more
+#: than this (the foreground of :func:`marionette.core.foreground_patches`).
+UNEXPLAINED = 0.1
+
+#: The 8 neighbours (dy, dx) of an anchor.
+_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def _neighbour(x: Tensor, dy: int, dx: int, fill: float | bool) -> Tensor:
+    """``x`` [N, Lh, Lw, ...] read at anchor (i + dy, j + dx); ``fill`` outside the grid."""
+    lh, lw = x.shape[1:3]
+    padded = x.new_full((x.shape[0], lh + 2, lw + 2, *x.shape[3:]), fill)
+    padded[:, 1:-1, 1:-1] = x
+    return padded[:, 1 + dy : 1 + dy + lh, 1 + dx : 1 + dx + lw]
+
+
+def _shared_pixels(footprints: Tensor, dy: int, dx: int, cell: int) -> Tensor:
+    """|F_a & F_b| for every anchor a and its neighbour b = a + (dy, dx), whose window lies
+    (dy P, dx P) pixels further: ``[N, Lh, Lw]``."""
+    s = footprints.shape[-1]
+    other = _neighbour(footprints, dy, dx, False)
+    ys, xs = (
+        slice(max(0, dy * cell), min(s, s + dy * cell)),
+        slice(max(0, dx * cell), min(s, s + dx * cell)),
+    )
+    theirs = (
+        slice(ys.start - dy * cell, ys.stop - dy * cell),
+        slice(xs.start - dx * cell, xs.stop - dx * cell),
+    )
+    return (footprints[..., ys, xs] & other[..., theirs[0], theirs[1]]).sum(dim=(-2, -1))
+
+
+@typed
+@torch.no_grad()
+def neighbour_repeats(
+    footprints: Bool[Tensor, "N Lh Lw S S"],
+    score: Float[Tensor, "N Lh Lw"],
+    cell: int,
+    overlap: float = 0.5,
+) -> Bool[Tensor, "N Lh Lw"]:
+    """Which placements of one layer repeat a stronger neighbour's: greedy non-maximum
+    suppression among the 8 neighbours of every anchor.
+
+    ``footprints`` are the pixels each anchor's placement would explain, in its S x S window
+    (window (i, j) starts at pixel (iP - P/2, jP - P/2), P = ``cell``); an empty footprint
+    draws nothing. By falling ``score`` (ties: the earlier anchor in row-major order), each
+    placement is kept unless it shares more than ``overlap`` of the smaller footprint with the
+    kept placement of a neighbour,
+
+        |F_a & F_b| > overlap min(|F_a|, |F_b|).
+
+    The smaller footprint, not the union: a sprite that holds an object and pixels of the
+    background's colour around it (free over a uniform background) repeats the object however
+    large it is. Resolved in parallel rounds: a placement is suppressed once a stronger
+    clashing neighbour is kept, and kept once every stronger clashing neighbour is suppressed;
+    the strongest undecided placement is decided in every round, so this ends, with the
+    sequential result. Returns the suppressed placements.
+
+    Example:
+        >>> footprints = torch.zeros(1, 1, 3, 4, 4, dtype=torch.bool)
+        >>> footprints[0, 0, 0, 1:3, 2:4] = True  # the right half of anchor 0's window ...
+        >>> footprints[0, 0, 1, 1:3, 0:2] = True  # ... is the left half of anchor 1's
+        >>> footprints[0, 0, 2, 1:3, 2:4] = True  # another object
+        >>> score = torch.tensor([[[0.5, 0.7, 0.1]]])
+        >>> neighbour_repeats(footprints, score, cell=2).tolist()
+        [[[True, False, False]]]
+    """
+    n, lh, lw = score.shape
+    index = torch.arange(lh * lw, device=score.device).reshape(1, lh, lw).expand(n, -1, -1)
+    area = footprints.sum(dim=(-2, -1))
+    drawn = area > 0
+    threats = []  # per neighbour: drawn, stronger, and sharing most of a footprint
+    for dy, dx in _NEIGHBOURS:
+        smaller = torch.minimum(area, _neighbour(area, dy, dx, 0))
+        clash = _shared_pixels(footprints, dy, dx, cell) > overlap * smaller
+        other_score, other_index = _neighbour(score, dy, dx, 0.0), _neighbour(index, dy, dx, -1)
+        stronger = (other_score > score) | ((other_score == score) & (other_index < index))
+        threats.append(drawn & _neighbour(drawn, dy, dx, False) & stronger & clash)
+    kept, suppressed, undecided = torch.zeros_like(drawn), torch.zeros_like(drawn), drawn.clone()
+    while bool(undecided.any()):
+        by_kept, waiting = torch.zeros_like(drawn), torch.zeros_like(drawn)
+        for (dy, dx), threat in zip(_NEIGHBOURS, threats, strict=True):
+            by_kept |= threat & _neighbour(kept, dy, dx, False)
+            waiting |= threat & _neighbour(undecided, dy, dx, False)
+        suppressed |= undecided & by_kept
+        kept |= undecided & ~by_kept & ~waiting
+        undecided &= ~(suppressed | kept)
+    return suppressed
 
 
 #: Selection schemes by name (the ``selection`` setting): ``fn(queries, dict_codes, sprites,

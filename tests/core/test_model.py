@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from marionette.core import (
+    SELECTIONS,
     MarioNette,
     ModelConfig,
     ObjectiveWeights,
@@ -253,3 +254,24 @@ def test_selection_prediction_trains_the_codes_not_the_dictionary():
     assert not any(name.startswith("dictionary.") for name in moved)
     without = training_objective(model, rand(2, 1, 3, 32, 32), ObjectiveWeights(), step=0)
     assert "select_loss" not in without.terms
+
+
+def test_vacated_slots_are_left_empty(monkeypatch):
+    """A slot its selection vacates (a neighbour of its layer draws the same object) has
+    presence 0, in the soft and the hard rendering; the other slots keep theirs."""
+    model = MarioNette(tiny(selection="pursuit", presence="match", transform_encoder="match"))
+    frames = rand(2, 1, 3, 32, 32)
+    pursuit = SELECTIONS["pursuit"]
+    vacated = rand(2, 1, 2, 4, 4, seed=3) > 0.5
+
+    def vacating(*args):
+        return pursuit(*args)._replace(vacated=vacated)
+
+    with torch.no_grad():
+        free = model.encode(frames).presence
+        monkeypatch.setitem(SELECTIONS, "pursuit", vacating)
+        encoding = model.encode(frames)
+    assert (free[vacated] > 0).all() and (encoding.presence[vacated] == 0).all()
+    torch.testing.assert_close(encoding.presence[~vacated], free[~vacated])
+    hard = model.render(encoding, "hard").decomposition.presence
+    assert (hard[vacated] == 0).all()

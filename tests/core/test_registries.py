@@ -21,6 +21,7 @@ from marionette.core import (
     expected_displacement,
     match_gains,
     mix_sprites,
+    neighbour_repeats,
     scroll_strip,
     selection_logits,
     slide_strip_window,
@@ -117,6 +118,88 @@ class TestSelections:
         layers, best = picks["pursuit"]
         assert sorted(layers) == [0, 1] and best[1, 1, 1] > 0.1
         assert (best[1] <= 1e-6).sum() >= 12  # elsewhere nothing is left to draw
+
+    def test_pursuit_draws_an_object_on_a_seam_once(self):
+        # A 6 x 6 square centred on the seam of anchors (1, 1) and (2, 1): both reach it, at the
+        # same best gain. The earlier one draws it; the other is vacated, and in front nothing
+        # is left to draw. `match` does not decide it.
+        square = ((0.9, 0.3, 0.1), (slice(13, 19), slice(9, 15)), (slice(5, 11), slice(5, 11)))
+        _, sprites, windows, _ = painted_scene((0.1, 0.1, 0.2), [square])
+        queries = torch.zeros(1, 1, 2, 4, 4, 8)
+        selection = SELECTIONS["pursuit"](queries, torch.zeros(1, 8), sprites, windows, 0.05)
+        best = selection.match.best[0, 0, :, :, :, 0]  # NL Lh Lw
+        assert best[0, 1, 1] > 0.5 and torch.isclose(best[0, 2, 1], best[0, 1, 1])
+        assert selection.vacated[0, 0].nonzero().tolist() == [[0, 2, 1]]
+        assert (best[1] < 1e-4).all()  # 0 but for float rounding
+        assert (
+            SELECTIONS["match"](queries, torch.zeros(1, 8), sprites, windows, 0.05).vacated is None
+        )
+
+    def test_pursuit_draws_two_neighbouring_objects_both(self):
+        # Two squares, each in the cell of its anchor and touching: nothing is vacated.
+        left = ((0.9, 0.3, 0.1), (slice(9, 15), slice(9, 15)), (slice(5, 11), slice(5, 11)))
+        right = ((0.2, 0.9, 0.9), (slice(9, 15), slice(15, 21)), (slice(5, 11), slice(5, 11)))
+        _, sprites, windows, _ = painted_scene((0.1, 0.1, 0.2), [left, right])
+        queries = torch.zeros(1, 1, 2, 4, 4, 8)
+        selection = SELECTIONS["pursuit"](queries, torch.zeros(2, 8), sprites, windows, 0.05)
+        assert selection.match.best[0, 0, 0, 1, 1:3].amax(-1).gt(0.5).all()
+        assert not selection.vacated.any()
+
+
+class TestNeighbourRepeats:
+    @staticmethod
+    def naive(footprints, score, cell, overlap=0.5):
+        """Sequential greedy suppression over every pair of neighbours, pixel by pixel on the
+        canvas."""
+        n, lh, lw, s, _ = footprints.shape
+        canvas = torch.zeros(n, lh, lw, (lh + 1) * cell, (lw + 1) * cell, dtype=torch.bool)
+        for i in range(lh):
+            for j in range(lw):
+                canvas[:, i, j, i * cell : i * cell + s, j * cell : j * cell + s] = footprints[
+                    :, i, j
+                ]
+        suppressed = torch.zeros(n, lh, lw, dtype=torch.bool)
+        for b in range(n):
+            order = sorted(range(lh * lw), key=lambda a: (-float(score[b].flatten()[a]), a))
+            kept = []
+            for a in order:
+                i, j = divmod(a, lw)
+                mine = canvas[b, i, j]
+                if not mine.any():
+                    continue
+                for k in kept:
+                    ki, kj = divmod(k, lw)
+                    theirs = canvas[b, ki, kj]
+                    smaller = min(int(mine.sum()), int(theirs.sum()))
+                    if (
+                        max(abs(ki - i), abs(kj - j)) == 1
+                        and (mine & theirs).sum() > overlap * smaller
+                    ):
+                        suppressed[b, i, j] = True
+                        break
+                else:
+                    kept.append(a)
+        return suppressed
+
+    @pytest.mark.parametrize("seed", range(4))
+    def test_matches_sequential_greedy_suppression(self, seed):
+        generator = torch.Generator().manual_seed(seed)
+        n, lh, lw, cell = 3, 4, 5, 4
+        s = 2 * cell
+        # one random box per anchor window, some empty; scores with ties
+        footprints = torch.zeros(n, lh, lw, s, s, dtype=torch.bool)
+        corners = torch.randint(0, s - 2, (n, lh, lw, 2), generator=generator)
+        sizes = torch.randint(2, s + 1, (n, lh, lw, 2), generator=generator)
+        for b in range(n):
+            for i in range(lh):
+                for j in range(lw):
+                    y, x = corners[b, i, j].tolist()
+                    h, w = sizes[b, i, j].tolist()
+                    footprints[b, i, j, y : y + h, x : x + w] = True
+        footprints &= torch.rand(n, lh, lw, 1, 1, generator=generator) > 0.2
+        score = torch.randint(0, 4, (n, lh, lw), generator=generator).float()
+        ours = neighbour_repeats(footprints, score, cell)
+        assert ours.any() and torch.equal(ours, self.naive(footprints, score, cell))
 
 
 def painted_scene(background, objects):

@@ -279,6 +279,15 @@ def _neighbour(x: Tensor, dy: int, dx: int, fill: float | bool) -> Tensor:
     return padded[:, 1 + dy : 1 + dy + lh, 1 + dx : 1 + dx + lw]
 
 
+def _neighbours(x: Tensor, fill: float | bool) -> Tensor:
+    """``x`` [N, Lh, Lw] read at the 8 neighbours of every anchor, in the order of
+    ``_NEIGHBOURS``: ``[N, Lh, Lw, 8]``; ``fill`` outside the grid."""
+    padded = x.new_full((x.shape[0], x.shape[1] + 2, x.shape[2] + 2), fill)
+    padded[:, 1:-1, 1:-1] = x
+    around = padded.unfold(1, 3, 1).unfold(2, 3, 1).flatten(-2)  # N Lh Lw 9, row-major
+    return around[..., [0, 1, 2, 3, 5, 6, 7, 8]]
+
+
 def _shared_pixels(footprints: Tensor, dy: int, dx: int, cell: int) -> Tensor:
     """|F_a & F_b| for every anchor a and its neighbour b = a + (dy, dx), whose window lies
     (dy P, dx P) pixels further: ``[N, Lh, Lw]``."""
@@ -334,19 +343,18 @@ def neighbour_repeats(
     index = torch.arange(lh * lw, device=score.device).reshape(1, lh, lw).expand(n, -1, -1)
     area = footprints.sum(dim=(-2, -1))
     drawn = area > 0
-    threats = []  # per neighbour: drawn, stronger, and sharing most of a footprint
-    for dy, dx in _NEIGHBOURS:
-        smaller = torch.minimum(area, _neighbour(area, dy, dx, 0))
-        clash = _shared_pixels(footprints, dy, dx, cell) > overlap * smaller
-        other_score, other_index = _neighbour(score, dy, dx, 0.0), _neighbour(index, dy, dx, -1)
-        stronger = (other_score > score) | ((other_score == score) & (other_index < index))
-        threats.append(drawn & _neighbour(drawn, dy, dx, False) & stronger & clash)
+    shared = torch.stack([_shared_pixels(footprints, dy, dx, cell) for dy, dx in _NEIGHBOURS], -1)
+    other_score, other_index = _neighbours(score, 0.0), _neighbours(index, -1)
+    stronger = (other_score > score[..., None]) | (
+        (other_score == score[..., None]) & (other_index < index[..., None])
+    )
+    clash = shared > overlap * torch.minimum(area[..., None], _neighbours(area, 0))
+    # per anchor and neighbour: both drawn, the neighbour stronger, most of a footprint shared
+    threat = drawn[..., None] & _neighbours(drawn, False) & stronger & clash
     kept, suppressed, undecided = torch.zeros_like(drawn), torch.zeros_like(drawn), drawn.clone()
     while bool(undecided.any()):
-        by_kept, waiting = torch.zeros_like(drawn), torch.zeros_like(drawn)
-        for (dy, dx), threat in zip(_NEIGHBOURS, threats, strict=True):
-            by_kept |= threat & _neighbour(kept, dy, dx, False)
-            waiting |= threat & _neighbour(undecided, dy, dx, False)
+        by_kept = (threat & _neighbours(kept, False)).any(dim=-1)
+        waiting = (threat & _neighbours(undecided, False)).any(dim=-1)
         suppressed |= undecided & by_kept
         kept |= undecided & ~by_kept & ~waiting
         undecided &= ~(suppressed | kept)

@@ -271,21 +271,24 @@ UNEXPLAINED = 0.1
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 
+def _padded(x: Tensor, fill: float | bool) -> Tensor:
+    """``x`` [N, Lh, Lw, ...] with a border of one anchor of ``fill`` around the grid."""
+    padded = x.new_full((x.shape[0], x.shape[1] + 2, x.shape[2] + 2, *x.shape[3:]), fill)
+    padded[:, 1:-1, 1:-1] = x
+    return padded
+
+
 def _neighbour(x: Tensor, dy: int, dx: int, fill: float | bool) -> Tensor:
     """``x`` [N, Lh, Lw, ...] read at anchor (i + dy, j + dx); ``fill`` outside the grid."""
     lh, lw = x.shape[1:3]
-    padded = x.new_full((x.shape[0], lh + 2, lw + 2, *x.shape[3:]), fill)
-    padded[:, 1:-1, 1:-1] = x
-    return padded[:, 1 + dy : 1 + dy + lh, 1 + dx : 1 + dx + lw]
+    return _padded(x, fill)[:, 1 + dy : 1 + dy + lh, 1 + dx : 1 + dx + lw]
 
 
 def _neighbours(x: Tensor, fill: float | bool) -> Tensor:
     """``x`` [N, Lh, Lw] read at the 8 neighbours of every anchor, in the order of
     ``_NEIGHBOURS``: ``[N, Lh, Lw, 8]``; ``fill`` outside the grid."""
-    padded = x.new_full((x.shape[0], x.shape[1] + 2, x.shape[2] + 2), fill)
-    padded[:, 1:-1, 1:-1] = x
-    around = padded.unfold(1, 3, 1).unfold(2, 3, 1).flatten(-2)  # N Lh Lw 9, row-major
-    return around[..., [0, 1, 2, 3, 5, 6, 7, 8]]
+    around = _padded(x, fill).unfold(1, 3, 1).unfold(2, 3, 1).flatten(-2)  # N Lh Lw 9
+    return around[..., [0, 1, 2, 3, 5, 6, 7, 8]]  # row-major, without the anchor itself
 
 
 def _shared_pixels(footprints: Tensor, dy: int, dx: int, cell: int) -> Tensor:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import einsum, rearrange
 
 from ._typing import Bool, Float, Int64, Tensor, checks_active, typed
@@ -314,21 +315,27 @@ def neighbour_repeats(
     score: Float[Tensor, "N Lh Lw"],
     cell: int,
     overlap: float = 0.5,
+    grow: int = 1,
 ) -> Bool[Tensor, "N Lh Lw"]:
     """Which placements of one layer repeat a stronger neighbour's: greedy non-maximum
     suppression among the 8 neighbours of every anchor.
 
     ``footprints`` are the pixels each anchor's placement would explain, in its S x S window
     (window (i, j) starts at pixel (iP - P/2, jP - P/2), P = ``cell``); an empty footprint
-    draws nothing. By falling ``score`` (ties: the earlier anchor in row-major order), each
-    placement is kept unless it shares more than ``overlap`` of the smaller footprint with the
-    kept placement of a neighbour,
+    draws nothing. Each is grown by ``grow`` pixels (a (2 grow + 1)-square dilation inside its
+    window), G = grow(F). By falling ``score`` (ties: the earlier anchor in row-major order),
+    each placement is kept unless it shares more than ``overlap`` of the smaller grown
+    footprint with the kept placement of a neighbour,
 
-        |F_a & F_b| > overlap min(|F_a|, |F_b|).
+        |G_a & G_b| > overlap min(|G_a|, |G_b|).
 
     The smaller footprint, not the union: a sprite that holds an object and pixels of the
     background's colour around it (free over a uniform background) repeats the object however
-    large it is. Resolved in parallel rounds: a placement is suppressed once a stronger
+    large it is. Grown: two anchors that each reach only part of a small object on their seam
+    draw the parts side by side, sharing no pixel. Grown, two footprints of equal height side
+    by side share 2 grow / (w + 2 grow) of the narrower one's grown area (w its width): with
+    ``grow`` = 1, parts one pixel wide clash, touching objects two pixels wide or more do not.
+    Resolved in parallel rounds: a placement is suppressed once a stronger
     clashing neighbour is kept, and kept once every stronger clashing neighbour is suppressed;
     the strongest undecided placement is decided in every round, so this ends, with the
     sequential result. Returns the suppressed placements.
@@ -343,6 +350,10 @@ def neighbour_repeats(
         [[[True, False, False]]]
     """
     n, lh, lw = score.shape
+    if grow:
+        side = 2 * grow + 1
+        footprints = F.max_pool2d(footprints.flatten(0, 2)[:, None].float(), side, 1, grow) > 0
+        footprints = footprints.reshape(n, lh, lw, *footprints.shape[-2:])
     index = torch.arange(lh * lw, device=score.device).reshape(1, lh, lw).expand(n, -1, -1)
     area = footprints.sum(dim=(-2, -1))
     drawn = area > 0

@@ -148,10 +148,18 @@ class TestSelections:
 
 class TestNeighbourRepeats:
     @staticmethod
-    def naive(footprints, score, cell, overlap=0.5):
+    def naive(footprints, score, cell, overlap=0.5, grow=1):
         """Sequential greedy suppression over every pair of neighbours, pixel by pixel on the
-        canvas."""
+        canvas, after growing each footprint pixel by pixel inside its window."""
         n, lh, lw, s, _ = footprints.shape
+        grown = torch.zeros_like(footprints)
+        for y in range(s):
+            for x in range(s):
+                near = footprints[
+                    ..., max(0, y - grow) : y + grow + 1, max(0, x - grow) : x + grow + 1
+                ]
+                grown[..., y, x] = near.flatten(-2).any(-1)
+        footprints = grown
         canvas = torch.zeros(n, lh, lw, (lh + 1) * cell, (lw + 1) * cell, dtype=torch.bool)
         for i in range(lh):
             for j in range(lw):
@@ -181,8 +189,9 @@ class TestNeighbourRepeats:
                     kept.append(a)
         return suppressed
 
+    @pytest.mark.parametrize("grow", [0, 1])
     @pytest.mark.parametrize("seed", range(4))
-    def test_matches_sequential_greedy_suppression(self, seed):
+    def test_matches_sequential_greedy_suppression(self, seed, grow):
         generator = torch.Generator().manual_seed(seed)
         n, lh, lw, cell = 3, 4, 5, 4
         s = 2 * cell
@@ -198,8 +207,22 @@ class TestNeighbourRepeats:
                     footprints[b, i, j, y : y + h, x : x + w] = True
         footprints &= torch.rand(n, lh, lw, 1, 1, generator=generator) > 0.2
         score = torch.randint(0, 4, (n, lh, lw), generator=generator).float()
-        ours = neighbour_repeats(footprints, score, cell)
-        assert ours.any() and torch.equal(ours, self.naive(footprints, score, cell))
+        ours = neighbour_repeats(footprints, score, cell, grow=grow)
+        assert ours.any() and torch.equal(ours, self.naive(footprints, score, cell, grow=grow))
+
+    def test_parts_of_a_thin_object_side_by_side_clash(self):
+        # Anchors 0 and 1 (cell 4, 8 px windows; window 1 starts 4 px right of window 0) each
+        # draw a column of one 2 x 3 object on their seam: canvas columns 5 and 6, no pixel
+        # shared. Grown by a pixel they clash; two touching 2-px-wide objects do not.
+        footprints = torch.zeros(1, 1, 2, 8, 8, dtype=torch.bool)
+        footprints[0, 0, 0, 2:5, 5] = True
+        footprints[0, 0, 1, 2:5, 2] = True
+        score = torch.tensor([[[0.4, 0.5]]])
+        assert neighbour_repeats(footprints, score, 4, grow=0).tolist() == [[[False, False]]]
+        assert neighbour_repeats(footprints, score, 4).tolist() == [[[True, False]]]
+        footprints[0, 0, 0, 2:5, 4] = True  # canvas columns 4-5 and 6-7
+        footprints[0, 0, 1, 2:5, 3] = True
+        assert not neighbour_repeats(footprints, score, 4).any()
 
 
 def painted_scene(background, objects):

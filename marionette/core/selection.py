@@ -12,7 +12,6 @@ from dataclasses import replace
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from einops import einsum, rearrange
 
 from ._typing import Bool, Float, Int64, Tensor, checks_active, typed
@@ -308,6 +307,19 @@ def _shared_pixels(footprints: Tensor, dy: int, dx: int, cell: int) -> Tensor:
     return (footprints[..., ys, xs] & other[..., theirs[0], theirs[1]]).sum(dim=(-2, -1))
 
 
+def _grown(masks: Tensor, grow: int) -> Tensor:
+    """``masks`` [..., S, S] dilated by a (2 ``grow`` + 1)-square, inside the S x S frame:
+    a pixel is set where one within ``grow`` rows and ``grow`` columns of it is."""
+    for dim in (-2, -1):
+        for _ in range(grow):
+            size = masks.shape[dim] - 1
+            grown = masks.clone()
+            grown.narrow(dim, 1, size).logical_or_(masks.narrow(dim, 0, size))
+            grown.narrow(dim, 0, size).logical_or_(masks.narrow(dim, 1, size))
+            masks = grown
+    return masks
+
+
 @typed
 @torch.no_grad()
 def neighbour_repeats(
@@ -350,10 +362,7 @@ def neighbour_repeats(
         [[[True, False, False]]]
     """
     n, lh, lw = score.shape
-    if grow:
-        side = 2 * grow + 1
-        footprints = F.max_pool2d(footprints.flatten(0, 2)[:, None].float(), side, 1, grow) > 0
-        footprints = footprints.reshape(n, lh, lw, *footprints.shape[-2:])
+    footprints = _grown(footprints, grow)
     index = torch.arange(lh * lw, device=score.device).reshape(1, lh, lw).expand(n, -1, -1)
     area = footprints.sum(dim=(-2, -1))
     drawn = area > 0

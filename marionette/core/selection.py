@@ -343,14 +343,14 @@ def neighbour_repeats(
 
     The smaller footprint, not the union: a sprite that holds an object and pixels of the
     background's colour around it (free over a uniform background) repeats the object however
-    large it is. Grown: two anchors that each reach only part of a small object on their seam
-    draw the parts side by side, sharing no pixel. Grown, two footprints of equal height side
-    by side share 2 grow / (w + 2 grow) of the narrower one's grown area (w its width): with
-    ``grow`` = 1, parts one pixel wide clash, touching objects two pixels wide or more do not.
-    Resolved in parallel rounds: a placement is suppressed once a stronger
-    clashing neighbour is kept, and kept once every stronger clashing neighbour is suppressed;
-    the strongest undecided placement is decided in every round, so this ends, with the
-    sequential result. Returns the suppressed placements.
+    large it is. Grown, because two anchors that each reach only part of a small object on
+    their seam draw the parts side by side, sharing no pixel: grown, two footprints of equal
+    height side by side share 2 grow / (w + 2 grow) of the narrower one's grown area (w its
+    width), so with ``grow`` = 1 parts one pixel wide clash and touching objects two pixels
+    wide or more do not. Resolved in parallel rounds: a placement is suppressed once a
+    stronger clashing neighbour is kept, and kept once every stronger clashing neighbour is
+    suppressed; the strongest undecided placement is decided in every round, so this ends,
+    with the sequential result. Returns the suppressed placements.
 
     Example:
         >>> footprints = torch.zeros(1, 1, 3, 4, 4, dtype=torch.bool)

@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -10,7 +11,17 @@ from .config import Config
 from .core import MarioNette
 from .rundir import CONFIG_FILE, RunDirectory
 
-__all__ = ["load"]
+__all__ = ["LoadedRun", "load", "load_run"]
+
+
+class LoadedRun(NamedTuple):
+    """A trained model (in eval mode), its configuration, the training step its weights are
+    from and the checkpoint file they were read from."""
+
+    model: MarioNette
+    config: Config
+    step: int
+    checkpoint: Path
 
 
 def load(
@@ -26,6 +37,16 @@ def load(
             readable one (a corrupt file is skipped with a warning).
         device: where to put the model.
     """
+    loaded = load_run(run_dir, checkpoint, device)
+    return loaded.model, loaded.config
+
+
+def load_run(
+    run_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedRun:
+    """:func:`load`, with the step of the weights and the checkpoint they come from."""
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.exists():
@@ -54,4 +75,4 @@ def load(
             f"checkpoint {path} does not fit the model of {config_path} "
             f"({' '.join(line.strip() for line in first[:3])}); it belongs to another run"
         ) from None
-    return model.to(device).eval(), config
+    return LoadedRun(model.to(device).eval(), config, int(state["step"]), path)

@@ -259,12 +259,12 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .api import load
+    from .api import load_run
     from .build import build_eval_data, resolve_device
     from .data import load_dataset
     from .eval import OVERLAP, evaluate, first_frames, summary, write_metrics
 
-    model, config = load(args.run, args.checkpoint)
+    model, config, step, _ = load_run(args.run, args.checkpoint)
     if args.data:
         data = load_dataset(
             args.data, (config.model.height, config.model.width), args.resize or config.data.resize
@@ -279,7 +279,6 @@ def _eval(args: argparse.Namespace) -> int:
         resolve_device(args.device), OVERLAP if args.overlap is None else args.overlap,
     )  # fmt: skip
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    step = _run_step(Path(args.run))
     path = write_metrics(out, metrics, step)
     if not args.no_tensorboard:
         _log_tensorboard(Path(args.run) / "tensorboard", metrics, step)
@@ -294,16 +293,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_step(run_dir: Path) -> int | None:
-    """The step of a run's newest logged metrics (None if it has none)."""
-    table = run_dir / "metrics.csv"
-    if not table.exists():
-        return None
-    lines = table.read_text().strip().splitlines()
-    return int(float(lines[-1].split(",")[0])) if len(lines) > 1 else None
-
-
-def _log_tensorboard(directory: Path, metrics: dict, step: int | None) -> None:
+def _log_tensorboard(directory: Path, metrics: dict, step: int) -> None:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -313,7 +303,7 @@ def _log_tensorboard(directory: Path, metrics: dict, step: int | None) -> None:
     with SummaryWriter(str(directory)) as writer:
         for key, value in flatten_metrics(metrics).items():
             if isinstance(value, int | float):
-                writer.add_scalar(f"eval/{key}", value, step or 0)
+                writer.add_scalar(f"eval/{key}", value, step)
 
 
 def _sweep(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import marionette
+from marionette.api import load_run
 from marionette.cli import main
 from marionette.decompose import read_decomposition
 from marionette.eval import suppress_overlaps
@@ -16,7 +17,7 @@ TINY_FLAGS = [
     "--synthetic", "tiny", "--synthetic_clips", "8", "--canvas_size", "32", "--layer_size", "4",
     "--num_classes", "4", "--dim_z", "16", "--bs", "2", "--num_steps", "6", "--log_every", "3",
     "--image_every", "0", "--transform_encoder", "match", "--selection", "match",
-    "--sprite_init", "data", "--no-progress", "--no-tensorboard",
+    "--sprite_init", "data", "--checkpoint_every", "4", "--no-progress", "--no-tensorboard",
 ]  # fmt: skip
 
 
@@ -99,6 +100,18 @@ def test_eval_writes_metrics(run, tmp_path, capsys):
     by_class = metrics["relevant"]["recall_by_class"]
     assert by_class and all(0 <= value <= 1 for value in by_class.values())
     assert f"relevant recall by class: {next(iter(by_class))} " in printed
+
+
+def test_eval_of_an_earlier_checkpoint_records_its_step(run, tmp_path):
+    # The run logged metrics up to step 6; the metrics are those of the step-4 weights.
+    out = tmp_path / "eval"
+    earlier = run / "checkpoints" / "step_000000004.pt"
+    assert main(["eval", "--run", str(run), "--checkpoint", str(earlier), "--frames", "16",
+                 "--out", str(out), "--no-tensorboard"]) == 0  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text())["step"] == 4
+    loaded = load_run(run, earlier)
+    assert (loaded.step, loaded.checkpoint) == (4, earlier)
+    assert load_run(run).step == 6
 
 
 def test_eval_of_a_folder_without_ground_truth(run, tmp_path, capsys):

@@ -90,8 +90,10 @@ class TrainConfig:
         merge_every: every this many steps, free the dictionary entries that repeat a more
             used one (same alpha mask after the best integer shift, IoU >= 0.9, and mean
             colour within 0.1: :func:`marionette.core.duplicate_entries`) or that no slot used
-            since the last merge, and re-seed them from the step's worst reconstructed regions
-            (0: never).
+            since the last merge, and re-seed them from the worst reconstructed regions of the
+            next step's frames (0: never). Both levers act before the next step's update,
+            never after the last step: checkpoints, evaluations and the final weights hold no
+            entry that no step has trained.
         w_select: weight of the selection-prediction term: the presence-weighted cross-entropy
             of the anchor code's own logits q . z / sqrt(D) against the selection weights used
             (:func:`marionette.core.selection_prediction_loss`). With matched selection it makes

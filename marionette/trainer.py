@@ -31,7 +31,6 @@ from .checkpoint import list_checkpoints, nonfinite_tensors
 from .config import Config
 from .core import (
     MarioNette,
-    Objective,
     duplicate_entries,
     foreground_patches,
     resolve_renderer,
@@ -245,9 +244,10 @@ class _Training:
         self.model = prepare_training(build_model(config, source), self.device)
         resolve_renderer(t.renderer, self.device)  # fails now, not at the first step
         self.update = TrainingStep(self.model, config, self.device, group)
-        self.step = self._resume()
         self.usage = torch.zeros(config.model.num_sprites, dtype=torch.long)
         self.reseed_generator = torch.Generator().manual_seed(t.seed + 7)
+        self.maintained = False  # the dictionary was maintained in the step under way
+        self.step = self._resume()
         self.last_good: Path | None = None  # a checkpoint whose weights gave a finite loss
         self.unconfirmed: Path | None = None  # written, its weights not yet through a forward
         self.last_frames: torch.Tensor | None = None
@@ -267,6 +267,11 @@ class _Training:
         self.model.load_state_dict(state["model"])
         self.update.load_state_dict(state["optimizers"])
         torch.set_rng_state(state["rng"].cpu())
+        if "usage" in state:  # in a group, rank 0's counts (the others' since the last
+            # maintenance are not kept: a resumed group's next merge counts a little less)
+            if self.main:
+                self.usage.copy_(state["usage"].cpu())
+            self.reseed_generator.set_state(state["reseed_rng"].cpu())
         return int(state["step"])
 
     def checkpoint(self, final: bool = False, announce: bool = True) -> Path | None:
@@ -283,6 +288,8 @@ class _Training:
             "model": weights,
             "optimizers": self.update.state_dict(),
             "rng": torch.get_rng_state(),
+            "usage": self.usage.clone(),
+            "reseed_rng": self.reseed_generator.get_state(),
             "config": self.config.to_dict(),
         }
         self.unconfirmed = self.run_dir.save(state, final)
@@ -407,8 +414,11 @@ class _Training:
         newest = self.last_good or self.unconfirmed
         if not self.main:
             return f"rank 0 keeps the checkpoints (process {self.group.rank} writes none)"
-        if self.update.updating:  # the error came inside the weight update: weights half-new
-            return f"no checkpoint written (the weights were mid-update); the newest is {newest}"
+        if self.update.updating or self.maintained:  # the weights are no longer the step's
+            return (
+                f"no checkpoint written (the weights were part-way through step "
+                f"{self.step + 1}); the newest is {newest}"
+            )
         try:
             path = self.checkpoint(announce=False)  # the run is failing: no more events
         except Exception as error:
@@ -439,13 +449,16 @@ class _Training:
         items = self._items()
         frames = torch.stack([self.stacks[int(i)] for i in items])
         frames = frames.to(self.device, non_blocking=True)
+        self._maintain(frames)
         try:
             objective = self.update(frames, self.step, on_finite_loss=self._confirm)
         except TrainingDiverged as error:
             self._diverged(error)
         self.step += 1
+        self.maintained = False
         self.last_frames = frames
-        self._track_usage(objective, frames)
+        with torch.no_grad():
+            self.usage += sprite_usage(objective.output).cpu()
         logging = self.main and (self.step % t.log_every == 0 or self.step == t.num_steps)
         if logging:
             with self._rng_kept():
@@ -480,38 +493,41 @@ class _Training:
         items = batch_indices(len(self.stacks), t.bs * group.world, t.seed, self.step)
         return items[group.rank * t.bs : (group.rank + 1) * t.bs]
 
-    def _track_usage(self, objective: Objective, frames: torch.Tensor) -> None:
-        """Count sprite use; every ``merge_every`` steps free repeated and unused sprites and
-        re-seed them from badly reconstructed regions, every ``reinit_unused`` steps re-seed
-        the unused ones from used ones."""
-        with torch.no_grad():
-            self.usage += sprite_usage(objective.output).cpu()
+    def _maintain(self, frames: torch.Tensor) -> None:
+        """Before the update of the step after every ``merge_every``-th: free repeated and
+        unused sprites and re-seed them from what the model draws worst in this step's
+        ``frames``; after every ``reinit_unused``-th: re-seed the unused ones from used ones.
+        Before the next update, not after the last one: the weights of every step boundary (a
+        checkpoint, an evaluation, the end of a run) are trained ones, never freshly re-seeded
+        entries that no step has trained yet."""
         t = self.config.train
-        merge = t.merge_every and self.step % t.merge_every == 0
-        reinit = t.reinit_unused and self.step % t.reinit_unused == 0
+        merge = t.merge_every and self.step and self.step % t.merge_every == 0
+        reinit = t.reinit_unused and self.step and self.step % t.reinit_unused == 0
         if not (merge or reinit):
             return
+        self.maintained = True
         usage = self.group.sum(self.usage) if self.group is not None else self.usage
         if merge:
-            self._merge(objective, frames, usage)
+            self._merge(frames, usage)
         else:
             count = self.model.dictionary.reseed_unused(usage, self.reseed_generator)
             self.metrics["reinit_sprites"] = float(count)
         self.usage.zero_()
 
     @torch.no_grad()
-    def _merge(self, objective: Objective, frames: torch.Tensor, usage: torch.Tensor) -> None:
+    def _merge(self, frames: torch.Tensor, usage: torch.Tensor) -> None:
         """One sprite per look: entries that repeat a more used one (:func:`duplicate_entries`)
-        and entries no slot used since the last merge become foreground patches of the step's
-        frames against their reconstruction, i.e. of what the model draws worst. In a group,
-        rank 0 decides and its dictionary is shared."""
+        and entries no slot used since the last merge become foreground patches of ``frames``
+        against the model's reconstruction of them, i.e. of what the model draws worst. In a
+        group, rank 0 decides and its dictionary is shared."""
         dictionary, cell = self.model.dictionary, self.model.grid.cell
         sprites, _ = dictionary()
         repeated = duplicate_entries(sprites.float().cpu(), usage.long())
         entries = sorted(set(repeated) | set((usage == 0).nonzero().flatten().tolist()))
         if entries and (self.group is None or self.group.main):
+            with self._rng_kept(), self.update.autocast():
+                drawn = self.model(frames).reconstruction.float()
             images = rearrange(frames.float(), "B T C H W -> (B T) C H W").cpu()
-            drawn = objective.output.reconstruction.detach().float()
             drawn = rearrange(drawn, "B T C H W -> (B T) C H W").cpu()
             patches = foreground_patches(images, drawn, cell, len(entries), self.reseed_generator)
             dictionary.replace(entries, patches)

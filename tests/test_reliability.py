@@ -234,6 +234,31 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resumes_bit_identically(tmp_path, m
     assert_same_weights(run, tmp_path / "straight")
 
 
+@pytest.mark.parametrize("stop", [3, 5])
+def test_a_resumed_run_maintains_its_dictionary_as_an_uninterrupted_one(tmp_path, stop):
+    """Merges before steps 4 and 7. Stopped at 3 (the merge still to come) or at 5 (sprite use
+    counted since the merge, and the re-seeding's random state, in the checkpoint) and resumed,
+    a run ends with the weights of one that was not stopped."""
+    config = tiny_config(num_sprites=16, merge_every=3, num_steps=8, checkpoint_every=100)
+    quiet_train(config.replace(num_steps=stop), tmp_path / "run")
+    assert quiet_train(config, tmp_path / "run", resume=True).step == 8
+    quiet_train(config, tmp_path / "straight")
+    assert_same_weights(tmp_path / "run", tmp_path / "straight")
+
+
+def test_an_error_after_the_dictionary_maintenance_writes_no_checkpoint(tmp_path, monkeypatch):
+    # The merge after step 2 changed the dictionary before step 3's forward failed: those
+    # weights are step 2's no more, so no checkpoint claims they are.
+    def broken(real, args, kwargs):
+        raise RuntimeError("broken step")
+
+    poison_call(monkeypatch, step_module, "training_objective", 3, broken)
+    config = tiny_config(num_sprites=16, merge_every=2, num_steps=6, checkpoint_every=100)
+    with pytest.raises(TrainingFailed, match="no checkpoint written .*part-way through step 3"):
+        quiet_train(config, tmp_path / "run")
+    assert list_checkpoints(tmp_path / "run") == []
+
+
 def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, monkeypatch):
     def two_ctrl_c(real, args, kwargs):
         os.kill(os.getpid(), signal.SIGINT)

@@ -292,8 +292,9 @@ def test_logging_settings_leave_the_weights_alone(tmp_path):
 
 
 def test_merging_frees_repeated_sprites(tmp_path):
-    """16 entries started from the tiny world's few looks repeat each other: the merge at step 2
-    frees the repeats (and the unused) and re-seeds them; training goes on."""
+    """16 entries started from the tiny world's few looks repeat each other: the merge after
+    step 2 (before step 3's update) frees the repeats (and the unused) and re-seeds them;
+    training goes on."""
     seen = {}
 
     class Watch(marionette.Callback):
@@ -302,9 +303,21 @@ def test_merging_frees_repeated_sprites(tmp_path):
 
     config = tiny_config(num_sprites=16, merge_every=2, num_steps=4)
     quiet_train(config, tmp_path / "run", callbacks=[Watch()])
-    merged, reseeded = seen[2]
+    assert seen[2] == (None, None)
+    merged, reseeded = seen[4]
     assert merged >= 1 and reseeded >= merged
     assert all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
+
+
+@pytest.mark.parametrize("lever", ["merge_every", "reinit_unused"])
+def test_the_last_step_is_not_followed_by_a_dictionary_maintenance(tmp_path, lever):
+    """Maintenance comes before the next update, so a run that ends on a multiple of
+    ``merge_every`` (or ``reinit_unused``) ends with trained entries, not fresh re-seeds: its
+    weights are those of a run without the lever."""
+    with_it = quiet_train(tiny_config(num_sprites=16, **{lever: 3}, num_steps=3), tmp_path / "a")
+    without = quiet_train(tiny_config(num_sprites=16, num_steps=3), tmp_path / "b")
+    for name, weight in without.model.state_dict().items():
+        torch.testing.assert_close(with_it.model.state_dict()[name], weight, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("init, largest", [("data", 8 * 5), ("objects", 12 * 5)])

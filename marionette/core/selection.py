@@ -361,6 +361,8 @@ def neighbour_repeats(
         >>> neighbour_repeats(footprints, score, cell=2).tolist()
         [[[True, False, False]]]
     """
+    if grow < 0:
+        raise ValueError(f"grow must be >= 0 (pixels), got {grow}")
     n, lh, lw = score.shape
     footprints = _grown(footprints, grow)
     index = torch.arange(lh * lw, device=score.device).reshape(1, lh, lw).expand(n, -1, -1)

@@ -223,6 +223,8 @@ class TestNeighbourRepeats:
         footprints[0, 0, 0, 2:5, 4] = True  # canvas columns 4-5 and 6-7
         footprints[0, 0, 1, 2:5, 3] = True
         assert not neighbour_repeats(footprints, score, 4).any()
+        with pytest.raises(ValueError, match="grow must be >= 0 .*got -1"):
+            neighbour_repeats(footprints, score, 4, grow=-1)
 
 
 def painted_scene(background, objects):

@@ -309,6 +309,20 @@ def test_merging_frees_repeated_sprites(tmp_path):
     assert all(torch.isfinite(torch.tensor(losses(tmp_path / "run"))))
 
 
+def test_unused_sprites_are_reseeded_from_used_ones(tmp_path):
+    """16 entries for the tiny world's few looks: some are unused by step 2, and the re-seeding
+    before step 3's update gives them perturbed copies of used entries' latents."""
+    seen = {}
+
+    class Watch(marionette.Callback):
+        def on_log(self, step, metrics):
+            seen[step] = metrics.get("reinit_sprites")
+
+    config = tiny_config(num_sprites=16, reinit_unused=2, num_steps=4)
+    quiet_train(config, tmp_path / "run", callbacks=[Watch()])
+    assert seen[2] is None and 1 <= seen[4] < 16
+
+
 @pytest.mark.parametrize("lever", ["merge_every", "reinit_unused"])
 def test_the_last_step_is_not_followed_by_a_dictionary_maintenance(tmp_path, lever):
     """Maintenance comes before the next update, so a run that ends on a multiple of

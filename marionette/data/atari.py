@@ -11,6 +11,10 @@ Known pitfalls handled here (see ``docs/data.md``):
   bullet is kept only if bullet-colored pixels lie inside its box;
 * OCAtari's RAM rules do uint8 arithmetic that wraps under numpy 2: the RAM is passed as int64
   (identical results under numpy 1.26);
+* some of OCAtari's RAM rules track objects from step to step (Riverraid adds an object when it
+  enters at the top and finds it by its order on screen; Carnival fixes its missile's x when it
+  is fired): detection runs after every step, the unrecorded ones too, or boxes go to
+  objects long gone and to the wrong classes;
 * the RAM lists objects the screen does not show: games flicker sprites (MsPacman draws some
   ghosts on one frame, the others on the next) and stack them (its ghost house). A label is kept
   only where its object can be seen (:func:`visible`), unless ``AtariConfig.hidden`` asks for all.
@@ -135,12 +139,18 @@ def _make_env(config: AtariConfig):
     return env, core.detect_objects_ram
 
 
-def _detect(env, detect_objects_ram, game: str) -> list[_Object]:
-    """Run OCAtari's RAM detection twice on int64 RAM (see the module notes); present objects,
-    those of :data:`HUD_OBJECTS` flagged HUD."""
+def _track(env, detect_objects_ram, passes: int = 1) -> None:
+    """Run OCAtari's RAM detection ``passes`` times on the current int64 RAM (see the module
+    notes), updating ``env.objects``."""
     ram = np.asarray(env.get_ram(), np.int64)
-    for _ in range(2):
+    for _ in range(passes):
         detect_objects_ram(env.objects, ram, env.game_name, env.hud)
+
+
+def _detect(env, detect_objects_ram, game: str) -> list[_Object]:
+    """Run OCAtari's RAM detection twice (see the module notes); present objects, those of
+    :data:`HUD_OBJECTS` flagged HUD."""
+    _track(env, detect_objects_ram, passes=2)
     objects = []
     for slot, obj in enumerate(env.objects):
         if not obj or obj.w <= 0 or obj.h <= 0:
@@ -296,13 +306,15 @@ class _Recorder:
         self.advance(self.config.burn_in)
 
     def advance(self, steps: int) -> bool:
-        """Step the underlying ALE env without object detection (4x faster); False if the
-        episode ended (then it was reset). Gymnasium's order here: terminated, truncated."""
+        """Step the underlying ALE env without recording, the RAM detection kept in step (see
+        the module notes); False if the episode ended (then it was reset). Gymnasium's order
+        here: terminated, truncated."""
         for _ in range(steps):
             *_, terminated, truncated, _ = self.env._env.step(self.env.action_space.sample())
             if terminated or truncated:
                 self.reset()
                 return False
+            _track(self.env, self.detect_objects_ram)
         return True
 
     def clip(self) -> list[tuple[np.ndarray, list[_Object]]] | None:
@@ -418,6 +430,7 @@ def generate_atari(
                 "native_size": list(native),
                 "clips_dropped_at_episode_end": dropped,
                 "labels_hidden": None if config.hidden else recorder.hidden,
+                "ram_detection": "every step",
                 "class_names": groundtruth.class_names,
                 "settings": asdict(config),
                 "versions": package_versions("ale-py", "gymnasium", "ocatari"),

@@ -232,6 +232,26 @@ class TestForegroundPatches:
         sizes = sorted([len(self.opaque(first)), len(self.opaque(second))])
         assert sizes == [30, 36]
 
+    def test_small_objects_are_told_apart_by_color_as_large_ones_are(self):
+        # Two 6 x 6 squares (red, blue) and six 1 x 3 lines of each of two colors (yellow,
+        # cyan), three entries: compared by raw pixels, a line is close to any other line
+        # (3 pixels) and far from the squares (36), so the seeds never held both lines (0 of
+        # 40 generator seeds); per pixel of its blob, the second line is a look of its own.
+        frame = torch.zeros(1, 3, 64, 64)
+        frame[0, :, 4:10, 4:10] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+        frame[0, :, 4:10, 36:42] = torch.tensor([0.1, 0.1, 0.9])[:, None, None]
+        yellow, cyan = torch.tensor([0.9, 0.9, 0.2]), torch.tensor([0.2, 0.9, 0.9])
+        for i in range(12):
+            y, x = 24 + 12 * (i // 6), 4 + 10 * (i % 6)
+            frame[0, :, y : y + 3, x] = (yellow if i % 2 else cyan)[:, None]
+        both = 0
+        for seed in range(40):
+            generator = torch.Generator().manual_seed(seed)
+            patches = foreground_patches(frame, torch.zeros_like(frame), 8, 3, generator)
+            lines = patches[(patches[:, 3] > 0.5).sum(dim=(1, 2)) == 3]
+            both += len({round(float(line[0].amax()), 1) for line in lines}) == 2  # red channel
+        assert both >= 4
+
     def test_no_foreground_gives_transparent_patches(self):
         patches = self.patches(torch.zeros(1, 3, 16, 16), 2)
         assert patches.shape == (2, 4, 16, 16) and (patches[:, 3] < 0.05).all()

@@ -236,7 +236,8 @@ class TestForegroundPatches:
         # Two 6 x 6 squares (red, blue) and six 1 x 3 lines of each of two colors (yellow,
         # cyan), three entries: compared by raw pixels, a line is close to any other line
         # (3 pixels) and far from the squares (36), so the seeds never held both lines (0 of
-        # 40 generator seeds); per pixel of its blob, the second line is a look of its own.
+        # 40 generator seeds); per pixel of its blob, the second line is a look of its own
+        # (7 of 40: the two lines are closer to each other than to the squares).
         frame = torch.zeros(1, 3, 64, 64)
         frame[0, :, 4:10, 4:10] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
         frame[0, :, 4:10, 36:42] = torch.tensor([0.1, 0.1, 0.9])[:, None, None]

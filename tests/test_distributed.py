@@ -58,10 +58,14 @@ def two_ranks(tmp_path_factory):
 def test_two_ranks_equal_one_process_with_the_double_batch(two_ranks, tmp_path):
     out, _ = two_ranks
     single = tmp_path / "single"
-    assert main(["train", *TINY, "--bs", "4", "--num_steps", "3", "--out", str(single)]) == 0
-    ddp, alone = final_weights(out), final_weights(single)
+    assert main(["train", *TINY, "--bs", "4", "--num_steps", "2", "--out", str(single)]) == 0
+    ddp = load_checkpoint(out / "checkpoints" / "step_000000002.pt")["model"]
+    alone = final_weights(single)
     # Adam moves each weight by about lr = 1e-3 a step; float rounding of the two reductions
-    # (2 x 2 items against 4) shows up below 5e-5, a different gradient at once
+    # (2 x 2 items against 4) shows up below 5e-5 after two steps, a different gradient at
+    # once. Not after three: Adam's third step divides by the root of squared gradients that
+    # are near zero for some weights and amplifies the rounding (one process alone, 1 thread
+    # against 2: 3.3e-4 on an encoder weight, with the seeds of 4a8bb98)
     for name, weight in alone.items():
         torch.testing.assert_close(ddp[name], weight, atol=1e-4, rtol=1e-4, msg=name)
     assert json.loads((out / "config.json").read_text())["train"]["world_size"] == 2

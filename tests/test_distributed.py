@@ -43,8 +43,8 @@ def logged_steps(run: Path) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(handle)]
 
 
-def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run / "checkpoints" / "final.pt")["model"]
+def weights(run: Path, checkpoint: str = "final.pt") -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / checkpoint)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,7 @@ def test_two_ranks_equal_one_process_with_the_double_batch(two_ranks, tmp_path):
     out, _ = two_ranks
     single = tmp_path / "single"
     assert main(["train", *TINY, "--bs", "4", "--num_steps", "2", "--out", str(single)]) == 0
-    ddp = load_checkpoint(out / "checkpoints" / "step_000000002.pt")["model"]
-    alone = final_weights(single)
+    ddp, alone = weights(out, "step_000000002.pt"), weights(single)
     # Adam moves each weight by about lr = 1e-3 a step; float rounding of the two reductions
     # (2 x 2 items against 4) shows up below 5e-5 after two steps, a different gradient at
     # once. Not after three: Adam's third step divides by the root of squared gradients that

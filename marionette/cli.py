@@ -653,7 +653,8 @@ def _add_data_atari(generators) -> None:
     atari.add_argument(
         "--hidden",
         action="store_true",
-        help="also label objects the frame does not show (flickered or stacked sprites)",
+        help="also label objects the frame does not show (flickered or stacked sprites), and "
+        "keep OCAtari's boxes as the RAM gives them (not shrunk to the drawn pixels)",
     )
     atari.add_argument("--split", default="train", choices=("train", "validation", "test"))
     atari.add_argument("--seed", type=int, help="default: 0, 1, 2 for train, validation, test")

@@ -16,6 +16,7 @@ from marionette.data.atari import (
     _Object,
     _rows,
     background_screen,
+    drawn_boxes,
     moc_labels,
     visible,
 )
@@ -95,6 +96,28 @@ class TestVisible:
         screen, background = self.scene()
         objects = [_Object("Ghost", (-9, 2, -1, 8), False, 0, self.SPRITE)]
         assert visible(screen, background, objects) == [False]
+
+    def test_boxes_the_drawn_pixels_fill_less_than_half_of_shrink_to_them(self):
+        screen, background = self.scene()
+        screen[12:16, 20] = self.SPRITE  # a 1 x 4 line in a 6 x 8 RAM box (Carnival's missile)
+        objects = [
+            _Object("Missile", (17, 10, 23, 18), False, 0, (1, 2, 3)),
+            _Object("Shield", (0, 18, 14, 26), False, 1, self.WALL),  # static: its own colour
+            _Object("Ghost", (-4, 1, 8, 9), False, 2, (1, 2, 3)),  # 36 of 64 on-screen pixels
+            _Object("Ghost", (12, 24, 16, 28), False, 3, (1, 2, 3)),  # nothing drawn
+            _Object("Score", (0, 0, 12, 12), True, 4, (9, 9, 9)),  # HUD: as the RAM gives it
+        ]
+        shrunk = drawn_boxes(screen, background, objects)
+        assert [obj.box for obj in shrunk] == [
+            (20, 12, 21, 16),
+            (0, 20, 12, 24),
+            (-4, 1, 8, 9),
+            (12, 24, 16, 28),
+            (0, 0, 12, 12),
+        ]
+        assert [(o.category, o.slot, o.rgb) for o in shrunk] == [
+            (o.category, o.slot, o.rgb) for o in objects
+        ]
 
     def test_background_is_the_median_colour_of_each_pixel(self):
         screens = np.zeros((4, 2, 2, 3), np.uint8)
@@ -235,7 +258,7 @@ class TestConfigs:
 
 
 def _labels(gt):
-    return {(f, i, tuple(b)) for f, i, b in zip(gt.frame, gt.instance, gt.boxes, strict=True)}
+    return {(f, i): tuple(b) for f, i, b in zip(gt.frame, gt.instance, gt.boxes, strict=True)}
 
 
 @pytest.fixture(scope="class")
@@ -266,6 +289,7 @@ class TestAtari:
         info = json.loads((root / "a" / "dataset.json").read_text())
         assert info["env"] == "ALE/SpaceInvaders-v5" and info["settings"]["frameskip"] == 2
         assert info["versions"]["ocatari"] == "2.2.1" and info["ram_detection"] == "every step"
+        assert info["boxes"].endswith("shrunk to the drawn pixels where these fill < 1/2")
 
     def test_player_boxes_cover_player_pixels(self, recorded):
         root, _ = recorded
@@ -303,10 +327,15 @@ class TestAtari:
         root, _ = recorded
         shown, every = load_dataset(root / "a"), load_dataset(root / "all")
         assert (shown.frames.frames(range(12)) == every.frames.frames(range(12))).all()
-        assert _labels(shown.groundtruth) <= _labels(every.groundtruth)
+        shown_boxes, every_box = _labels(shown.groundtruth), _labels(every.groundtruth)
+        assert shown_boxes.keys() <= every_box.keys()
+        for key, (x0, y0, x1, y1) in shown_boxes.items():  # shrunk to what is drawn, or kept
+            a0, b0, a1, b1 = every_box[key]
+            assert a0 <= x0 < x1 <= a1 and b0 <= y0 < y1 <= b1
         hidden = json.loads((root / "a" / "dataset.json").read_text())["labels_hidden"]
         assert hidden == len(every.groundtruth) - len(shown.groundtruth)
-        assert json.loads((root / "all" / "dataset.json").read_text())["labels_hidden"] is None
+        info = json.loads((root / "all" / "dataset.json").read_text())
+        assert info["labels_hidden"] is None and info["boxes"] == "OCAtari's RAM boxes"
 
     def test_moc_layout_is_bgr(self, recorded):
         root, _ = recorded

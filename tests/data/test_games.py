@@ -327,10 +327,10 @@ class TestAtari:
         root, _ = recorded
         shown, every = load_dataset(root / "a"), load_dataset(root / "all")
         assert (shown.frames.frames(range(12)) == every.frames.frames(range(12))).all()
-        shown_boxes, every_box = _labels(shown.groundtruth), _labels(every.groundtruth)
-        assert shown_boxes.keys() <= every_box.keys()
+        shown_boxes, every_boxes = _labels(shown.groundtruth), _labels(every.groundtruth)
+        assert shown_boxes.keys() <= every_boxes.keys()
         for key, (x0, y0, x1, y1) in shown_boxes.items():  # shrunk to what is drawn, or kept
-            a0, b0, a1, b1 = every_box[key]
+            a0, b0, a1, b1 = every_boxes[key]
             assert a0 <= x0 < x1 <= a1 and b0 <= y0 < y1 <= b1
         hidden = json.loads((root / "a" / "dataset.json").read_text())["labels_hidden"]
         assert hidden == len(every.groundtruth) - len(shown.groundtruth)

@@ -226,6 +226,8 @@ def drawn_boxes(
 ) -> list[_Object]:
     """The objects, each box that its object's drawn pixels (those of :func:`visible`) fill
     less than half of shrunk to the bounding box of these pixels; HUD objects keep theirs.
+    ``screen`` and ``background`` are [H, W, 3] native screens, boxes (x0, y0, x1, y1) in their
+    pixels.
 
     OCAtari's RAM rules give some objects a box much wider than what the screen draws
     (Carnival's player missile: 6 native pixels for a 1-pixel line). MOC labels a detection

@@ -5,8 +5,8 @@ Output folder (the interface other tools read)::
     decomposition.json      canvas, grid, layers, depth order, background, and per frame the
                             present sprites (see DECOMPOSITION FORMAT in the README)
     sprites.npy             float32 [K, 4, S, S] RGBA dictionary, exact (for re-rendering)
-    backgrounds.npy         float32 [N, 3, H, W] per-frame backgrounds (learned strips only)
-    background.npy          float32 [3, H, W] the one background image (image backgrounds)
+    backgrounds.npy         float32 [N, 3, H, W] per-frame backgrounds (strips, frame_color)
+    background.npy          float32 [3, H, W] the one background (color, image)
     sprites/<id>.png        each dictionary sprite, RGBA
     sprite_sheet.png        each used look once (repeated entries counted with the entry they
                             repeat), over a checkerboard, most used first, with counts

@@ -1,5 +1,6 @@
-"""Backgrounds: a color estimated from the data, a static image (the data's per-pixel mode,
-refined by learning) and learned scrolling strips, horizontal or vertical.
+"""Backgrounds: a color estimated from the data, each frame's own color (frames of several
+sceneries), a static image (the data's per-pixel mode, refined by learning) and learned
+scrolling strips, horizontal or vertical.
 
 Every background is a module named in :data:`BACKGROUNDS` (the ``background`` setting) that
 says what it needs: ``own_learning_rate`` (its parameters train at ``lr_bg`` in an optimizer
@@ -25,12 +26,14 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKGROUNDS",
     "ColorBackground",
+    "FrameColorBackground",
     "ImageBackground",
     "SlidingStripBackground",
     "StripBackground",
     "VerticalStripBackground",
     "estimate_background_color",
     "estimate_background_image",
+    "estimate_frame_colors",
     "scroll_strip",
     "slide_strip_window",
 ]
@@ -80,6 +83,24 @@ def estimate_background_image(
     mode = torch.mode(key, dim=0).values  # H W
     agree = (key == mode).float()[:, None]  # N 1 H W
     return (values * agree).sum(0) / agree.sum(0)
+
+
+@typed
+def estimate_frame_colors(frames: Shaped[Tensor, "N 3 H W"], bits: int = 5) -> Float[Tensor, "N 3"]:
+    """Mode color of each frame on its own: :func:`estimate_background_color` of every frame,
+    in one pass (each frame's color bins counted in a row of their own).
+
+    Example:
+        >>> f = torch.zeros(2, 3, 2, 2); f[1] = 1.0; f[1, :, 0, 0] = 0.0
+        >>> estimate_frame_colors(f).tolist()
+        [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+    """
+    values = _unit_float(frames)
+    key = rearrange(_color_bins(values[:, 0], values[:, 1], values[:, 2], bits), "N H W -> N (H W)")
+    counts = key.new_zeros(key.shape[0], (2**bits) ** 3).scatter_add_(1, key, torch.ones_like(key))
+    agree = (key == counts.argmax(1, keepdim=True)).float()  # N (H W)
+    pixels = rearrange(values, "N C H W -> N C (H W)")
+    return (pixels * agree[:, None]).sum(-1) / agree.sum(-1, keepdim=True)
 
 
 def _unit_float(frames: Tensor) -> Tensor:
@@ -194,6 +215,25 @@ class ColorBackground(nn.Module):
         return self.color.to(frames.dtype)[None, :, None, None].expand(
             frames.shape[0], 3, self.height, self.width
         )
+
+
+class FrameColorBackground(nn.Module):
+    """Each frame's own mode color (:func:`estimate_frame_colors`), read from the frame itself:
+    for frames of several sceneries (a game's levels above ground, under ground, under water)
+    whose colors neither one color, one image nor one strip holds. Nothing is learned; what
+    differs from the color (the scenery's tiles, the sprites) is left to the sprites."""
+
+    own_learning_rate = False
+    per_frame = True
+
+    @classmethod
+    def from_config(cls, config: "ModelConfig", sample: Tensor | None) -> "FrameColorBackground":
+        return cls()
+
+    @typed
+    def forward(self, frames: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
+        colors = estimate_frame_colors(frames.detach()).to(frames.dtype)
+        return colors[:, :, None, None].expand_as(frames)
 
 
 class ImageBackground(nn.Module):
@@ -345,6 +385,7 @@ class VerticalStripBackground(nn.Module):
 #: ``cls.from_config(model_config, sample)`` from a sample of training frames (or None).
 BACKGROUNDS: dict[str, type[nn.Module]] = {
     "color": ColorBackground,
+    "frame_color": FrameColorBackground,
     "image": ImageBackground,
     "strip": StripBackground,
     "strip_st": SlidingStripBackground,

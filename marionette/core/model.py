@@ -41,11 +41,12 @@ class ModelConfig:
         no_spatial_transformer: discrete softmax over P + 1 offsets per axis instead of the
             bilinear spatial transformer.
         straight_through_probs: round presence in the forward pass, identity gradient.
-        background: ``"color"`` (a color estimated from the data), ``"image"`` (a static
-            image: the data's per-pixel mode, refined by learning), ``"strip"`` (a learned
-            horizontally scrolling strip, softmax over offsets), ``"strip_st"`` (the strip
-            with a spatial-transformer window) or ``"strip_vertical"`` (a learned vertically
-            scrolling strip).
+        background: ``"color"`` (a color estimated from the data), ``"frame_color"`` (each
+            frame's own mode color, read from the frame: frames of several sceneries),
+            ``"image"`` (a static image: the data's per-pixel mode, refined by learning),
+            ``"strip"`` (a learned horizontally scrolling strip, softmax over offsets),
+            ``"strip_st"`` (the strip with a spatial-transformer window) or
+            ``"strip_vertical"`` (a learned vertically scrolling strip).
         learn_background: train the background color instead of keeping the estimate.
         shuffle_groups: shuffle the 4 parity groups of each layer on every training forward.
         shuffle_all: shuffle the depth of all planes, across layers too.

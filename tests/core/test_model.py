@@ -29,6 +29,7 @@ CONFIGS = [
     pytest.param(tiny(no_spatial_transformer=True), 2, id="discrete"),
     pytest.param(tiny(background="strip", transform_encoder="anchor"), 1, id="strip-anchor"),
     pytest.param(tiny(height=32, width=48, background="strip_vertical"), 2, id="vstrip-rect"),
+    pytest.param(tiny(background="frame_color", num_layers=1), 2, id="frame-color"),
     pytest.param(
         tiny(background="strip_st", gating="original", shuffle_all=True), 2, id="strip-st-original"
     ),

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from marionette.core import (
     ColorBackground,
+    FrameColorBackground,
     GridEncoder,
     ImageBackground,
     ModelConfig,
@@ -21,6 +22,7 @@ from marionette.core import (
     duplicate_entries,
     estimate_background_color,
     estimate_background_image,
+    estimate_frame_colors,
     foreground_patches,
     presence_loss,
     psnr,
@@ -356,6 +358,32 @@ class TestBackgroundColor:
         learned = ColorBackground(4, 6, torch.tensor([0.2, 0.4, 0.6]), learnable=True)
         learned(rand(1, 3, 4, 6)).sum().backward()
         assert learned.logit.grad is not None
+
+
+class TestFrameColors:
+    def test_each_frame_is_its_own_exact_mode(self):
+        g = torch.Generator().manual_seed(2)
+        frames = torch.randint(0, 256, (5, 3, 12, 10), generator=g, dtype=torch.uint8)
+        for n, color in enumerate(torch.randint(0, 256, (4, 3), generator=g, dtype=torch.uint8)):
+            frames[n, :, 1 : 9 - n, 2:] = color[:, None, None]  # the last frame: noise alone
+        colors = estimate_frame_colors(frames)
+        assert colors.shape == (5, 3)
+        for n, (frame, color) in enumerate(zip(frames, colors, strict=True)):
+            torch.testing.assert_close(color, estimate_background_color(frame[None]))
+            if n < 4:
+                torch.testing.assert_close(color, estimate_background_reference(frame[None]))
+
+    def test_module_follows_every_frame_and_learns_nothing(self):
+        frames = torch.full((2, 3, 4, 6), 0.2)
+        frames[1, :, :, 1:] = torch.tensor([0.9, 0.5, 0.1])[:, None, None]
+        frames[0, :, 0, 0] = 0.8
+        frames.requires_grad_()
+        config = ModelConfig(height=4, width=6, layer_size=2, num_sprites=2, dim_z=8)
+        background = FrameColorBackground.from_config(config, None)
+        out = background(frames)
+        expected = torch.tensor([[0.2, 0.2, 0.2], [0.9, 0.5, 0.1]])[:, :, None, None]
+        torch.testing.assert_close(out, expected.expand(2, 3, 4, 6))
+        assert not list(background.parameters()) and not out.requires_grad
 
 
 class TestBackgroundImage:

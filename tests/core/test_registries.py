@@ -358,11 +358,18 @@ class TestBackgrounds:
         torch.testing.assert_close(window, strip[:, 5 : 5 + 16])
 
     def test_every_kind_says_what_it_needs(self):
+        needs = {  # (own_learning_rate, per_frame)
+            "color": (False, False),
+            "frame_color": (False, True),
+            "image": (True, False),
+            "strip": (True, True),
+            "strip_st": (True, True),
+            "strip_vertical": (True, True),
+        }
+        assert set(needs) == set(BACKGROUNDS)
         for name, kind in BACKGROUNDS.items():
             background = kind.from_config(ModelConfig(**CONFIG, background=name), None)
-            assert isinstance(background.own_learning_rate, bool)
-            assert background.per_frame == name.startswith("strip")
-            assert background.own_learning_rate == (name != "color")
+            assert (background.own_learning_rate, background.per_frame) == needs[name]
             assert background(rand(2, 3, 16, 24)).shape == (2, 3, 16, 24)
 
     def test_color(self):

@@ -44,15 +44,18 @@ WHOLE_SHARE = 0.5
 
 #: One line per data-derived setting: the rule that sets it.
 RULES = {
-    "background": "a uniform color, unless the per-pixel mode image explains >= 1 % more of the "
-    "pixels (a static image: maze, playfield, HUD), or >= 20 % of consecutive pairs scroll "
-    "(a learned strip scrolling horizontally, or vertically where more pairs scroll so)",
+    "background": "a uniform color, unless the per-pixel mode image (a static image: maze, "
+    "playfield, HUD) or each frame's own mode color (several sceneries) explains >= 1 % more of "
+    "the pixels, whichever explains more; where >= 20 % of consecutive pairs scroll, a learned "
+    "strip scrolling horizontally (vertically where more pairs scroll so), unless the frames' "
+    "own colors are kept (one strip holds one scenery)",
     "layer_size": "the cell P: the smallest even size from the typical sprite (the median over "
     "recurring looks of their larger side) to twice it that divides the canvas, else the one "
     "needing the least padding; anchor rows = height / P",
     "canvas": "the frames' own size, padded (right and bottom) to a multiple of P",
     "num_sprites": "2 x the recurring looks (seen in >= 0.5 % of the components and at least "
-    "twice; the headroom covers looks merged by overlap or missed by the sample), at least 16 "
+    "twice; the headroom covers looks merged by overlap or missed by the sample), those of the "
+    "scenery added where the sprites draw a scrolling scenery (frame_color), at least 16 "
     "(the dictionary starts from that many foreground patches; on the demo world 10 sprites "
     "for its 5 looks lost 3-4 dB against 16 at 400 steps)",
     "num_layers": "the 99th percentile of component centres per occupied cell, at least 2 (the "
@@ -72,16 +75,17 @@ RULES = {
 }
 
 
-def _recurring(stats: FrameStats) -> np.ndarray:
-    """Per look, whether it recurs: seen in >= 0.5 % of the components and at least twice."""
-    counts = np.bincount(stats.looks)
-    return counts >= max(2, 0.005 * len(stats.looks))
+def _recurring(looks: np.ndarray) -> np.ndarray:
+    """Per look of components with these ``looks``, whether it recurs: seen in >= 0.5 % of
+    the components and at least twice."""
+    counts = np.bincount(looks)
+    return counts >= max(2, 0.005 * len(looks))
 
 
 def typical_extent(stats: FrameStats) -> float:
     """The median over recurring looks (all looks when none recurs) of each look's median
     larger side: every look counts once, however often it is drawn."""
-    recurring = _recurring(stats)
+    recurring = _recurring(stats.looks)
     looks = np.flatnonzero(recurring) if recurring.any() else np.arange(len(recurring))
     extents = stats.extents
     return float(np.median([np.median(extents[stats.looks == look]) for look in looks]))
@@ -92,7 +96,7 @@ def whole_share(stats: FrameStats, cell: int) -> float:
     that fit its S = 2 ``cell`` sprite with a pixel to spare (larger side <= S - 2,
     :func:`marionette.core.whole_extent`): what ``sprite_init="objects"`` starts whole and
     ``"data"`` cuts to the cell."""
-    recurring = _recurring(stats)[stats.looks]
+    recurring = _recurring(stats.looks)[stats.looks]
     extents = stats.extents
     fits = (extents > cell) & (extents <= whole_extent(cell))
     total = stats.areas[recurring].sum()
@@ -139,7 +143,7 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
             f"camera pan?). Give the cell by hand (--layer-size) and the background "
             f"(--background)"
         )
-    looks = int(_recurring(stats).sum())
+    looks = int(_recurring(stats.looks).sum())
     where = f"{stats.sampled} of {stats.frames} frames, {len(stats.areas)} components"
     if "layer_size" in given:
         cell = given.get("height", h) // given["layer_size"]
@@ -164,8 +168,17 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
     if "layer_size" not in given:
         settings["layer_size"] = height // cell
     if "num_sprites" not in given:
-        settings["num_sprites"] = max(16, 2 * looks)
-        reasons["num_sprites"] = f"{looks} recurring looks -> {settings['num_sprites']} sprites"
+        scenery = int(_recurring(stats.scenery_looks).sum())
+        settings["num_sprites"] = max(16, 2 * (looks + scenery))
+        drawn = (
+            f" + {scenery} of the scenery, which the sprites draw (the background does not "
+            f"scroll with it)"
+            if len(stats.scenery_looks)
+            else ""
+        )
+        reasons["num_sprites"] = (
+            f"{looks} recurring looks{drawn} -> {settings['num_sprites']} sprites"
+        )
     if "num_layers" not in given:
         crowding = stats.cell_crowding(cell)
         busiest = int(np.percentile(crowding, 99)) if len(crowding) else 1
@@ -182,10 +195,8 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
     if "background" not in given:
         settings["background"] = stats.background
         reasons["background"] = (
-            f"foreground {stats.foreground_color:.1%} of pixels against the mode color, "
-            f"{stats.foreground_image:.1%} against the per-pixel mode image; "
-            f"{_scrolling(stats)} of consecutive pairs scroll -> {stats.background}"
-            f"{_moving(stats)}{_changing_scenery(stats)}"
+            f"{_shares(stats)}; {_scrolling(stats)} of consecutive pairs scroll -> "
+            f"{stats.background}{_moving(stats)}{_changing_scenery(stats)}"
         )
     if "dim_z" not in given:
         sprites = settings.get("num_sprites", given.get("num_sprites"))
@@ -274,13 +285,22 @@ def auto_config(given: dict | None = None, stats: FrameStats | None = None) -> C
     return base.replace(**settings).with_reasons(reasons)
 
 
+def _shares(stats: FrameStats) -> str:
+    """The foreground shares against each static background."""
+    return (
+        f"foreground {stats.foreground_color:.1%} of pixels against the mode color, "
+        f"{stats.foreground_image:.1%} against the per-pixel mode image, "
+        f"{stats.foreground_frame_color:.1%} against each frame's own mode color"
+    )
+
+
 def _scrolling(stats: FrameStats) -> str:
     """The shares of consecutive pairs that scroll horizontally and vertically."""
     return f"{stats.scroll_share:.0%} horizontally, {stats.vertical_scroll_share:.0%} vertically"
 
 
 def _moving(stats: FrameStats) -> str:
-    """For a scrolling strip, the foreground the components are cut from."""
+    """For a scrolling screen, the foreground the components are cut from."""
     if not stats.scrolls:
         return ""
     return f" (foreground moving against the scrolled scenery: {stats.foreground:.1%})"
@@ -289,11 +309,18 @@ def _moving(stats: FrameStats) -> str:
 def _changing_scenery(stats: FrameStats) -> str:
     """A caution where a static background leaves more than
     :data:`marionette.stats.SCENERY_SHARE` of the pixels as foreground: scenery that no static
-    background holds, which sprites will draw."""
-    if stats.scrolls or stats.foreground <= SCENERY_SHARE:
+    background holds, which sprites will draw (also on a scrolling screen that keeps the
+    frames' own colors rather than a strip)."""
+    static = {
+        "color": stats.foreground_color,
+        "image": stats.foreground_image,
+        "frame_color": stats.foreground_frame_color,
+    }
+    share = static.get(stats.background, 0.0)  # a strip scrolls with the scenery
+    if share <= SCENERY_SHARE:
         return ""
     return (
-        f". Caution: {stats.foreground:.0%} of the pixels differ from it (more than "
+        f". Caution: {share:.0%} of the pixels differ from it (more than "
         f"{SCENERY_SHARE:.0%}): the scenery changes from frame to frame and sprites will draw "
         f"it. Frames of one level or screen, where the game allows (marionette data mario "
         f"--stages 1-1), learn cleaner sprites"
@@ -303,25 +330,30 @@ def _changing_scenery(stats: FrameStats) -> str:
 def describe(stats: FrameStats) -> list[str]:
     """The statistics as lines of text, for ``marionette data stats``."""
     extents = stats.extents
-    recurring = _recurring(stats)
+    recurring = _recurring(stats.looks)
     q = np.percentile(extents, [10, 50, 90]).round().astype(int)
     crowding = ", ".join(
         f"{p} px: {np.percentile(stats.cell_crowding(p), 99):.0f}" for p in (8, 16, 32)
+    )
+    scenery = (
+        f"; the scenery the sprites draw: {len(stats.scenery_looks)} components, "
+        f"{int(_recurring(stats.scenery_looks).sum())} recurring looks"
+        if len(stats.scenery_looks)
+        else ""
     )
     return [
         f"frames: {stats.frames} of {stats.height} x {stats.width} (H x W); {stats.sampled} "
         f"sampled",
         f"background: mode color {np.round(stats.color * 255).astype(int).tolist()} (RGB); "
-        f"foreground {stats.foreground_color:.1%} of pixels against it, "
-        f"{stats.foreground_image:.1%} against the per-pixel mode image; consecutive pairs "
-        f"scrolling {_scrolling(stats)} -> {stats.background}{_moving(stats)}",
+        f"{_shares(stats)}; consecutive pairs scrolling {_scrolling(stats)} -> "
+        f"{stats.background}{_moving(stats)}",
         f"foreground threshold: {stats.threshold * 255:.1f} / 255 (max over channels)",
         f"components: {len(stats.areas)} ({stats.per_frame:.1f} per frame), {stats.specks} "
         f"specks of < 3 px left out; larger side 10 / 50 / 90 %: {q[0]} / {q[1]} / {q[2]} px, "
         f"max {extents.max()} px",
         f"looks: {stats.num_looks} distinct, {int(recurring.sum())} recurring (>= 0.5 % of "
         f"the components); typical sprite (median larger side over the recurring looks): "
-        f"{typical_extent(stats):.0f} px",
+        f"{typical_extent(stats):.0f} px{scenery}",
         f"crowding: {stats.overlap_share:.1%} of components overlap another; 99th percentile "
         f"of centres per occupied cell at {crowding}",
     ]

@@ -4,17 +4,21 @@ the sprites against it. :mod:`marionette.autoconfig` turns these statistics into
 Everything is measured on an evenly spread sample of the frames (consecutive pairs for the
 scrolling test), deterministically:
 
-- **Background.** The mode color (:func:`~marionette.core.estimate_background_color`) and the
-  per-pixel mode image (:func:`~marionette.core.estimate_background_image`). A pixel is
-  foreground where its largest channel differs from the background by more than a threshold
-  (10 / 255 above the background's own noise). The image is kept when it explains at least 1 %
-  of the pixels more than the color does (a maze, a playfield, a HUD that never moves); the
-  screen *scrolls* when, in at least 20 % of the consecutive pairs, a horizontal shift of the
-  first frame explains the second at least twice as well as no shift (a vertical shift for a
-  screen that scrolls vertically; the axis more pairs follow wins). On a scrolling screen the
-  foreground is what moves against the scenery: the pixels that differ from both neighbouring
-  frames once each is shifted to follow the scroll (from the columns, or rows, around the match
-  too, so that a scroll by a fraction of a pixel is followed).
+- **Background.** The mode color (:func:`~marionette.core.estimate_background_color`), the
+  per-pixel mode image (:func:`~marionette.core.estimate_background_image`) and each frame's
+  own mode color (:func:`~marionette.core.estimate_frame_colors`). A pixel is foreground where
+  its largest channel differs from the background by more than a threshold (10 / 255 above the
+  background's own noise). The image, or the frames' own colors, are kept when they explain at
+  least 1 % of the pixels more than the color does, whichever explains more (the image: a maze,
+  a playfield, a HUD that never moves; the frames' colors: several sceneries, such as a game's
+  levels above ground, under ground and under water). The screen *scrolls* when, in at least
+  20 % of the consecutive pairs, a horizontal shift of the first frame explains the second at
+  least twice as well as no shift (a vertical shift for a screen that scrolls vertically; the
+  axis more pairs follow wins); its background is then a learned strip, unless the frames'
+  colors are kept (one strip holds one scenery). On a scrolling screen the foreground is what
+  moves against the scenery: the pixels that differ from both neighbouring frames once each is
+  shifted to follow the scroll (from the columns, or rows, around the match too, so that a
+  scroll by a fraction of a pixel is followed).
 - **Components.** 8-connected foreground blobs, gaps of one pixel bridged. Specks (fewer than
   3 pixels) are counted apart: single pixels are noise or stars, not sprites.
 - **Looks.** Components that share a size (within a pixel), a shape (their masks at 8 x 8
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .core import estimate_background_color, estimate_background_image
+from .core import estimate_background_color, estimate_background_image, estimate_frame_colors
 from .core._typing import Float, Tensor
 from .data.frames import FrameSource
 
@@ -52,9 +56,10 @@ __all__ = [
 FOREGROUND_MARGIN = 10 / 255
 #: Components smaller than this many pixels are specks, not sprites.
 SPECK_PIXELS = 3
-#: The background image is kept when it explains this share of the pixels more than the color.
+#: The background image, or the frames' own colors, are kept when they explain this share of
+#: the pixels more than the color.
 IMAGE_GAIN = 0.01
-#: Share of consecutive pairs that must scroll for the background to be a scrolling strip.
+#: Share of consecutive pairs that must scroll for the screen to count as scrolling.
 SCROLL_SHARE = 0.2
 #: Above this share of foreground pixels against a static background (color or image), the
 #: frames' scenery changes from frame to frame (a long level, several levels) and sprites will
@@ -76,19 +81,24 @@ class FrameStats:
         frames: frames in the source; sampled: frames measured.
         color: the mode color, RGB in [0, 1]; image: the per-pixel mode image [3, H, W].
         threshold: the foreground threshold used.
-        foreground_color, foreground_image: share of pixels that are foreground against the
-            color and against the image.
+        foreground_color, foreground_image, foreground_frame_color: share of pixels that are
+            foreground against the color, against the image and against each frame's color.
         scroll_share, vertical_scroll_share: share of consecutive pairs best explained by a
             horizontal (vertical) shift (``nan`` without consecutive frames).
-        background: ``"color"``, ``"image"``, ``"strip"`` or ``"strip_vertical"``
-            (scrolling), by the rules above.
-        foreground: share of pixels that are foreground against that background (for a
-            strip: what moves against the scrolled scenery); the components are its blobs.
+        background: ``"color"``, ``"image"``, ``"frame_color"``, ``"strip"`` or
+            ``"strip_vertical"`` (scrolling), by the rules above.
+        foreground: share of pixels that are foreground against that background (on a
+            scrolling screen: what moves against the scrolled scenery); the components are
+            its blobs.
         frame_index, boxes: per component, the sampled frame it lies in (0-based in the
             sample) and its box (x0, y0, x1, y1), exclusive ends, pixels.
         areas: per component, its foreground pixels.
         looks: per component, the index of its look.
         specks: components of fewer than :data:`SPECK_PIXELS` pixels (left out above).
+        scenery_looks: on a scrolling screen whose background does not scroll with it
+            (``frame_color``), per component of the foreground against that background (the
+            scenery the sprites draw, tiles and moving objects alike), the index of its look;
+            empty elsewhere (the background holds the scenery, or the components are it).
     """
 
     height: int
@@ -100,6 +110,7 @@ class FrameStats:
     threshold: float
     foreground_color: float
     foreground_image: float
+    foreground_frame_color: float
     scroll_share: float
     vertical_scroll_share: float
     background: str
@@ -109,6 +120,7 @@ class FrameStats:
     areas: np.ndarray
     looks: np.ndarray
     specks: int
+    scenery_looks: np.ndarray
 
     @property
     def extents(self) -> np.ndarray:
@@ -176,18 +188,24 @@ def measure(source: FrameSource, count: int = 200) -> FrameStats:
     color = estimate_background_color(frames)
     image = estimate_background_image(frames)
     threshold = _threshold(images, image)
-    foreground_color = _foreground(images, color[:, None, None], threshold)
-    foreground_image = _foreground(images, image, threshold)
-    share_color, share_image = foreground_color.float().mean(), foreground_image.float().mean()
+    frame_colors = estimate_frame_colors(frames)[..., None, None]
+    masks = {
+        "color": _foreground(images, color[:, None, None], threshold),
+        "image": _foreground(images, image, threshold),
+        "frame_color": _foreground(images, frame_colors, threshold),
+    }
+    shares = {kind: float(mask.float().mean()) for kind, mask in masks.items()}
+    background = _static_background(shares)
+    mask = masks[background]
+    scenery_looks = np.zeros(0, np.int64)
     scroll = [_scroll_share(source, picks, images, vertical) for vertical in (False, True)]
     vertical = _scroll_axis(*scroll)
     if vertical is not None:
-        background = "strip_vertical" if vertical else "strip"
+        if background == "frame_color":  # the sprites draw the scenery as well
+            scenery_looks = _components(images, mask, threshold)[3]
+        else:
+            background = "strip_vertical" if vertical else "strip"
         mask = _moving_foreground(source, picks, images, threshold, vertical)
-    elif share_color - share_image >= IMAGE_GAIN:
-        background, mask = "image", foreground_image
-    else:
-        background, mask = "color", foreground_color
     where = f"{len(picks)} frames of {source.height} x {source.width} (H x W) sampled"
     if not mask.any():
         raise NoSprites(
@@ -219,8 +237,9 @@ def measure(source: FrameSource, count: int = 200) -> FrameStats:
         color=color.numpy(),
         image=image.numpy(),
         threshold=threshold,
-        foreground_color=float(share_color),
-        foreground_image=float(share_image),
+        foreground_color=shares["color"],
+        foreground_image=shares["image"],
+        foreground_frame_color=shares["frame_color"],
         scroll_share=scroll[0],
         vertical_scroll_share=scroll[1],
         background=background,
@@ -230,7 +249,16 @@ def measure(source: FrameSource, count: int = 200) -> FrameStats:
         areas=areas,
         looks=looks,
         specks=specks,
+        scenery_looks=scenery_looks,
     )
+
+
+def _static_background(shares: dict[str, float]) -> str:
+    """The color, unless the image or the frames' own colors leave at least
+    :data:`IMAGE_GAIN` fewer of the pixels as foreground; then whichever of these two leaves
+    fewer (``shares``: the foreground share against each)."""
+    kind = min(("image", "frame_color"), key=shares.__getitem__)
+    return kind if shares["color"] - shares[kind] >= IMAGE_GAIN else "color"
 
 
 def _foreground(images: torch.Tensor, background: torch.Tensor, threshold: float):

@@ -1,6 +1,7 @@
 """Settings from the data: the statistics of known frames, the rules applied to them, bad input,
 and the command line (``marionette data stats``, ``marionette train --data`` without a preset)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -100,6 +101,41 @@ class TestStatistics:
         settings, reasons = choose_settings(stats, {})
         assert settings["background"] == "strip_vertical"
         assert "100% vertically" in reasons["background"]
+
+    def test_frames_of_several_sceneries_keep_their_own_colors(self):
+        # a second level in other colors: every other frame's background is dark red
+        frames = sprite_frames()
+        ground = (frames.data[1::2] == torch.tensor(BACKGROUND)[:, None, None]).all(1)
+        frames.data[1::2] = torch.where(ground[:, None], torch.tensor([90, 20, 20])[:, None, None],
+                                        frames.data[1::2])  # fmt: skip
+        stats = measure(frames)
+        assert stats.foreground_color > 0.45 and stats.foreground_image > 0.45
+        assert stats.background == "frame_color" and stats.foreground < 0.1
+        assert (stats.extents == 9).all() and (np.bincount(stats.looks) >= 2).sum() == 3
+        assert len(stats.scenery_looks) == 0  # the components are the scenery the sprites draw
+        # the same on a scrolling screen, a clip in each level: one strip holds one scenery,
+        # the frames' colors both
+        walking = _walking_over_scenery()
+        other = walking.copy()
+        other[(other == 30).all(-1)] = (90, 20, 20)
+        frames = torch.from_numpy(np.concatenate([walking, other])).permute(0, 3, 1, 2)
+        stats = measure(InMemoryFrames(frames.contiguous(), clips=np.arange(20) // 10))
+        assert stats.scrolls and stats.background == "frame_color"
+        walked = [[5 + 5 * t, 20, 11 + 5 * t, 26] for t in range(1, 9)]
+        # what moves against the scenery, as for a strip
+        assert stats.boxes.tolist() == walked * 2
+        assert stats.frame_index.tolist() == [*range(1, 9), *range(11, 19)]
+        settings, reasons = choose_settings(stats, {})
+        assert settings["background"] == "frame_color"
+        assert "against each frame's own mode color" in reasons["background"]
+        # the sprites draw the scenery too (its posts and marks): the dictionary holds its looks
+        # (the walker in all 20 frames, posts and marks: 3 recurring looks, the walker 1)
+        assert len(stats.scenery_looks) > len(stats.looks)
+        assert (
+            "1 recurring looks + 3 of the scenery, which the sprites draw" in reasons["num_sprites"]
+        )
+        tiles = dataclasses.replace(stats, scenery_looks=np.arange(100) % 10)  # 10 tile looks
+        assert choose_settings(tiles, {})[0]["num_sprites"] == 2 * (1 + 10)
 
     def test_a_screen_scrolled_by_half_pixels(self):
         # pixel-art scenery (8 px tiles) scrolling 3 px a frame, resized to half by averaging

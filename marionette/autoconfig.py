@@ -311,12 +311,7 @@ def _changing_scenery(stats: FrameStats) -> str:
     :data:`marionette.stats.SCENERY_SHARE` of the pixels as foreground: scenery that no static
     background holds, which sprites will draw (also on a scrolling screen that keeps the
     frames' own colors rather than a strip)."""
-    static = {
-        "color": stats.foreground_color,
-        "image": stats.foreground_image,
-        "frame_color": stats.foreground_frame_color,
-    }
-    share = static.get(stats.background, 0.0)  # a strip scrolls with the scenery
+    share = stats.scenery
     if share <= SCENERY_SHARE:
         return ""
     return (

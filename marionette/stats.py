@@ -137,6 +137,18 @@ class FrameStats:
         return _scroll_axis(self.scroll_share, self.vertical_scroll_share) is not None
 
     @property
+    def scenery(self) -> float:
+        """Share of the pixels that differ from the background where it does not scroll
+        (color, image or the frames' own colors): scenery that changes from frame to frame is
+        drawn by the sprites. 0 for a strip, which scrolls with the scenery."""
+        static = {
+            "color": self.foreground_color,
+            "image": self.foreground_image,
+            "frame_color": self.foreground_frame_color,
+        }
+        return static.get(self.background, 0.0)
+
+    @property
     def per_frame(self) -> float:
         """Mean components per sampled frame."""
         return len(self.areas) / self.sampled

@@ -165,14 +165,29 @@ def match_gains_reference(frames: Tensor, background: Tensor, sprites: Tensor):
 
 
 def expected_displacement_reference(gains: Tensor, temperature: float) -> Tensor:
-    """Loop over the displacements: sum_o softmax(g / tau)_o * (o_x, o_y) / P, P = Q - 1."""
+    """Loop over the displacements: the best one o* (of tied maxima the nearest to the centre,
+    the first in row-major order), then sum_o softmax(g / tau)_o * (o_x, o_y) / P, P = Q - 1,
+    over the displacements o within one pixel of o* on each axis."""
     q = gains.shape[-1]
+    c = (q - 1) / 2
     flat = gains.reshape(-1, q, q)
     out = torch.zeros(flat.shape[0], 2, dtype=gains.dtype)
     for n in range(flat.shape[0]):
-        weights = torch.softmax(flat[n].flatten() / temperature, 0).reshape(q, q)
-        for i in range(q):
-            for j in range(q):
-                offset = torch.tensor([j - (q - 1) / 2, i - (q - 1) / 2], dtype=gains.dtype)
-                out[n] += weights[i, j] * offset / (q - 1)
+        best = (0, 0)
+        for i, j in itertools.product(range(q), repeat=2):
+            g, top = float(flat[n, i, j]), float(flat[n][best])
+            nearer = (i - c) ** 2 + (j - c) ** 2 < (best[0] - c) ** 2 + (best[1] - c) ** 2
+            if g > top or (g == top and nearer):
+                best = (i, j)
+        near = [
+            (i, j)
+            for i, j in itertools.product(range(q), repeat=2)
+            if abs(i - best[0]) <= 1 and abs(j - best[1]) <= 1
+        ]
+        total = sum(math.exp((float(flat[n, i, j]) - float(flat[n][best])) / temperature)
+                    for i, j in near)  # fmt: skip
+        for i, j in near:
+            weight = math.exp((float(flat[n, i, j]) - float(flat[n][best])) / temperature) / total
+            offset = torch.tensor([j - c, i - c], dtype=gains.dtype)
+            out[n] += weight * offset / (q - 1)
     return out.reshape(*gains.shape[:-2], 2)

@@ -306,11 +306,11 @@ def match_gains(
 
 class SoftMatch(NamedTuple):
     """What the matching says about every sprite at every anchor, from one softmax over its
-    displacements o of the gains g(o) at temperature tau (:func:`soft_match`).
+    displacements o near the best one of the gains g(o) at temperature tau (:func:`soft_match`).
 
     Attributes:
         best: the maximum gain, max_o g(o): what the sprite explains at its best placement.
-        offsets: the softmax-weighted mean displacement (x, y), in units of P.
+        offsets: the softmax-weighted mean displacement (x, y) near the best one, in units of P.
     """
 
     best: Float[Tensor, "*batch K"]
@@ -320,6 +320,28 @@ class SoftMatch(NamedTuple):
 def _displacements(q: int, like: Tensor) -> Tensor:
     """The Q = P + 1 integer displacements of an axis in units of P: (o - P/2) / P."""
     return (torch.arange(q, device=like.device, dtype=like.dtype) - (q - 1) / 2) / (q - 1)
+
+
+#: The softmax that turns gains into a displacement spans the displacements within this many
+#: pixels (on each axis) of the best one: enough to place a sprite between two integer
+#: displacements. Over the whole window the many displacements of a faint object's gain near 0
+#: outweighed its best one: Riverraid's helicopters (dark blue on the blue river, 0.06 per pixel
+#: at the best displacement, temperature 0.05) kept 3-27 % of the weight there, and were drawn
+#: 2-6 px towards the anchor's centre, where they explain nothing (docs/learning.md).
+NEAR_BEST = 1
+
+
+def _near_best(logits: Float[Tensor, "*batch QQ"], q: int) -> Tensor:
+    """The displacements within :data:`NEAR_BEST` pixels of the best one of flattened Q x Q
+    ``logits`` (a boolean mask of their shape); of tied maxima the best is the one nearest the
+    centre (the first of those in row-major order)."""
+    d = _displacements(q, logits)
+    distance = (d[:, None] ** 2 + d[None, :] ** 2).flatten()
+    tied = logits == logits.amax(dim=-1, keepdim=True)
+    best = torch.where(tied, distance, torch.inf).argmin(dim=-1, keepdim=True)
+    index = torch.arange(q * q, device=logits.device)
+    rows, cols = index // q, index % q
+    return ((rows - best // q).abs() <= NEAR_BEST) & ((cols - best % q).abs() <= NEAR_BEST)
 
 
 def _mean_displacement(weights: Tensor) -> Tensor:
@@ -334,10 +356,11 @@ class _SoftMatch(torch.autograd.Function):
     """:func:`soft_match` with a backward written out, so that the softmax is computed once and
     the overlapping windows' gradients are summed into the map without ``unfold``'s backward.
 
-    With p = softmax(g / tau) over the displacements o of a window, (x, y) = sum_o p_o (dx_o,
-    dy_o) and b = max_o g(o):
+    With p = softmax(g / tau) over the displacements o near the best one (:data:`NEAR_BEST`;
+    p_o = 0 elsewhere), (x, y) = sum_o p_o (dx_o, dy_o) and b = max_o g(o):
         dL/dg_o = p_o (g_x (dx_o - x) + g_y (dy_o - y)) / tau + g_b [o in M] / |M|,
-    M the displacements of the largest weight (the maxima, tied to float rounding of p).
+    M the displacements of the maximum (all of them where several tie, as amax's gradient).
+    Which displacements are near the best one is piecewise constant in g.
     """
 
     @staticmethod
@@ -346,18 +369,19 @@ class _SoftMatch(torch.autograd.Function):
         windows = _anchor_windows(gain_map, cell)  # N K Lh Lw Qy Qx, overlapping views
         logits = (windows / temperature).flatten(-2)  # contiguous
         top = logits.amax(dim=-1, keepdim=True)
-        weights = (logits - top).exp_()
+        ties = logits == top
+        weights = (logits - top).exp_().mul_(_near_best(logits, q))
         total = weights.sum(dim=-1, keepdim=True)
         weights = weights.div_(total).unflatten(-1, (q, q))
         offsets = _mean_displacement(weights)
-        ctx.save_for_backward(weights, offsets)
+        ctx.save_for_backward(weights, offsets, ties)
         ctx.cell, ctx.temperature, ctx.map_shape = cell, temperature, gain_map.shape
         ctx.set_materialize_grads(False)
         return top[..., 0] * temperature, offsets
 
     @staticmethod
     def backward(ctx, grad_best, grad_offsets):
-        weights, offsets = ctx.saved_tensors
+        weights, offsets, ties = ctx.saved_tensors
         cell, tau = ctx.cell, ctx.temperature
         q = cell + 1
         if grad_offsets is None:
@@ -369,11 +393,9 @@ class _SoftMatch(torch.autograd.Function):
         row = (centre[..., None] + grad_x[..., None] * d)[..., None, :] / tau
         column = (grad_y[..., None] * d)[..., :, None] / tau
         grad_windows = (row + column).mul_(weights)
-        if grad_best is not None:  # shared by the tied maxima (the largest weights), as amax's
-            flat = weights.flatten(-2)
-            ties = flat == flat.amax(dim=-1, keepdim=True)
+        if grad_best is not None:  # shared by the tied maxima, as amax's
             share = grad_best / ties.sum(dim=-1)
-            grad_windows.flatten(-2).addcmul_(ties, share[..., None].to(flat.dtype))
+            grad_windows.flatten(-2).addcmul_(ties, share[..., None].to(weights.dtype))
         return _fold_windows(grad_windows, cell, ctx.map_shape), None, None
 
 
@@ -399,11 +421,13 @@ def _fold_windows(windows: Tensor, cell: int, shape: torch.Size) -> Tensor:
 @typed
 def soft_match(gain_map: Float[Tensor, "N K Hq Wq"], cell: int, temperature: float) -> SoftMatch:
     """Best gain and expected displacement of every sprite at every anchor of a gain map of
-    :func:`match_gain_map`, from one softmax over the anchor's (P + 1)^2 displacements:
+    :func:`match_gain_map`, from one softmax over the anchor's displacements near the best one:
 
-        best = max_o g(o),   offsets = sum_o softmax(g / tau)_o o / P,
+        best = max_o g(o),   offsets = sum_{o in N} softmax_N(g / tau)_o o / P,
 
-    with g the gains of :func:`match_gains` and tau = ``temperature``; the same values as
+    with g the gains of :func:`match_gains` at the anchor's (P + 1)^2 displacements, N those
+    within :data:`NEAR_BEST` pixels of o* = argmax_o g(o) on each axis (of tied maxima the
+    nearest to the centre) and tau = ``temperature``; the same values as
     ``amax`` and :func:`expected_displacement` of those windows, with a hand-written backward
     that sums the overlapping windows' gradients into the map. Fields are ``[N, Lh, Lw, K,
     ...]``.
@@ -441,10 +465,13 @@ def _leading_inverse(spectrum: Tensor, size: tuple[int, int], kept: tuple[int, i
 def expected_displacement(
     gains: Float[Tensor, "*batch Q Q"], temperature: float
 ) -> Float[Tensor, "*batch 2"]:
-    """Softmax(gain / temperature)-weighted mean displacement (x, y) in units of P = Q - 1."""
+    """Softmax(gain / temperature)-weighted mean displacement (x, y) in units of P = Q - 1,
+    over the displacements within :data:`NEAR_BEST` pixels of the best one (of tied maxima the
+    nearest to the centre): a sub-pixel refinement of the best displacement."""
     q = gains.shape[-1]
     shape = gains.shape[:-2]
-    weights = torch.softmax((gains / temperature).reshape(*shape, q * q), dim=-1)
+    logits = (gains / temperature).reshape(*shape, q * q)
+    weights = torch.softmax(logits.masked_fill(~_near_best(logits, q), -torch.inf), dim=-1)
     return _mean_displacement(weights.reshape(*shape, q, q))
 
 

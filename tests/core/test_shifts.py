@@ -240,6 +240,30 @@ class TestMatching:
             expected_displacement_reference(gains, temperature),
         )
 
+    @pytest.mark.parametrize("temperature", [0.05, 1.0])
+    def test_expected_displacement_equals_the_naive_loop_with_tied_maxima(self, temperature):
+        gains = ((rand(3, 2, 5, 5) * 3).round() - 1) / 4  # few distinct values: tied maxima
+        torch.testing.assert_close(
+            expected_displacement(gains, temperature),
+            expected_displacement_reference(gains, temperature),
+        )
+
+    def test_a_faint_object_is_placed_at_its_best_displacement(self):
+        # P = 16: a faint object gains 0.06 per pixel at (x, y) = (+5, -4) and half of that one
+        # pixel to the right; its 287 other displacements about 0. A softmax over the whole
+        # window at tau = 0.05 keeps ~1 % of the weight at the best one and would place the
+        # object near the anchor's centre; the displacements near the best one refine it.
+        gains = (rand(17, 17) - 0.5) * 0.01
+        gains[8 - 4, 8 + 5], gains[8 - 4, 8 + 6] = 0.06, 0.03
+        x, y = (expected_displacement(gains, temperature=0.05) * 16).tolist()
+        assert 5 < x < 6  # towards (+6, -4), the better neighbour
+        assert y == pytest.approx(-4, abs=0.1)  # the rows above and below weigh the same
+
+    def test_a_window_of_equal_gains_places_the_sprite_at_the_centre(self):
+        # every displacement ties: the best is the centre's, and its neighbours share the weight
+        offsets = expected_displacement(torch.zeros(2, 5, 5), temperature=0.05)
+        torch.testing.assert_close(offsets, torch.zeros(2, 2))
+
     def test_the_gain_map_holds_every_anchors_windows(self):
         images, behind = rand(2, 3, 8, 12), rand(2, 3, 8, 12, seed=1)
         sprites = rand(3, 4, 8, 8, seed=2)

@@ -42,6 +42,11 @@ RECIPE = dict(
 #: more than this share of the recurring foreground: most of it.
 WHOLE_SHARE = 0.5
 
+#: The back layer's presence weight that the presets found, and the cell size (px) they found it
+#: at (Space Invaders); ``w_probs`` scales it by (``PRESENCE_CELL`` / P)^2, so that a slot costs
+#: the same squared error at any cell size P.
+PRESENCE_WEIGHT, PRESENCE_CELL = 0.005, 8
+
 #: One line per data-derived setting: the rule that sets it.
 RULES = {
     "background": "a uniform color, unless the per-pixel mode image (a static image: maze, "
@@ -60,8 +65,12 @@ RULES = {
     "for its 5 looks lost 3-4 dB against 16 at 400 steps)",
     "num_layers": "the 99th percentile of component centres per occupied cell, at least 2 (the "
     "recipe's presence weights are a back and a front layer), at most 4",
-    "w_probs": "presence weight 0.005 for the back layer rising 10x to the front one (the "
-    "presets: otherwise every layer draws every object)",
+    "w_probs": "presence weight 0.005 x (8 / P)^2 for the back layer rising 10x to the front "
+    "one (the presets' weights, found at 8 px cells; rising, or every layer draws every object). "
+    "The presence cost is a mean over slots and the error a mean over pixels, so a slot of a P "
+    "px cell costs 3 P^2 / layers times its weight in squared error: scaled so, a slot costs "
+    "the same error at any cell, and a faint object that pays for its slot at 8 px pays at 16 "
+    "(Riverraid's helicopters, dark blue on the blue river: recall 0.09 -> 0.34)",
     "dim_z": "64 for up to 32 sprites, 128 above",
     "sprite_init": "objects (each foreground blob whole) when the components larger than the "
     "cell that fit the S = 2P sprite hold most (> 50 %) of the recurring looks' foreground "
@@ -190,8 +199,14 @@ def choose_settings(stats: FrameStats, given: dict) -> tuple[dict, dict[str, str
         )
     layers = settings.get("num_layers", given.get("num_layers"))
     if "w_probs" not in given:
-        settings["w_probs"] = tuple(0.005 * 10 ** (i / max(1, layers - 1)) for i in range(layers))
-        reasons["w_probs"] = RULES["w_probs"]
+        back = PRESENCE_WEIGHT * (PRESENCE_CELL / cell) ** 2
+        settings["w_probs"] = tuple(back * 10 ** (i / max(1, layers - 1)) for i in range(layers))
+        cost = 3 * PRESENCE_CELL**2 * PRESENCE_WEIGHT / layers  # = 3 P^2 back / layers
+        reasons["w_probs"] = (
+            f"cell {cell} px -> presence weight {back:.3g} for the back layer rising 10x to the "
+            f"front one: a back layer slot costs {cost:.2g} of squared error at any cell (the "
+            f"presets' weight at {PRESENCE_CELL} px)"
+        )
     if "background" not in given:
         settings["background"] = stats.background
         reasons["background"] = (

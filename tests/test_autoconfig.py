@@ -201,7 +201,19 @@ class TestRules:
         assert "layer_size" not in settings and reasons["layer_size"].startswith("given")
         assert "num_layers" not in settings and "lr" not in settings
         assert len(settings["w_probs"]) == 3
-        np.testing.assert_allclose(settings["w_probs"], (0.005, 0.005 * 10**0.5, 0.05))
+        back = 0.005 * (8 / (settings["height"] // 8)) ** 2
+        np.testing.assert_allclose(settings["w_probs"], (back, back * 10**0.5, back * 10))
+
+    @pytest.mark.parametrize("cell", [8, 16])
+    def test_a_slot_costs_the_same_squared_error_at_any_cell(self, cell):
+        """The presence loss is a mean over slots and the error a mean over pixels: a back
+        layer slot of a P px cell costs w_probs[0] * 3 P^2 / layers of squared error, the
+        presets' 0.005 * 3 * 8^2 / layers at every cell size."""
+        stats = measure(sprite_frames())
+        settings, reasons = choose_settings(stats, {"layer_size": 64 // cell, "num_layers": 2})
+        assert settings["w_probs"][0] * 3 * cell**2 / 2 == pytest.approx(0.005 * 3 * 64 / 2)
+        assert settings["w_probs"][1] == pytest.approx(10 * settings["w_probs"][0])
+        assert f"cell {cell} px" in reasons["w_probs"]
 
     @pytest.mark.parametrize(("big", "init"), [(12, "objects"), (15, "data")])
     def test_objects_larger_than_the_cell_start_whole_where_they_fit(self, big, init):

@@ -9,6 +9,7 @@ from einops import einsum, rearrange
 from ._typing import Float, Tensor, typed
 
 __all__ = [
+    "NEAR_BEST",
     "SoftMatch",
     "discrete_offsets",
     "expected_displacement",

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
 
-from ._typing import Float, Tensor, typed
+from ._typing import Bool, Float, Tensor, typed
 
 __all__ = [
     "NEAR_BEST",
@@ -332,36 +332,53 @@ def _displacements(q: int, like: Tensor) -> Tensor:
 NEAR_BEST = 1
 
 
-def _near_best(logits: Float[Tensor, "*batch QQ"], q: int) -> Tensor:
-    """The displacements within :data:`NEAR_BEST` pixels of the best one of flattened Q x Q
-    ``logits`` (a boolean mask of their shape); of tied maxima the best is the one nearest the
-    centre (the first of those in row-major order)."""
-    d = _displacements(q, logits)
+def _near_best(ties: Bool[Tensor, "*batch QQ"], q: int) -> tuple[Tensor, Tensor]:
+    """The displacements within :data:`NEAR_BEST` pixels (on each axis) of the best one of a
+    flattened Q x Q window, given where its maximum is (``ties``): their flat indices
+    ``[..., (2 NEAR_BEST + 1)^2]`` and whether each lies in the window (one past its edge is
+    clamped to it and marked False). Of tied maxima the best is the one nearest the centre (the
+    first of those in row-major order)."""
+    d = torch.arange(q, device=ties.device, dtype=torch.float32) - (q - 1) / 2
     distance = (d[:, None] ** 2 + d[None, :] ** 2).flatten()
-    tied = logits == logits.amax(dim=-1, keepdim=True)
-    best = torch.where(tied, distance, torch.inf).argmin(dim=-1, keepdim=True)
-    index = torch.arange(q * q, device=logits.device)
-    rows, cols = index // q, index % q
-    return ((rows - best // q).abs() <= NEAR_BEST) & ((cols - best % q).abs() <= NEAR_BEST)
+    best = torch.where(ties, distance, torch.inf).argmin(dim=-1, keepdim=True)
+    steps = torch.arange(-NEAR_BEST, NEAR_BEST + 1, device=ties.device)
+    rows = best // q + steps.repeat_interleave(len(steps))
+    cols = best % q + steps.repeat(len(steps))
+    inside = (rows >= 0) & (rows < q) & (cols >= 0) & (cols < q)
+    return rows.clamp(0, q - 1) * q + cols.clamp(0, q - 1), inside
 
 
-def _mean_displacement(weights: Tensor) -> Tensor:
-    """sum_o w_o (dx_o, dy_o) of weights ``[..., Qy, Qx]`` over the displacements: ``[..., 2]``."""
-    d = _displacements(weights.shape[-1], weights)
-    return torch.stack(
-        [(weights.sum(dim=-2) * d).sum(dim=-1), (weights.sum(dim=-1) * d).sum(dim=-1)], -1
-    )
+def _steps(index: Tensor, q: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The displacements (dx, dy) in units of P of flat indices into a Q x Q window."""
+    d = _displacements(q, like)
+    return d[index % q], d[index // q]
+
+
+def _near_softmax(logits: Float[Tensor, "*batch QQ"], q: int) -> tuple[Tensor, Tensor, Tensor]:
+    """softmax(logits) over the displacements near the best one (``_near_best``): their
+    weights and flat indices ``[..., (2 NEAR_BEST + 1)^2]`` (weight 0 for those past the
+    window's edge, the best one in the middle), and the maximum ``[..., 1]``."""
+    top = logits.amax(dim=-1, keepdim=True)
+    index, inside = _near_best(logits == top, q)
+    weights = (logits.gather(-1, index) - top.detach()).exp() * inside  # small: out of place
+    return weights / weights.sum(dim=-1, keepdim=True), index, top
+
+
+def _mean_displacement(weights: Tensor, index: Tensor, q: int) -> Tensor:
+    """sum_o w_o (dx_o, dy_o) over the displacements of flat indices ``index``: ``[..., 2]``."""
+    dx, dy = _steps(index, q, weights)
+    return torch.stack([(weights * dx).sum(dim=-1), (weights * dy).sum(dim=-1)], -1)
 
 
 class _SoftMatch(torch.autograd.Function):
     """:func:`soft_match` with a backward written out, so that the softmax is computed once and
     the overlapping windows' gradients are summed into the map without ``unfold``'s backward.
 
-    With p = softmax(g / tau) over the displacements o near the best one (:data:`NEAR_BEST`;
-    p_o = 0 elsewhere), (x, y) = sum_o p_o (dx_o, dy_o) and b = max_o g(o):
-        dL/dg_o = p_o (g_x (dx_o - x) + g_y (dy_o - y)) / tau + g_b [o in M] / |M|,
-    M the displacements of the maximum (all of them where several tie, as amax's gradient).
-    Which displacements are near the best one is piecewise constant in g.
+    With o* the best displacement (of tied maxima the one nearest the centre), p = softmax(g /
+    tau) over the displacements o near it (:data:`NEAR_BEST`; p_o = 0 elsewhere), (x, y) =
+    sum_o p_o (dx_o, dy_o) and b = g(o*):
+        dL/dg_o = p_o (g_x (dx_o - x) + g_y (dy_o - y)) / tau + g_b [o = o*].
+    Which displacement is o*, and which are near it, is piecewise constant in g.
     """
 
     @staticmethod
@@ -369,35 +386,28 @@ class _SoftMatch(torch.autograd.Function):
         q = cell + 1
         windows = _anchor_windows(gain_map, cell)  # N K Lh Lw Qy Qx, overlapping views
         logits = (windows / temperature).flatten(-2)  # contiguous
-        top = logits.amax(dim=-1, keepdim=True)
-        ties = logits == top
-        weights = (logits - top).exp_().mul_(_near_best(logits, q))
-        total = weights.sum(dim=-1, keepdim=True)
-        weights = weights.div_(total).unflatten(-1, (q, q))
-        offsets = _mean_displacement(weights)
-        ctx.save_for_backward(weights, offsets, ties)
+        weights, index, top = _near_softmax(logits, q)
+        offsets = _mean_displacement(weights, index, q)
+        ctx.save_for_backward(weights, index, offsets)
         ctx.cell, ctx.temperature, ctx.map_shape = cell, temperature, gain_map.shape
         ctx.set_materialize_grads(False)
         return top[..., 0] * temperature, offsets
 
     @staticmethod
     def backward(ctx, grad_best, grad_offsets):
-        weights, offsets, ties = ctx.saved_tensors
+        weights, index, offsets = ctx.saved_tensors
         cell, tau = ctx.cell, ctx.temperature
         q = cell + 1
-        if grad_offsets is None:
-            grad_offsets = offsets.new_zeros(offsets.shape)
-        d = _displacements(q, weights)
-        grad_x, grad_y = grad_offsets.unbind(-1)
-        centre = -(grad_offsets * offsets).sum(-1)
-        # (g_x (dx_o - x) + g_y (dy_o - y)) / tau, as a row plus a column
-        row = (centre[..., None] + grad_x[..., None] * d)[..., None, :] / tau
-        column = (grad_y[..., None] * d)[..., :, None] / tau
-        grad_windows = (row + column).mul_(weights)
-        if grad_best is not None:  # shared by the tied maxima, as amax's
-            share = grad_best / ties.sum(dim=-1)
-            grad_windows.flatten(-2).addcmul_(ties, share[..., None].to(weights.dtype))
-        return _fold_windows(grad_windows, cell, ctx.map_shape), None, None
+        near = torch.zeros_like(weights)  # the gradient of the displacements near o*
+        if grad_offsets is not None:
+            dx, dy = _steps(index, q, weights)
+            (x, y), (grad_x, grad_y) = offsets.unbind(-1), grad_offsets.unbind(-1)
+            near = grad_x[..., None] * (dx - x[..., None]) + grad_y[..., None] * (dy - y[..., None])
+            near = near.mul_(weights).div_(tau)
+        if grad_best is not None:  # o* itself, the middle of its neighbourhood
+            near[..., (index.shape[-1] - 1) // 2] += grad_best.to(near.dtype)
+        grad_windows = weights.new_zeros(*index.shape[:-1], q * q).scatter_add_(-1, index, near)
+        return _fold_windows(grad_windows.unflatten(-1, (q, q)), cell, ctx.map_shape), None, None
 
 
 def _fold_windows(windows: Tensor, cell: int, shape: torch.Size) -> Tensor:
@@ -470,10 +480,8 @@ def expected_displacement(
     over the displacements within :data:`NEAR_BEST` pixels of the best one (of tied maxima the
     nearest to the centre): a sub-pixel refinement of the best displacement."""
     q = gains.shape[-1]
-    shape = gains.shape[:-2]
-    logits = (gains / temperature).reshape(*shape, q * q)
-    weights = torch.softmax(logits.masked_fill(~_near_best(logits, q), -torch.inf), dim=-1)
-    return _mean_displacement(weights.reshape(*shape, q, q))
+    weights, index, _ = _near_softmax((gains / temperature).flatten(-2), q)
+    return _mean_displacement(weights, index, q)
 
 
 @typed

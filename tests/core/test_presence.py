@@ -56,13 +56,18 @@ def test_gradient_reaches_every_logit_and_the_back_layers_best_gains():
     logits = torch.zeros(1, 1, 2, 2, 2, requires_grad=True)
     matched_presence(logits, selection_of(gain_map), 1.0).sum().backward()  # nothing saturates
     assert (logits.grad != 0).all()
-    # only each anchor's best sprites at their best displacements (ties share: over background
-    # every displacement of a sprite gains the same): map pixel (k, iP + a, jP + b)
+    # only each anchor's best sprites (tied sprites share, as amax's), each at its best
+    # displacement: over background every displacement of a sprite gains the same, and of tied
+    # displacements the one nearest the centre is the best: map pixel (k, iP + a, jP + b)
     gains = match_gains(frame, background, sprites)[0]
     expected = torch.zeros_like(gain_map, dtype=torch.bool)
     for i, j in [(0, 0), (0, 1), (1, 0), (1, 1)]:
-        for k, a, b in (gains[i, j] == gains[i, j].max()).nonzero().tolist():
-            expected[0, k, 8 * i + a, 8 * j + b] = True
+        top = gains[i, j].max()
+        for k in range(gains.shape[2]):
+            ties = (gains[i, j, k] == top).nonzero().tolist()
+            if ties:
+                a, b = min(ties, key=lambda ab: (ab[0] - 4) ** 2 + (ab[1] - 4) ** 2)
+                expected[0, k, 8 * i + a, 8 * j + b] = True
     assert expected.sum() < expected.numel() / 4
     assert torch.equal(gain_map.grad != 0, expected)
 

@@ -277,17 +277,27 @@ class TestMatching:
 
     @staticmethod
     def soft_match_reference(gain_map, cell, temperature):
-        """soft_match as the composition it replaces: amax and expected_displacement of the
-        windows of match_gains."""
+        """soft_match as the composition it replaces: the gain at the best displacement (of
+        tied maxima the one nearest the centre, the first of those in row-major order; found by
+        a loop) and expected_displacement of the windows of match_gains."""
         q = cell + 1
         windows = gain_map.unfold(-2, q, cell).unfold(-2, q, cell).permute(0, 2, 3, 1, 4, 5)
-        return windows.flatten(-2).amax(dim=-1), expected_displacement(windows, temperature)
+        flat = windows.flatten(-2)
+        chosen = torch.zeros(*flat.shape[:-1], 1, dtype=torch.long)
+        centre = (q - 1) / 2
+        for at in itertools.product(*map(range, flat.shape[:-1])):
+            values = flat[at].tolist()
+            top = max(values)
+            ties = [o for o, v in enumerate(values) if v == top]
+            chosen[at] = min(ties, key=lambda o: (o // q - centre) ** 2 + (o % q - centre) ** 2)
+        return flat.gather(-1, chosen)[..., 0], expected_displacement(windows, temperature)
 
     @pytest.mark.parametrize("temperature", [0.05, 1.0])
     @pytest.mark.parametrize("ties", [False, True])
     def test_soft_match_equals_its_composition_in_values_and_gradients(self, temperature, ties):
         # a rectangular grid of 2 x 3 anchors of 4 px: the windows overlap on their seams; with
-        # ties, gains in steps of 1/4 (tied maxima share the best gain's gradient, as amax's)
+        # ties, gains in steps of 1/4 (the best gain's gradient goes to the displacement that
+        # the offset is refined around: of tied maxima the one nearest the centre)
         gain_map = rand(2, 3, 9, 13, dtype=torch.float64) - 0.5
         gain_map = ((gain_map * 4).round() / 4 if ties else gain_map).requires_grad_()
         fast = soft_match(gain_map, 4, temperature)

@@ -338,7 +338,7 @@ def _near_best(ties: Bool[Tensor, "*batch QQ"], q: int) -> tuple[Tensor, Tensor]
     ``[..., (2 NEAR_BEST + 1)^2]`` and whether each lies in the window (one past its edge is
     clamped to it and marked False). Of tied maxima the best is the one nearest the centre (the
     first of those in row-major order)."""
-    d = torch.arange(q, device=ties.device, dtype=torch.float32) - (q - 1) / 2
+    d = _displacements(q, ties.new_empty(0, dtype=torch.float32))
     distance = (d[:, None] ** 2 + d[None, :] ** 2).flatten()
     best = torch.where(ties, distance, torch.inf).argmin(dim=-1, keepdim=True)
     steps = torch.arange(-NEAR_BEST, NEAR_BEST + 1, device=ties.device)
